@@ -1,0 +1,28 @@
+"""Shared fixtures: the real C-NMC sample beside the project (skipped where absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CNMC_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "cnmc_sample"
+
+
+@pytest.fixture(scope="session")
+def cnmc_dir() -> Path:
+    """The folder of 62 real C-NMC cells (`all/`, `hem/`); skips the test where it is absent."""
+    if not (CNMC_SAMPLE / "all").is_dir():
+        pytest.skip(f"real C-NMC sample not found at {CNMC_SAMPLE}")
+    return CNMC_SAMPLE
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _few_torch_threads():
+    """CI has two cores: keep torch from oversubscribing them."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    torch.set_num_threads(2)
