@@ -1,0 +1,208 @@
+"""The overlay picture: each cell's outline in its class colour, with its label and confidence.
+
+`draw_overlay` returns a new RGB uint8 image (the input is never changed); `write_png` saves it
+atomically. Drawn with OpenCV so it works headless (CLI, CI) and from any thread. The colours are
+the Classify widget's: ALL orange-red, HEM sky blue (told apart by colour-blind eyes too); a cell
+without a class is outlined in grey.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+#: RGB colour of each class (the Classify widget's ALL_COLOUR / HEM_COLOUR, 0-255).
+CLASS_COLOURS = {"all": (237, 84, 13), "hem": (38, 158, 242)}
+UNKNOWN_COLOUR = (170, 170, 170)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+@dataclass(frozen=True)
+class CellMark:
+    """What to draw for one cell of a label image.
+
+    label: 'all', 'hem' or None (not classified: grey outline, id only).
+    confidence: the ensemble's winning probability, shown beside the label.
+    bbox: (min_row, min_col, max_row, max_col), max exclusive, as in the segmentation table;
+        found from the label image when None.
+    """
+
+    cell_id: int
+    label: str | None = None
+    confidence: float | None = None
+    bbox: tuple[int, int, int, int] | None = None
+
+    @property
+    def text(self) -> str:
+        if self.label is None:
+            return f"#{self.cell_id}"
+        if self.confidence is None:
+            return self.label.upper()
+        return f"{self.label.upper()} {self.confidence:.2f}"
+
+    @property
+    def colour(self) -> tuple[int, int, int]:
+        return CLASS_COLOURS.get(str(self.label).lower(), UNKNOWN_COLOUR)
+
+
+def marks_from_table(
+    table: dict[str, np.ndarray],
+    labels: Sequence[str] | np.ndarray | None = None,
+    confidence: Sequence[float] | np.ndarray | None = None,
+) -> list[CellMark]:
+    """One `CellMark` per row of a segmentation table (cell_id and bbox_* columns)."""
+    ids = np.asarray(table["cell_id"]).astype(np.int64)
+    marks = []
+    for row, cell_id in enumerate(ids):
+        box = tuple(
+            int(table[name][row])
+            for name in ("bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col")
+        ) if "bbox_min_row" in table else None
+        marks.append(
+            CellMark(
+                int(cell_id),
+                None if labels is None else str(labels[row]),
+                None if confidence is None else float(confidence[row]),
+                box,
+            )
+        )
+    return marks
+
+
+def _scale(shape: tuple[int, ...]) -> tuple[float, int]:
+    """Font scale and line thickness that read well at this image size."""
+    side = min(shape[0], shape[1])
+    font_scale = float(np.clip(side / 1024 * 0.8, 0.35, 3.0))
+    return font_scale, max(2, round(font_scale * 2.5))
+
+
+def _text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    r, g, b = background
+    return (0, 0, 0) if 0.2126 * r + 0.7152 * g + 0.0722 * b >= 128 else (255, 255, 255)
+
+
+def _box_of(labels: np.ndarray, mark: CellMark) -> tuple[int, int, int, int] | None:
+    if mark.bbox is not None:
+        top, left, bottom, right = mark.bbox
+        height, width = labels.shape
+        return max(0, top), max(0, left), min(height, bottom), min(width, right)
+    rows, cols = np.nonzero(labels == mark.cell_id)
+    if rows.size == 0:
+        return None
+    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+
+
+def _outline(canvas: np.ndarray, labels: np.ndarray, mark: CellMark, box, thickness: int) -> None:
+    top, left, bottom, right = box
+    region = labels[top:bottom, left:right] == mark.cell_id
+    if not region.any():
+        return
+    mask = np.zeros((region.shape[0] + 2, region.shape[1] + 2), np.uint8)
+    mask[1:-1, 1:-1] = region
+    contours, _ = cv2.findContours(
+        mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(left - 1, top - 1)
+    )
+    cv2.drawContours(canvas, contours, -1, mark.colour, thickness, lineType=cv2.LINE_8)
+
+
+def _tag(canvas: np.ndarray, text: str, colour, box, font_scale: float, thickness: int) -> None:
+    """The text in a filled box of the class colour, above the cell (below where no room)."""
+    height, width = canvas.shape[:2]
+    text_thickness = max(1, thickness // 2)
+    (text_w, text_h), baseline = cv2.getTextSize(text, _FONT, font_scale, text_thickness)
+    pad = max(2, text_h // 4)
+    box_w, box_h = text_w + 2 * pad, text_h + baseline + 2 * pad
+    top, left, bottom, right = box
+    x = int(np.clip((left + right) // 2 - box_w // 2, 0, max(0, width - box_w)))
+    y = top - thickness - box_h  # the tag's top edge
+    if y < 0:
+        y = bottom + thickness
+    y = int(np.clip(y, 0, max(0, height - box_h)))
+    cv2.rectangle(canvas, (x, y), (x + box_w - 1, y + box_h - 1), colour, cv2.FILLED)
+    cv2.putText(canvas, text, (x + pad, y + pad + text_h), _FONT, font_scale,
+                _text_colour(colour), text_thickness, cv2.LINE_AA)
+
+
+def _legend(canvas: np.ndarray, font_scale: float, thickness: int) -> None:
+    """A key in the top-left corner: a swatch and the name of each class."""
+    text_thickness = max(1, thickness // 2)
+    (_, text_h), baseline = cv2.getTextSize("ALL", _FONT, font_scale, text_thickness)
+    pad = max(3, text_h // 3)
+    x, y = pad, pad
+    for name in ("all", "hem"):
+        swatch = text_h + baseline
+        cv2.rectangle(canvas, (x, y), (x + swatch, y + swatch), CLASS_COLOURS[name], cv2.FILLED)
+        cv2.putText(canvas, name.upper(), (x + swatch + pad, y + text_h), _FONT, font_scale,
+                    (255, 255, 255), text_thickness, cv2.LINE_AA)
+        y += swatch + pad
+
+
+def _caption(canvas: np.ndarray, text: str, font_scale: float, thickness: int) -> None:
+    """A line of white text with a dark rim along the bottom edge, shrunk to fit the width."""
+    height, width = canvas.shape[:2]
+    text_thickness = max(1, thickness // 2)
+    scale = font_scale * 0.8
+    (text_w, _), baseline = cv2.getTextSize(text, _FONT, scale, text_thickness)
+    if text_w > width - 8:
+        scale *= (width - 8) / text_w
+        (_, _), baseline = cv2.getTextSize(text, _FONT, scale, text_thickness)
+    origin = (4, height - baseline - 2)
+    cv2.putText(canvas, text, origin, _FONT, scale, (0, 0, 0), text_thickness + 2, cv2.LINE_AA)
+    cv2.putText(canvas, text, origin, _FONT, scale, (255, 255, 255), text_thickness, cv2.LINE_AA)
+
+
+def draw_overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    marks: Sequence[CellMark],
+    caption: str = "",
+    legend: bool = True,
+) -> np.ndarray:
+    """`image` (HxWx3 uint8 RGB) with each marked cell of `labels` (HxW ids) outlined and tagged.
+
+    Returns a new image; `caption` (e.g. where the model comes from) goes along the bottom edge.
+    """
+    image = np.asarray(image)
+    labels = np.asarray(labels)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be HxWx3 uint8 RGB, got {image.dtype} {image.shape}")
+    if labels.shape != image.shape[:2]:
+        raise ValueError(
+            f"labels {labels.shape} and image {image.shape[:2]} differ in size; "
+            "give the label image the segmentation made of this image"
+        )
+    canvas = np.ascontiguousarray(image).copy()
+    font_scale, thickness = _scale(image.shape)
+    boxes = [_box_of(labels, mark) for mark in marks]
+    for mark, box in zip(marks, boxes, strict=True):
+        if box is not None:
+            _outline(canvas, labels, mark, box, thickness)
+    for mark, box in zip(marks, boxes, strict=True):  # tags last, so no outline crosses them
+        if box is not None:
+            _tag(canvas, mark.text, mark.colour, box, font_scale, thickness)
+    if legend:
+        _legend(canvas, font_scale, thickness)
+    if caption:
+        _caption(canvas, caption, font_scale, thickness)
+    return canvas
+
+
+def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
+    """Save an RGB uint8 image as PNG atomically (a temporary file, then os.replace)."""
+    path = Path(path)
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(np.asarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:  # pragma: no cover - encoding a uint8 RGB array does not fail
+        raise OSError(f"{path}: PNG encoding failed")
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        temporary.write_bytes(encoded.tobytes())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
