@@ -128,6 +128,8 @@ def test_bundle_loads_and_predicts_what_the_report_says(trained, cache_dir):
     loaded = load_bundle(result.bundle_path)
     assert loaded.meta["training"]["config"]["backbone"] == "test_resnet"
     assert loaded.crop_size == 64
+    # Training took one cell per image; the bundle must find every cell of a field.
+    assert loaded.segmentation.largest_only is False
     assert (
         loaded.meta["metrics"]["ensemble_weighted_f1"] == result.report["weighted_f1"]["ensemble"]
     )

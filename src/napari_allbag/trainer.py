@@ -597,9 +597,11 @@ def _bundle_meta(config, backbone: BackboneConfig, data: _Data, outcomes, report
             for name, table in report["tables"].items()
         },
     }
+    # Training keeps the largest cell of each (one-cell) C-NMC image; a bundle classifies every
+    # cell an image holds, so it carries the same crop settings without that restriction.
     return {
         "backbone": backbone,
-        "segmentation": segmentation_params(config),
+        "segmentation": replace(segmentation_params(config), largest_only=False),
         "training": training,
         "metrics": metrics,
     }
