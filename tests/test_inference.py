@@ -12,8 +12,8 @@ import torch
 
 from model_factory import make_tiny_bundle
 from napari_allbag.bundle import load_bundle
+from napari_allbag.columns import PREDICTION_COLUMNS
 from napari_allbag.inference import (
-    PREDICTION_COLUMNS,
     CellPredictions,
     classify_crops,
     predict_files,

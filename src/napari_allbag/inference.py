@@ -36,8 +36,6 @@ from napari_allbag.devices import autocast_dtype, default_batch_size, device_des
 from napari_allbag.models import CLASS_NAMES, MODEL_NAMES, decide
 from napari_allbag.progress import Progress
 
-#: Columns the predictions add to a cell table, in order.
-PREDICTION_COLUMNS = ("p_all_model_a", "p_all_model_b", "p_all_combined", "label", "confidence")
 #: Batches waiting for the device in `predict_files` (bounds host memory).
 QUEUE_BATCHES = 3
 #: Batches submitted to the device before waiting for the oldest (upload overlaps compute).
@@ -79,7 +77,7 @@ class CellPredictions:
         return int((self.labels == CLASS_NAMES.index("all")).sum())
 
     def columns(self) -> dict[str, np.ndarray]:
-        """The prediction columns (`PREDICTION_COLUMNS`) for a cell table; labels as class names."""
+        """The prediction columns (`columns.PREDICTION_COLUMNS`) for a cell table; labels as class names."""
         p_all = self.p_all
         return {
             "p_all_model_a": p_all[:, 0],
@@ -203,7 +201,10 @@ class EnsembleRunner:
 
     def host_batch(self, crops: np.ndarray) -> torch.Tensor:
         """A uint8 host tensor for `crops`, pinned when the device is a CUDA GPU."""
-        tensor = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.uint8))
+        array = np.ascontiguousarray(crops, dtype=np.uint8)
+        if not array.flags.writeable:  # e.g. a read-only memory map of the crop cache
+            array = array.copy()
+        tensor = torch.from_numpy(array)
         return tensor.pin_memory() if self.pin else tensor
 
     def submit(self, batch: torch.Tensor) -> _PendingBatch:

@@ -16,9 +16,12 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from napari_allbag.inference import PREDICTION_COLUMNS, FilePredictions, PredictionRun
+from napari_allbag.columns import PREDICTION_COLUMNS
+
+if TYPE_CHECKING:  # torch loads only when a prediction runs, so `--help` stays fast
+    from napari_allbag.inference import FilePredictions, PredictionRun
 
 #: Cell-table columns copied into results.csv (before the prediction columns).
 CELL_COLUMNS = (

@@ -357,7 +357,9 @@ class ClassifyWidget(QWidget):
         self.progress.setRange(0, 0)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        worker = create_worker(_classify_job, self._holder, job, _start_thread=False)
+        worker = create_worker(
+            _classify_job, self._holder, job, _start_thread=False, _ignore_errors=True
+        )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)
