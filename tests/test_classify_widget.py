@@ -152,3 +152,15 @@ def test_cancel_stops_the_run_without_results(make_napari_viewer, qtbot, bundle_
     assert widget.status.text() == "cancelled"
     assert CELLS_LAYER not in viewer.layers
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_a_new_cells_layer_becomes_the_choice(make_napari_viewer, field):
+    viewer = make_napari_viewer()
+    viewer.add_image(field, name="field", rgb=True)
+    widget = ClassifyWidget(viewer)
+    assert widget.layer_combo.currentText() == "field"
+    segmented = segment_image(field, SegmentationParams(crop_size=64), source="field")
+    viewer.add_labels(segmented.labels, name=CELLS_LAYER, features=segmented.table)
+    assert widget.layer_combo.currentText() == CELLS_LAYER
+    viewer.add_image(field, name="another image", rgb=True)  # later images do not take over
+    assert widget.layer_combo.currentText() == CELLS_LAYER

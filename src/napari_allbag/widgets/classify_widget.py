@@ -256,9 +256,11 @@ class ClassifyWidget(QWidget):
         return names
 
     def _refresh_layers(self, event=None) -> None:
+        current = self.layer_combo.currentText()
         if event is not None and getattr(event, "type", "") == "inserted":
             event.value.events.name.connect(self._refresh_layers)
-        current = self.layer_combo.currentText()
+            if event.value.name == CELLS_LAYER:
+                current = CELLS_LAYER  # fresh Segment widget output: the recommended input
         names = [layer.name for layer in self._candidate_layers()]
         self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
