@@ -16,6 +16,8 @@ from collections.abc import Generator
 from dataclasses import replace
 from pathlib import Path
 
+from napari_allbag.commands.options import add_device_option, fail
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -54,16 +56,13 @@ def register(subparsers) -> None:
         metavar="BUNDLE",
         help="with --napari: open the viewer with this model bundle, without running the demo",
     )
-    parser.add_argument(
-        "--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)"
-    )
+    add_device_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 
 def _fail(message: str) -> int:
-    print(f"napari-allbag demo: {message}", file=sys.stderr)
-    return 2
+    return fail("demo", message)
 
 
 def run(args: argparse.Namespace) -> int:

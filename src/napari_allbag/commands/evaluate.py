@@ -13,13 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from napari_allbag.commands.options import (
+    add_batch_size_option,
+    add_device_option,
+    add_workers_option,
+    fail,
+)
 
 
 def register(subparsers) -> None:
@@ -46,23 +52,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--subjects", type=Path, default=None, metavar="CSV", help="CSV with columns file, subject"
     )
-    parser.add_argument(
-        "--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)"
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        metavar="N",
-        help="cells per batch (default: 256 on a GPU, 32 on CPU)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="processes segmenting images (default: all cores)",
-    )
+    add_device_option(parser)
+    add_batch_size_option(parser)
+    add_workers_option(parser, "segmenting images")
     parser.add_argument(
         "--cache-dir",
         type=Path,
@@ -76,8 +68,7 @@ def register(subparsers) -> None:
 
 
 def _fail(message: str) -> int:
-    print(f"napari-allbag evaluate: {message}", file=sys.stderr)
-    return 2
+    return fail("evaluate", message)
 
 
 def text_path(json_path: Path) -> Path:

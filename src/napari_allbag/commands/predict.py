@@ -19,6 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_allbag.columns import PREDICTION_COLUMNS
+from napari_allbag.commands.options import (
+    add_batch_size_option,
+    add_device_option,
+    add_workers_option,
+    fail,
+)
 
 if TYPE_CHECKING:  # torch loads only when a prediction runs, so `--help` stays fast
     from napari_allbag.inference import FilePredictions, PredictionRun
@@ -57,26 +63,12 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--summary", type=Path, default=None, metavar="FILE", help="per-file summary CSV to write"
     )
-    parser.add_argument(
-        "--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)"
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        metavar="N",
-        help="cells per batch (default: 256 on a GPU, 32 on CPU)",
-    )
+    add_device_option(parser)
+    add_batch_size_option(parser)
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the ensemble (faster on large runs)"
     )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="processes reading and segmenting images (default: all cores)",
-    )
+    add_workers_option(parser, "reading and segmenting images")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --out / --summary if they exist"
     )
@@ -85,8 +77,7 @@ def register(subparsers) -> None:
 
 
 def _fail(message: str) -> int:
-    print(f"napari-allbag predict: {message}", file=sys.stderr)
-    return 2
+    return fail("predict", message)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,38 @@
+"""Options and error reporting shared by the subcommands, so they read and behave alike."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)"
+    )
+
+
+def add_batch_size_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cells per batch (default: 256 on a GPU, 32 on CPU)",
+    )
+
+
+def add_workers_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"processes {what} (default: all cores)",
+    )
+
+
+def fail(command: str, message: str, code: int = 2) -> int:
+    """Print `napari-allbag COMMAND: message` on stderr and return the exit code."""
+    print(f"napari-allbag {command}: {message}", file=sys.stderr)
+    return code
