@@ -26,7 +26,12 @@ RUNTIME_FIELDS = (
     "cache_dir",
     "rank",
     "compile",
+    "world_size",
+    "sync_batchnorm",
+    "parallel_models",
 )
+#: `sync_batchnorm` choices: auto = on GPUs when each process's batch is small (see docs).
+SYNC_BATCHNORM_CHOICES = ("auto", "on", "off")
 CONFIG_FILE = "config.json"
 
 
@@ -42,7 +47,11 @@ class TrainConfig:
     batch_size None: 32 on CPU (Keras' default), 64 on a GPU. workers None: no DataLoader
     worker process on CPU, up to 8 on a GPU (segmentation uses all cores either way).
     segmentation: further `SegmentationParams` (erosion_size, min_area); crop_size is its own field.
-    rank: this process's rank under torchrun/DDP; only rank 0 writes files.
+    rank, world_size: this process's place under torchrun/DDP; only rank 0 writes files. Under
+    DDP, batch_size is the GLOBAL batch (each of the world_size processes takes its share).
+    sync_batchnorm: "auto" (SyncBatchNorm on GPUs when each process's batch is below 32),
+    "on" or "off"; parallel_models: train model-A and model-B at the same time, each on half of
+    the processes (see docs/distributed.md).
     compile: run the backbones through `torch.compile` while training (fewer, fused kernels: on
     a GPU the eager step is bound by Python's kernel launches at batch 64; costs a compilation
     per input shape at the start of a stage).
@@ -72,6 +81,9 @@ class TrainConfig:
     cache_dir: Path | None = None
     rank: int = 0
     compile: bool = False
+    world_size: int = 1
+    sync_batchnorm: str = "auto"
+    parallel_models: bool = False
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -95,6 +107,13 @@ class TrainConfig:
             problems.append(f"val_fraction must be between 0 and 1 (got {self.val_fraction})")
         if self.crop_size < 8:
             problems.append(f"crop size must be at least 8 pixels (got {self.crop_size})")
+        if self.sync_batchnorm not in SYNC_BATCHNORM_CHOICES:
+            problems.append(
+                f"sync_batchnorm must be one of {', '.join(SYNC_BATCHNORM_CHOICES)} "
+                f"(got {self.sync_batchnorm!r})"
+            )
+        if self.world_size < 1 or self.rank < 0:
+            problems.append(f"invalid rank {self.rank} / world size {self.world_size}")
         if problems:
             raise TrainingError("Invalid training settings: " + "; ".join(problems) + ".")
 

@@ -8,6 +8,11 @@ the epoch's generator) and turns them into normalised float NCHW at the backbone
 worker processes hold no randomness and runs are reproducible.
 
 `FeatureBatches` does the same for stage 2 on cached feature vectors, kept on the device.
+
+Shuffled batches come from a `DistributedSampler` when one is given (the trainer always gives
+one, also in a single process): seeded per stage, `set_epoch` each epoch, it hands this process
+the positions rank, rank + W, ... of the epoch's permutation, so that with a local batch of
+B / W the W processes together train on exactly the global batches of B that one process would.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from napari_allbag.augment import augment_batch
 from napari_allbag.crop_cache import CropCache
@@ -36,6 +41,25 @@ def batch_positions(n: int, batch_size: int, order: torch.Tensor | None = None) 
 
 def n_batches(n: int, batch_size: int) -> int:
     return len(batch_positions(n, batch_size))
+
+
+def epoch_order(
+    n: int, random: EpochRandom | None, sampler: DistributedSampler | None
+) -> torch.Tensor | None:
+    """This process's positions for the epoch: from the sampler (set to the epoch), else a
+    permutation drawn from the epoch's generator; None (in order) without `random`."""
+    if random is None:
+        return None
+    if sampler is not None:
+        if len(sampler.dataset) != n:
+            raise ValueError(f"the sampler covers {len(sampler.dataset)} items, not {n}")
+        sampler.set_epoch(random.epoch)
+        return torch.as_tensor(list(iter(sampler)), dtype=torch.int64)
+    return torch.randperm(n, generator=random.order)
+
+
+def _local_count(n: int, sampler: DistributedSampler | None) -> int:
+    return sampler.num_samples if sampler is not None else n
 
 
 class CropBatches(Dataset):
@@ -92,8 +116,10 @@ class CropFeeder:
         preprocess: Preprocess,
         augment: np.ndarray | None = None,
         workers: int = 0,
+        sampler: DistributedSampler | None = None,
     ):
         self.device = torch.device(device)
+        self.sampler = sampler
         self.batch_size = int(batch_size)
         self.preprocess = preprocess.to(self.device)
         flags = np.zeros(len(rows), bool) if augment is None else np.asarray(augment, bool)
@@ -116,15 +142,17 @@ class CropFeeder:
 
     @property
     def n_batches(self) -> int:
-        return n_batches(len(self.dataset), self.batch_size)
+        """Batches per shuffled epoch (this process's share when a sampler is given)."""
+        return n_batches(_local_count(len(self.dataset), self.sampler), self.batch_size)
 
     def batches(
         self, random: EpochRandom | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(pixels, labels) on the device: shuffled and augmented with `random`, else in order."""
         n = len(self.dataset)
-        order = torch.randperm(n, generator=random.order) if random is not None else None
-        self._order.batches = batch_positions(n, self.batch_size, order)
+        order = epoch_order(n, random, self.sampler)
+        count = n if order is None else len(order)
+        self._order.batches = batch_positions(count, self.batch_size, order)
         non_blocking = self.device.type == "cuda"
         for crops, labels, flags in self._loader:
             crops = crops.to(self.device, non_blocking=non_blocking).permute(0, 3, 1, 2)
@@ -152,7 +180,9 @@ class FeatureBatches:
         labels: torch.Tensor,
         batch_size: int,
         device: torch.device,
+        sampler: DistributedSampler | None = None,
     ):
+        self.sampler = sampler
         self.features_a = features_a.to(device, torch.float32)
         self.features_b = features_b.to(device, torch.float32)
         self.labels = labels.to(device, torch.int64)
@@ -163,11 +193,12 @@ class FeatureBatches:
 
     @property
     def n_batches(self) -> int:
-        return n_batches(len(self.labels), self.batch_size)
+        return n_batches(_local_count(len(self.labels), self.sampler), self.batch_size)
 
     def batches(self, random: EpochRandom | None = None):
         n = len(self.labels)
-        order = torch.randperm(n, generator=random.order) if random is not None else None
-        for positions in batch_positions(n, self.batch_size, order):
+        order = epoch_order(n, random, self.sampler)
+        count = n if order is None else len(order)
+        for positions in batch_positions(count, self.batch_size, order):
             index = torch.as_tensor(positions, device=self.labels.device)
             yield (self.features_a[index], self.features_b[index]), self.labels[index]

@@ -9,6 +9,13 @@ Reproducible and resumable: every epoch starts from a seed derived from (run see
 which drives the batch order, the augmentation and dropout; the checkpoint after each epoch holds
 the weights, the best weights, the optimizer, the schedule and the history. Resuming from the
 checkpoint of epoch N therefore gives exactly the run that was not interrupted.
+
+Data-parallel (`StageSettings.dist`, a `distributed.Distributed`): every rank runs this loop on
+its share of the batches (the model wrapped in DistributedDataParallel by the trainer, so
+gradients are averaged); the epoch's training and validation sums are added over the ranks
+before the schedule sees them, so every rank takes the same decisions; BatchNorm statistics are
+taken from rank 0 before validating; the checkpoint is read by rank 0 and broadcast, and written
+by rank 0 only. Rank r > 0 draws its own augmentation and dropout (seeds that include r).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from napari_allbag.checkpoint import (
     save_checkpoint,
     unprefixed,
 )
+from napari_allbag.distributed import Distributed
 from napari_allbag.progress import Progress
 from napari_allbag.train_schedule import PlateauSchedule
 
@@ -58,19 +66,35 @@ def make_rmsprop(parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.R
     return torch.optim.RMSprop(parameters, lr=lr, **KERAS_RMSPROP)
 
 
+def rank_parts(rank: int) -> tuple[object, ...]:
+    """Seed-path suffix of a rank: none for rank 0 (so a single process is rank 0's stream)."""
+    return ("rank", rank) if rank else ()
+
+
+def order_seed(seed: int, stage: str) -> int:
+    """The `DistributedSampler` seed of a stage (the sampler adds the epoch itself)."""
+    return derive_seed(seed, stage, "order") % 2**62
+
+
 @dataclass
 class EpochRandom:
-    """An epoch's random streams: batch order (CPU) and augmentation (on the training device)."""
+    """An epoch's random streams: batch order (CPU) and augmentation (on the training device).
+
+    `epoch` is what a `DistributedSampler` is set to; `order` serves feeders without one.
+    """
 
     order: torch.Generator
     augment: torch.Generator
+    epoch: int = 0
 
     @classmethod
-    def for_epoch(cls, seed: int, stage: str, epoch: int, device: torch.device) -> EpochRandom:
+    def for_epoch(
+        cls, seed: int, stage: str, epoch: int, device: torch.device, rank: int = 0
+    ) -> EpochRandom:
         order = torch.Generator().manual_seed(derive_seed(seed, stage, epoch, "order"))
         augment = torch.Generator(device=device if device.type == "cuda" else "cpu")
-        augment.manual_seed(derive_seed(seed, stage, epoch, "augment"))
-        return cls(order, augment)
+        augment.manual_seed(derive_seed(seed, stage, epoch, "augment", *rank_parts(rank)))
+        return cls(order, augment, int(epoch))
 
 
 @dataclass
@@ -78,8 +102,9 @@ class StageSpec:
     """What `fit_stage` trains and on what.
 
     `train_batches(epoch, random)` gives the epoch's batches (order and augmentation drawn from
-    the `EpochRandom` generators); `val_batches()` the validation batches; `forward(model,
-    inputs)` the logits.
+    the `EpochRandom` generators); `val_batches()` the validation batches (this rank's share);
+    `forward(model, inputs)` the logits while training (through the DDP wrapper, if any);
+    `eval_forward` the logits while validating (default: `forward`).
     """
 
     name: str
@@ -90,6 +115,7 @@ class StageSpec:
     forward: Callable[[nn.Module, Any], torch.Tensor]
     parameters: list[nn.Parameter] | None = None
     class_weights: torch.Tensor | None = None
+    eval_forward: Callable[[nn.Module, Any], torch.Tensor] | None = None
 
 
 @dataclass
@@ -106,6 +132,9 @@ class StageSettings:
     is_main_process: bool = True
     autocast_dtype: torch.dtype | None = None
     on_epoch_end: Callable[[list[dict[str, Any]]], None] | None = None
+    dist: Distributed = field(default_factory=Distributed.single)
+    #: called by every rank after each epoch (and its checkpoint) with (stage, epoch)
+    after_epoch: Callable[[str, int], None] | None = None
 
 
 @dataclass
@@ -132,10 +161,27 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
 
 
 def _forward_loss(spec: StageSpec, inputs, labels, weights, settings: StageSettings):
+    """(logits, loss to minimise, per-cell losses or None).
+
+    Class weights: the loss is the weighted mean over the batch. Under DDP the ranks' gradients
+    are averaged, and each rank's weighted mean has its own denominator; so each rank divides
+    its weighted sum by the GLOBAL batch's weight sum (times the number of ranks), which makes
+    the averaged gradient that of the global batch's weighted mean, as in one process.
+    """
     with autocast_context(settings.device, settings.autocast_dtype):
         logits = spec.forward(spec.model, inputs)
     logits = logits.float()
-    return logits, F.cross_entropy(logits, labels, weight=weights)
+    if weights is None:
+        return logits, F.cross_entropy(logits, labels), None
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    cell_weights = weights[labels]
+    total = cell_weights.sum().detach()
+    dist = settings.dist
+    if dist.is_distributed:
+        total = dist.all_reduce_tensor(total.clone(), f"{spec.name}: class weights") / (
+            dist.world_size
+        )
+    return logits, (losses * cell_weights).sum() / total, losses.detach()
 
 
 class RunningMetrics:
@@ -167,6 +213,20 @@ class RunningMetrics:
         self.correct += (logits.argmax(dim=1) == labels).double().sum()
         self.count += n
 
+    def reduced(self, dist: Distributed, where: str) -> RunningMetrics:
+        """These sums added over all ranks (the same figures on every rank)."""
+        if not dist.is_distributed:
+            return self
+        loss_sum, weight_sum, correct, count = dist.all_reduce_sum(
+            [float(self.loss_sum), float(self.weight_sum), float(self.correct), self.count], where
+        )
+        total = RunningMetrics(torch.device("cpu"))
+        total.loss_sum += loss_sum
+        total.weight_sum += weight_sum
+        total.correct += correct
+        total.count = int(round(count))
+        return total
+
     @property
     def loss(self) -> float:
         return float(self.loss_sum / self.weight_sum) if self.count else float("nan")
@@ -182,17 +242,20 @@ def evaluate(
     """Validation loss (mean over cells, weighted like training) and accuracy.
 
     Yields `event` after each batch, so that a cancel never waits for a whole validation pass.
+    Under DDP each rank validates its share and the sums are added over the ranks.
     """
     spec.model.eval()
     weights = spec.class_weights.to(settings.device) if spec.class_weights is not None else None
     metrics = RunningMetrics(settings.device)
+    forward = spec.eval_forward or spec.forward
     for inputs, labels in spec.val_batches():
         with torch.no_grad(), autocast_context(settings.device, settings.autocast_dtype):
-            logits = spec.forward(spec.model, inputs).float()
+            logits = forward(spec.model, inputs).float()
             losses = F.cross_entropy(logits, labels, reduction="none")
             metrics.add(losses, logits, labels, weights)
         if event is not None:
             yield event
+    metrics = metrics.reduced(settings.dist, f"{spec.name}: validation")
     if metrics.count == 0:
         raise ValueError("the validation set is empty")
     return metrics.loss, metrics.accuracy
@@ -205,6 +268,7 @@ def fit_stage(spec: StageSpec, settings: StageSettings) -> Iterator[Progress]:
     the last finished epoch stays on disk.
     """
     device = settings.device
+    dist = settings.dist
     model = spec.model
     parameters = (
         spec.parameters
@@ -221,7 +285,7 @@ def fit_stage(spec: StageSpec, settings: StageSettings) -> Iterator[Progress]:
     best_state: dict[str, torch.Tensor] | None = None
     start_epoch = 1
 
-    saved = load_checkpoint(settings.checkpoint_dir, spec.name)
+    saved = _load_shared_checkpoint(settings, spec.name)
     if saved is not None:
         tensors, state = saved
         history = list(state["history"])
@@ -255,14 +319,15 @@ def fit_stage(spec: StageSpec, settings: StageSettings) -> Iterator[Progress]:
             group["lr"] = schedule.lr
         started = time.perf_counter()
         with torch.random.fork_rng(devices=_rng_devices(device)):
-            torch.manual_seed(derive_seed(settings.seed, spec.name, epoch, "torch"))
-            random = EpochRandom.for_epoch(settings.seed, spec.name, epoch, device)
+            rank = rank_parts(dist.rank)
+            torch.manual_seed(derive_seed(settings.seed, spec.name, epoch, "torch", *rank))
+            random = EpochRandom.for_epoch(settings.seed, spec.name, epoch, device, dist.rank)
             model.train()
             running = RunningMetrics(device)
             figures: dict[str, float] = {}
             for batch_index, (inputs, labels) in enumerate(spec.train_batches(epoch, random), 1):
                 optimizer.zero_grad(set_to_none=True)
-                logits, loss = _forward_loss(spec, inputs, labels, weights, settings)
+                logits, loss, losses = _forward_loss(spec, inputs, labels, weights, settings)
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
@@ -270,7 +335,10 @@ def fit_stage(spec: StageSpec, settings: StageSettings) -> Iterator[Progress]:
                 else:
                     loss.backward()
                     optimizer.step()
-                running.add(loss.detach(), logits.detach(), labels)
+                if losses is None:
+                    running.add(loss.detach(), logits.detach(), labels)
+                else:
+                    running.add(losses, logits.detach(), labels, weights)
                 if batch_index % sync_every == 0 or batch_index >= n_batches:
                     figures = {"loss": running.loss, "accuracy": running.accuracy}
                 yield Progress(
@@ -292,6 +360,8 @@ def fit_stage(spec: StageSpec, settings: StageSettings) -> Iterator[Progress]:
                 f"epoch {epoch}/{settings.epochs}: validating",
                 {"epoch": epoch, **figures, "lr": schedule.lr},
             )
+            running = running.reduced(dist, f"{spec.name}: epoch {epoch}")
+            dist.sync_buffers(model, f"{spec.name}: epoch {epoch}, BatchNorm statistics")
             val_loss, val_accuracy = yield from evaluate(spec, settings, validating)
         if running.count == 0:
             raise ValueError(f"{spec.name}: the training set gave no batch")
@@ -325,6 +395,8 @@ def fit_stage(spec: StageSpec, settings: StageSettings) -> Iterator[Progress]:
             )
             if settings.on_epoch_end is not None:
                 settings.on_epoch_end(history)
+        if settings.after_epoch is not None:
+            settings.after_epoch(spec.name, epoch)
         yield Progress(
             epoch * n_batches,
             total,
@@ -344,6 +416,7 @@ def fit_stage(spec: StageSpec, settings: StageSettings) -> Iterator[Progress]:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    dist.check_same_weights(model, spec.name)
     return _outcome(history, schedule, history[-1]["epoch"] if history else 0, resumed=resumed_from)
 
 
@@ -374,6 +447,24 @@ def _save(settings, name, model, best_state, optimizer, scaler, schedule, histor
         state["optimizer"] = optimizer_state
         state["scaler"] = scaler.state_dict() if scaler is not None else None
     save_checkpoint(settings.checkpoint_dir, name, tensors, state)
+
+
+def _load_shared_checkpoint(settings: StageSettings, name: str):
+    """The stage's checkpoint as rank 0 reads it, on every rank (None when there is none)."""
+    dist = settings.dist
+    if not dist.is_distributed:
+        return load_checkpoint(settings.checkpoint_dir, name)
+    found: list[Any] = [None]
+
+    def read() -> dict[str, Any] | None:
+        found[0] = load_checkpoint(settings.checkpoint_dir, name)
+        return None if found[0] is None else found[0][1]
+
+    state = dist.share(read, where=f"{name}: reading the checkpoint")
+    if state is None:
+        return None
+    tensors = found[0][0] if dist.is_main else None
+    return dist.broadcast_tensors(tensors, f"{name}: sharing the checkpoint"), state
 
 
 def _grad_scaler(device: torch.device, dtype: torch.dtype | None):

@@ -10,12 +10,20 @@
 `resume=True` a run continues from its last finished epoch and ends with the same weights as a run
 that was never interrupted. No global state: everything lives in the run; only the main process
 (rank 0) writes files.
+
+Data-parallel under torchrun: `train(config, dist)` with a `distributed.Distributed` context.
+Rank 0 settles the settings and builds the crop cache while the others wait (they then open the
+same cache); every stage trains a DistributedDataParallel model on DistributedSampler shares of
+the global batches (SyncBatchNorm on GPUs when each process's batch is small); the stage-2
+features are computed by all ranks, each a share, and gathered; only rank 0 writes the run
+folder. See docs/distributed.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import json
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
@@ -29,9 +37,17 @@ from napari_allbag.annotations import AnnotationError, check_classes, scan_annot
 from napari_allbag.bagging import describe_subsets, make_bagging_subsets
 from napari_allbag.bundle import BundleError, save_bundle
 from napari_allbag.checkpoint import write_json_atomic, write_text_atomic
-from napari_allbag.crop_cache import CropCache, build_crop_cache, default_cache_dir
+from napari_allbag.crop_cache import CROPS_FILE, CropCache, build_crop_cache, default_cache_dir
 from napari_allbag.curves import render_curves_png, write_log
 from napari_allbag.devices import DeviceError, release_memory, select_device
+from napari_allbag.distributed import (
+    Distributed,
+    DistributedError,
+    fault_point,
+    is_distributed_failure,
+    local_batch_size,
+    lost_contact,
+)
 from napari_allbag.models import (
     BackboneConfig,
     BackboneWeightsError,
@@ -62,12 +78,17 @@ from napari_allbag.train_loop import (
     autocast_context,
     derive_seed,
     fit_stage,
+    order_seed,
 )
 from napari_allbag.train_report import build_report, format_report
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "train", "STAGES"]
 
 STAGES = ("preprocess", "stage1-A", "stage1-B", "features", "stage2", "report")
+
+#: SyncBatchNorm ("auto") when each process's batch is below this: from 32 images on (Keras'
+#: default batch, the paper's), a process's own BatchNorm statistics are as good as one GPU's.
+SYNC_BATCHNORM_BELOW = 32
 
 
 @dataclass
@@ -110,33 +131,48 @@ def autocast_dtype_for(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def train(config: TrainConfig) -> Generator[Progress, None, TrainResult]:
-    """Run (or resume) a training run; see the module doc."""
-    try:
-        device = select_device(config.device)
-    except DeviceError as error:
-        raise TrainingError(str(error)) from error
+def train(
+    config: TrainConfig, dist: Distributed | None = None
+) -> Generator[Progress, None, TrainResult]:
+    """Run (or resume) a training run; see the module doc.
+
+    `dist`: this process's place in a data-parallel run (`distributed.process_group()`); None
+    for a single process.
+    """
+    dist = dist if dist is not None else Distributed.single()
+    if dist.is_distributed:
+        config = replace(config, rank=dist.rank, world_size=dist.world_size)
+        device = dist.device
+    else:
+        try:
+            device = select_device(config.device)
+        except DeviceError as error:
+            raise TrainingError(str(error)) from error
     try:
         resolve_backbone(config.backbone, config.img_size)
     except UnknownBackboneError as error:
         raise TrainingError(str(error)) from error
-    if not config.data_dir.is_dir():
-        raise TrainingError(
-            f"Annotated folder not found: {config.data_dir}. Choose the folder that holds the "
-            "all/ and hem/ folders."
+    stage = ["preprocess"]
+    try:
+        config, notes = dist.share(
+            lambda: _settle_config(config, device, dist.world_size),
+            encode=lambda settled: {"config": settled[0].to_dict(), "notes": settled[1]},
+            decode=lambda shared: (_adopt_config(shared["config"], config), shared["notes"]),
+            where="reading the run folder (rank 0)",
         )
-    config, notes = prepare_run(config)
-    if config.batch_size is None:
-        config = replace(config, batch_size=default_train_batch_size(device))
-        if config.is_main_process:
-            save_run_config(config)
+    except Exception as error:
+        if dist.is_distributed and is_distributed_failure(error):
+            raise lost_contact(error, "the start", dist.rank, dist.timeout_s) from error
+        raise
     batch_size = config.batch_size
+    local_batch_size(batch_size, dist.world_size)  # a clear error when it does not divide
     if device.type == "cuda":
         # fixed input sizes: let cuDNN pick its fastest kernels (a process-wide switch)
         torch.backends.cudnn.benchmark = True
-    stage = ["preprocess"]
     try:
-        return (yield from _train(config, device, notes, stage))
+        return (yield from _train(config, device, notes, stage, dist))
+    except DistributedError:
+        raise
     except torch.cuda.OutOfMemoryError as error:
         smaller = max(2, batch_size // 2)
         raise TrainingError(
@@ -146,22 +182,82 @@ def train(config: TrainConfig) -> Generator[Progress, None, TrainResult]:
         ) from error
     except (AnnotationError, UnknownBackboneError, BackboneWeightsError, BundleError) as error:
         raise TrainingError(str(error)) from error
+    except Exception as error:
+        if dist.is_distributed and is_distributed_failure(error):
+            raise lost_contact(error, stage[0], dist.rank, dist.timeout_s) from error
+        raise
     finally:
         release_memory(device)
 
 
+def _settle_config(
+    config: TrainConfig, device: torch.device, world_size: int
+) -> tuple[TrainConfig, list[str]]:
+    """Check the data and run folders, start or resume the run, fix the batch size (rank 0)."""
+    if not config.data_dir.is_dir():
+        raise TrainingError(
+            f"Annotated folder not found: {config.data_dir}. Choose the folder that holds the "
+            "all/ and hem/ folders."
+        )
+    config, notes = prepare_run(config)
+    changes: dict[str, Any] = {}
+    if config.batch_size is None:
+        # the global batch: the one-process default for each process
+        changes["batch_size"] = default_train_batch_size(device) * world_size
+    if config.world_size != world_size:
+        changes["world_size"] = world_size
+    if changes:
+        config = replace(config, **changes)
+        if config.is_main_process:
+            save_run_config(config)
+    return config, notes
+
+
+def _adopt_config(shared: dict[str, Any], own: TrainConfig) -> TrainConfig:
+    """Rank 0's settled settings, with this process's own place and device."""
+    settled = TrainConfig.from_dict(shared)
+    return replace(
+        settled,
+        rank=own.rank,
+        world_size=own.world_size,
+        device=own.device,
+        workers=own.workers,
+    )
+
+
 def _train(
-    config: TrainConfig, device: torch.device, notes: list[str], stage: list[str]
+    config: TrainConfig,
+    device: torch.device,
+    notes: list[str],
+    stage: list[str],
+    dist: Distributed,
 ) -> Generator[Progress, None, TrainResult]:
     paths = RunPaths(config.out_dir)
     main = config.is_main_process
     backbone = resolve_backbone(config.backbone, config.img_size)  # fail early on a bad name
     if config.resume:
         notes.insert(0, f"resuming the run in {config.out_dir}")
+    if dist.is_distributed:
+        notes.append(
+            f"data-parallel training on {dist.world_size} processes ({dist.backend}), global "
+            f"batch {config.batch_size} = {local_batch_size(config.batch_size, dist.world_size)} "
+            "per process"
+        )
+    if config.parallel_models and not dist.is_distributed:
+        notes.append(
+            "--parallel-models needs several processes (torchrun or --gpus N); model-A and "
+            "model-B are trained one after the other"
+        )
     for note in notes:
         yield Progress(0, None, "preprocess", note, {"text": note})
 
-    data = yield from _preprocess(config, paths)
+    data = yield from dist.share_work(
+        _preprocess(config, paths),
+        encode=_data_to_json,
+        decode=_data_from_json,
+        stage="preprocess",
+        where="preprocessing (rank 0 builds the crop cache)",
+    )
     subset_a, subset_b = _bagging_sets(config, data)
     text = describe_subsets(subset_a, subset_b, data.labels[data.train])
     yield Progress(0, None, "preprocess", "bagging sets ready", {"text": text})
@@ -170,11 +266,20 @@ def _train(
     preprocess = Preprocess(backbone)
     history: list[dict[str, Any]] = []
     outcomes: dict[str, StageOutcome] = {}
-    workers = _loader_workers(config, device)
+    workers = _loader_workers(config, device, dist.local_world_size)
+    batch = local_batch_size(config.batch_size, dist.world_size)
+    sync_bn = _use_sync_batchnorm(config, dist, device, batch)
 
-    def settings(name: str) -> StageSettings:
+    def settings(name: str, team: Distributed = dist, after_epoch=None) -> StageSettings:
+        """A stage's settings; `team`: the processes that train it (all, or a subgroup)."""
+
         def on_epoch_end(rows: list[dict[str, Any]]) -> None:
             write_log(paths.log, history + rows)
+
+        def each_epoch(stage: str, epoch: int) -> None:
+            fault_point(stage, epoch, dist.rank)
+            if after_epoch is not None:
+                after_epoch(stage, epoch)
 
         return StageSettings(
             epochs=config.epochs,
@@ -184,68 +289,94 @@ def _train(
             seed=config.seed,
             device=device,
             checkpoint_dir=paths.checkpoints,
-            is_main_process=main,
+            is_main_process=team.is_main,
             autocast_dtype=dtype,
-            on_epoch_end=on_epoch_end,
+            on_epoch_end=on_epoch_end if main else None,
+            dist=team,
+            after_epoch=each_epoch,
         )
 
+    def fit_stage1(name: str, subset, team: Distributed, team_val_feeder: CropFeeder, **extra):
+        """Train model-A or model-B on `team`; returns (model, outcome)."""
+        team_batch = local_batch_size(config.batch_size, team.world_size)
+        team_sync_bn = _use_sync_batchnorm(config, team, device, team_batch)
+        model = _new_stage1_model(config, name, device)
+        runner, eval_runner = _runners(config, model, team, device, team_sync_bn)
+        positions = data.train[subset.indices]
+        feeder = CropFeeder(
+            data.cache,
+            data.rows[positions],
+            data.labels[positions],
+            team_batch,
+            device,
+            preprocess,
+            augment=subset.augment,
+            workers=workers,
+            sampler=team.sampler(len(positions), order_seed(config.seed, name)),
+        )
+        try:
+            spec = StageSpec(
+                name=name,
+                model=model,
+                train_batches=lambda epoch, random: feeder.batches(random),
+                val_batches=team_val_feeder.batches,
+                n_train_batches=feeder.n_batches,
+                forward=lambda m, x: runner(x),
+                eval_forward=lambda m, x: eval_runner(x),
+            )
+            outcome = yield from fit_stage(spec, settings(name, team, **extra))
+        finally:
+            feeder.close()
+        if team_sync_bn:
+            model = _without_sync_batchnorm(model, _stage1_skeleton(config), device)
+        return model, outcome
+
+    val_positions = dist.shard(data.val)  # this rank's share, gathered again where needed
     val_feeder = CropFeeder(
         data.cache,
-        data.rows[data.val],
-        data.labels[data.val],
-        config.batch_size,
+        data.rows[val_positions],
+        data.labels[val_positions],
+        batch,
         device,
         preprocess,
         workers=workers,
     )
     try:
         models: dict[str, Stage1Model] = {}
-        for name, subset in (("stage1-A", subset_a), ("stage1-B", subset_b)):
-            stage[0] = name
-            model = _new_stage1_model(config, name, device)
-            runner = _maybe_compiled(config, model)
-            positions = data.train[subset.indices]
-            feeder = CropFeeder(
-                data.cache,
-                data.rows[positions],
-                data.labels[positions],
-                config.batch_size,
-                device,
-                preprocess,
-                augment=subset.augment,
-                workers=workers,
+        subsets = {"stage1-A": subset_a, "stage1-B": subset_b}
+        if config.parallel_models and dist.is_distributed:
+            found = yield from _stage1_side_by_side(
+                config, data, dist, device, preprocess, workers, subsets, fit_stage1, stage
             )
-            try:
-                spec = StageSpec(
-                    name=name,
-                    model=model,
-                    train_batches=lambda epoch, random, feeder=feeder: feeder.batches(random),
-                    val_batches=val_feeder.batches,
-                    n_train_batches=feeder.n_batches,
-                    forward=lambda m, x, runner=runner: runner(x),
-                )
-                outcomes[name] = yield from fit_stage(spec, settings(name))
-            finally:
-                feeder.close()
-            history += outcomes[name].history
-            models[name] = model
+            for name, (model, outcome) in found.items():
+                models[name], outcomes[name] = model, outcome
+                history += outcome.history
             _write_curves(main, paths, history)
+            if main:
+                write_log(paths.log, history)
+        else:
+            for name, subset in subsets.items():
+                stage[0] = name
+                models[name], outcomes[name] = yield from fit_stage1(name, subset, dist, val_feeder)
+                history += outcomes[name].history
+                _write_curves(main, paths, history)
         model_a, model_b = models["stage1-A"], models["stage1-B"]
 
         weights = torch.tensor(config.class_weights, dtype=torch.float32)
         if config.finetune_backbones:
             stage[0] = "stage2"
             combined = _new_combined_model(config, model_a, model_b, device)
-            runner = _maybe_compiled(config, combined)
+            runner, eval_runner = _runners(config, combined, dist, device, sync_bn)
             positions = data.train
             feeder = CropFeeder(
                 data.cache,
                 data.rows[positions],
                 data.labels[positions],
-                config.batch_size,
+                batch,
                 device,
                 preprocess,
                 workers=workers,
+                sampler=dist.sampler(len(positions), order_seed(config.seed, "stage2")),
             )
             try:
                 spec = StageSpec(
@@ -255,14 +386,20 @@ def _train(
                     val_batches=val_feeder.batches,
                     n_train_batches=feeder.n_batches,
                     forward=lambda m, x: runner(x),
+                    eval_forward=lambda m, x: eval_runner(x),
                     class_weights=weights,
                 )
                 outcomes["stage2"] = yield from fit_stage(spec, settings("stage2"))
             finally:
                 feeder.close()
             history += outcomes["stage2"].history
+            if sync_bn:
+                skeleton = _new_combined_model(config, model_a, model_b, torch.device("cpu"))
+                combined = _without_sync_batchnorm(combined, skeleton, device)
             stage[0] = "report"
             probs = yield from _ensemble_probs(model_a, model_b, combined, val_feeder, dtype)
+            probs = dist.gather_interleaved(torch.from_numpy(probs), "validation predictions")
+            probs = probs.numpy()
             head_for_bundle: CombinedHead | CombinedModel = combined
         else:
             stage[0] = "features"
@@ -277,21 +414,26 @@ def _train(
                 workers,
                 val_feeder,
                 dtype,
+                dist,
+                batch,
             )
             stage[0] = "stage2"
             head = _new_combined_head(config, model_a, model_b, device)
+            head_runner, _ = _runners(config, head, dist, device, sync_bn, compile=False)
             train_batches = FeatureBatches(
                 train_set.features_a,
                 train_set.features_b,
                 train_set.labels,
-                config.batch_size,
+                batch,
                 device,
+                sampler=dist.sampler(len(train_set), order_seed(config.seed, "stage2")),
             )
+            val_share = torch.as_tensor(dist.shard(np.arange(len(val_set))))
             val_batches = FeatureBatches(
-                val_set.features_a,
-                val_set.features_b,
-                val_set.labels,
-                max(config.batch_size, 256),
+                val_set.features_a[val_share],
+                val_set.features_b[val_share],
+                val_set.labels[val_share],
+                max(batch, 256),
                 device,
             )
             spec = StageSpec(
@@ -300,11 +442,15 @@ def _train(
                 train_batches=lambda epoch, random: train_batches.batches(random),
                 val_batches=val_batches.batches,
                 n_train_batches=train_batches.n_batches,
-                forward=lambda m, x: m(*x),
+                forward=lambda m, x: head_runner(*x),
+                eval_forward=lambda m, x: m(*x),
                 class_weights=weights,
             )
             outcomes["stage2"] = yield from fit_stage(spec, settings("stage2"))
             history += outcomes["stage2"].history
+            if sync_bn:
+                skeleton = _new_combined_head(config, model_a, model_b, torch.device("cpu"))
+                head = _without_sync_batchnorm(head, skeleton, device)
             stage[0] = "report"
             probs = _probs_from_features(model_a, model_b, head, val_set, device)
             head_for_bundle = head
@@ -324,20 +470,30 @@ def _train(
         },
     )
     report_text = format_report(report)
-    if main:
-        write_json_atomic(paths.report_json, report)
-        write_text_atomic(paths.report_text, report_text)
-        write_log(paths.log, history)
-    yield Progress(1, 3, "report", "saving the model bundle", {"text": report_text})
 
-    meta = _bundle_meta(config, backbone, data, outcomes, report)
-    if main:
-        overwrite = (paths.bundle / "bundle.json").is_file()
-        save_bundle(paths.bundle, model_a, model_b, head_for_bundle, meta, overwrite=overwrite)
+    # Rank 0 writes; `share` lets the others wait for it and fail with it (one process: a call).
+    def write_report() -> None:
+        if main:
+            write_json_atomic(paths.report_json, report)
+            write_text_atomic(paths.report_text, report_text)
+            write_log(paths.log, history)
+
+    def write_bundle() -> None:
+        if main:
+            meta = _bundle_meta(config, backbone, data, outcomes, report)
+            overwrite = (paths.bundle / "bundle.json").is_file()
+            save_bundle(paths.bundle, model_a, model_b, head_for_bundle, meta, overwrite=overwrite)
+
+    def write_curves() -> None:
+        _write_curves(main, paths, history)
+        if main:
+            write_json_atomic(paths.root / "run.json", {"finished": True, "stages": list(STAGES)})
+
+    dist.share(write_report, where="writing the report (rank 0)")
+    yield Progress(1, 3, "report", "saving the model bundle", {"text": report_text})
+    dist.share(write_bundle, where="saving the model bundle (rank 0)")
     yield Progress(2, 3, "report", "drawing the training curves")
-    _write_curves(main, paths, history)
-    if main:
-        write_json_atomic(paths.root / "run.json", {"finished": True, "stages": list(STAGES)})
+    dist.share(write_curves, where="drawing the training curves (rank 0)")
     yield Progress(3, 3, "report", f"done: bundle in {paths.bundle}")
     return TrainResult(
         run_dir=paths.root,
@@ -352,6 +508,82 @@ def _train(
 
 
 # ----------------------------------------------------------------------------- preprocessing
+
+
+def _stage1_side_by_side(
+    config, data, dist: Distributed, device, preprocess, workers, subsets, fit_stage1, stage
+):
+    """`--parallel-models`: model-A on the first half of the processes, model-B on the other.
+
+    Each half trains its model data-parallel among its own processes (with 2 processes: one
+    each, no DDP) and its main process writes that model's checkpoint. After every epoch all
+    processes exchange a short message, so a half that finished waits in step with the other
+    instead of outlasting the timeout. At the end each model is broadcast to every process.
+    Returns {name: (model, outcome)}.
+    """
+    team = dist.split(2)
+    leaders = (0, dist.world_size - dist.world_size // 2)
+    for size in (dist.world_size - dist.world_size // 2, dist.world_size // 2):
+        local_batch_size(config.batch_size, size)  # a clear error when it does not divide
+    mine = "stage1-A" if team.members[0] == 0 else "stage1-B"
+    stage[0] = mine
+    share = team.shard(data.val)
+    team_val_feeder = CropFeeder(
+        data.cache,
+        data.rows[share],
+        data.labels[share],
+        local_batch_size(config.batch_size, team.world_size),
+        device,
+        preprocess,
+        workers=workers,
+    )
+
+    def exchange(done: bool) -> bool:
+        messages = dist.all_gather_json({"stage": mine, "done": done}, "stage 1 side by side")
+        return all(message["done"] for message in messages)
+
+    try:
+        model, outcome = yield from fit_stage1(
+            mine,
+            subsets[mine],
+            team,
+            team_val_feeder,
+            after_epoch=lambda stage_name, epoch: exchange(False),
+        )
+    finally:
+        team_val_feeder.close()
+    other = "stage1-B" if mine == "stage1-A" else "stage1-A"
+    while not exchange(True):
+        yield Progress(0, None, mine, f"done; waiting for {other} on the other processes")
+
+    found: dict[str, tuple[Stage1Model, StageOutcome]] = {}
+    for index, name in enumerate(("stage1-A", "stage1-B")):
+        source = leaders[index]
+        sending = dist.rank == source
+        summary = dist.broadcast_json(
+            _outcome_to_json(outcome) if sending else None, f"sharing {name}", source
+        )
+        tensors = dist.broadcast_tensors(
+            model.state_dict() if sending else None, f"sharing {name}", source
+        )
+        if name == mine:
+            found[name] = (model, outcome)
+            continue
+        received = _new_stage1_model(config, name, device)
+        received.load_state_dict(tensors)
+        found[name] = (received, StageOutcome(**summary))
+    return found
+
+
+def _outcome_to_json(outcome: StageOutcome) -> dict[str, Any]:
+    return {
+        "history": outcome.history,
+        "best_epoch": outcome.best_epoch,
+        "best_val_loss": outcome.best_val_loss,
+        "stopped_early": outcome.stopped_early,
+        "resumed_from_epoch": outcome.resumed_from_epoch,
+        "extra": outcome.extra,
+    }
 
 
 def segmentation_params(config: TrainConfig) -> SegmentationParams:
@@ -424,6 +656,62 @@ def _preprocess(config: TrainConfig, paths: RunPaths) -> Generator[Progress, Non
     )
 
 
+def _data_to_json(data: _Data) -> dict[str, Any]:
+    """What the other ranks need of the preprocessed data (rank 0 sends it)."""
+    cache = data.cache
+    return {
+        "cache": {
+            "folder": str(cache.folder),
+            "paths": [str(p) for p in cache.paths],
+            "keys": list(cache.keys),
+            "ok": cache.ok.tolist(),
+            "errors": list(cache.errors),
+            "notes": list(cache.notes),
+            "crop_size": cache.crop_size,
+            "params": cache.params,
+            "reused": cache.reused,
+        },
+        "rows": data.rows.tolist(),
+        "labels": np.asarray(data.labels).tolist(),
+        "subjects": list(data.subjects),
+        "files": list(data.files),
+        "train": data.train.tolist(),
+        "val": data.val.tolist(),
+        "split_note": data.split_note,
+    }
+
+
+def _data_from_json(shared: dict[str, Any]) -> _Data:
+    """Rank 0's preprocessed data on another rank: the same crop cache, opened from disk."""
+    found = shared["cache"]
+    cache = CropCache(
+        folder=Path(found["folder"]),
+        paths=[Path(p) for p in found["paths"]],
+        keys=list(found["keys"]),
+        ok=np.asarray(found["ok"], dtype=bool).reshape(len(found["paths"])),
+        errors=list(found["errors"]),
+        notes=list(found["notes"]),
+        crop_size=int(found["crop_size"]),
+        params=dict(found["params"]),
+        reused=int(found["reused"]),
+    )
+    if cache.paths and not (cache.folder / CROPS_FILE).is_file():
+        raise TrainingError(
+            f"The crop cache that rank 0 built, {cache.folder}, cannot be seen from this machine. "
+            "With several machines, give --cache-dir a folder on a filesystem they all share."
+        )
+    return _Data(
+        cache=cache,
+        rows=np.asarray(shared["rows"], dtype=np.int64),
+        labels=np.asarray(shared["labels"], dtype=np.int64),
+        subjects=list(shared["subjects"]),
+        files=list(shared["files"]),
+        train=np.asarray(shared["train"], dtype=np.int64),
+        val=np.asarray(shared["val"], dtype=np.int64),
+        split_note=shared["split_note"],
+    )
+
+
 def _class_counts(labels: np.ndarray) -> dict[str, int]:
     return {"all": int((labels == 1).sum()), "hem": int((labels == 0).sum())}
 
@@ -435,12 +723,14 @@ def _bagging_sets(config: TrainConfig, data: _Data):
         raise TrainingError(f"Too few training cells in {config.data_dir}: {error}") from error
 
 
-def _loader_workers(config: TrainConfig, device: torch.device) -> int:
+def _loader_workers(config: TrainConfig, device: torch.device, processes_here: int = 1) -> int:
+    """DataLoader worker processes per training process: the cores of this machine shared by
+    its training processes (one each for the process itself), at most 8."""
     if config.workers is not None:
         return max(0, int(config.workers))
     if device.type != "cuda":
         return 0
-    return max(0, min(8, default_workers() - 1))
+    return max(0, min(8, default_workers() // max(1, processes_here) - 1))
 
 
 # ----------------------------------------------------------------------------- models
@@ -468,9 +758,71 @@ def _new_stage1_model(config: TrainConfig, name: str, device: torch.device) -> S
     return _place(model, device)
 
 
-def _maybe_compiled(config: TrainConfig, model: torch.nn.Module):
-    """`torch.compile(model)` when asked (it shares the model's weights), else the model."""
-    return torch.compile(model) if config.compile else model
+def _use_sync_batchnorm(
+    config: TrainConfig, dist: Distributed, device: torch.device, local_batch: int
+) -> bool:
+    """SyncBatchNorm: only with several GPU processes; "auto" when each one's batch is small."""
+    if config.sync_batchnorm == "on" and dist.is_distributed and device.type != "cuda":
+        raise TrainingError(
+            "--sync-batchnorm on needs GPUs (PyTorch's SyncBatchNorm has no CPU version); "
+            "use auto or off on the CPU."
+        )
+    if not dist.is_distributed or device.type != "cuda" or config.sync_batchnorm == "off":
+        return False
+    return config.sync_batchnorm == "on" or local_batch < SYNC_BATCHNORM_BELOW
+
+
+def _runners(config, model, dist: Distributed, device, sync_bn: bool, compile: bool = True):
+    """(training forward, validation forward) of `model`.
+
+    One process: the model (compiled where asked) for both. Several: training goes through
+    DistributedDataParallel (gradients averaged over the ranks; BatchNorm layers made
+    SyncBatchNorm first where `sync_bn`); validation uses the bare model, because each rank
+    validates a share of its own size and DDP's forward may talk to the other ranks.
+    """
+    compile = compile and config.compile
+    if not dist.is_distributed:
+        runner = torch.compile(model) if compile else model
+        return runner, runner
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_bn:
+        from timm.layers import convert_sync_batchnorm
+
+        converted = convert_sync_batchnorm(model, process_group=dist.group)
+        if converted is not model:  # pragma: no cover - only a bare BatchNorm is replaced
+            raise TrainingError("SyncBatchNorm conversion replaced the whole model")
+    options: dict[str, Any] = {}
+    if sync_bn:  # SyncBatchNorm keeps the statistics equal itself: no broadcast before forward
+        newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        options["forward_sync_buffers" if newer else "broadcast_buffers"] = False
+    with dist.guard("wrapping the model for data-parallel training"):
+        wrapped = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            process_group=dist.group,
+            # gradients written straight into the all-reduce buckets (GPUs: less memory)
+            gradient_as_bucket_view=device.type == "cuda",
+            **options,
+        )
+    if compile:
+        return torch.compile(wrapped), torch.compile(model)
+    return wrapped, model
+
+
+def _stage1_skeleton(config: TrainConfig) -> Stage1Model:
+    """A stage-1 model with plain BatchNorm, to receive trained weights (no download)."""
+    return Stage1Model(create_backbone(config.backbone, pretrained=False))
+
+
+def _without_sync_batchnorm(
+    trained: torch.nn.Module, skeleton: torch.nn.Module, device: torch.device
+) -> torch.nn.Module:
+    """`trained`'s weights in `skeleton` (the same model with plain BatchNorm layers)."""
+    skeleton.load_state_dict(trained.state_dict())
+    for source, target in zip(trained.parameters(), skeleton.parameters(), strict=True):
+        target.requires_grad_(source.requires_grad)
+    return _place(skeleton, device)
 
 
 def _new_combined_head(config, model_a, model_b, device) -> CombinedHead:
@@ -491,23 +843,39 @@ def _new_combined_model(config, model_a, model_b, device) -> CombinedModel:
 
 
 def _cached_features(
-    config, data, paths, model_a, model_b, preprocess, device, workers, val_feeder, dtype
+    config,
+    data,
+    paths,
+    model_a,
+    model_b,
+    preprocess,
+    device,
+    workers,
+    val_feeder,
+    dtype,
+    dist: Distributed,
+    batch: int,
 ):
-    """Features of the training and validation cells, from the run folder or computed now."""
+    """Features of the training and validation cells, from the run folder or computed now.
+
+    Under DDP every rank computes its share (val_feeder already holds this rank's share) and the
+    shares are gathered, so each rank ends with all features; rank 0 stores them.
+    """
     sets = []
     for what, positions in (("train", data.train), ("val", data.val)):
         path = paths.features / f"{what}.safetensors"
         labels = torch.as_tensor(data.labels[positions])
-        found = FeatureSet.load(path, labels)
+        found = _load_shared_features(dist, path, labels, what)
         if found is None:
+            share = dist.shard(positions)
             feeder = (
                 val_feeder
                 if what == "val"
                 else CropFeeder(
                     data.cache,
-                    data.rows[positions],
-                    data.labels[positions],
-                    config.batch_size,
+                    data.rows[share],
+                    data.labels[share],
+                    batch,
                     device,
                     preprocess,
                     workers=workers,
@@ -520,12 +888,46 @@ def _cached_features(
             finally:
                 if feeder is not val_feeder:
                     feeder.close()
+            if dist.is_distributed:
+                found = FeatureSet(
+                    dist.gather_interleaved(found.features_a, f"{what} features"),
+                    dist.gather_interleaved(found.features_b, f"{what} features"),
+                    dist.gather_interleaved(found.labels, f"{what} features"),
+                )
+                if not torch.equal(found.labels, labels.to(found.labels.dtype)):
+                    raise DistributedError(
+                        f"The gathered {what} features do not line up with their cells."
+                    )
             if config.is_main_process:
                 found.save(path)
         else:
             yield Progress(1, 1, "features", f"{what} features cached")
         sets.append(found)
     return sets[0], sets[1]
+
+
+def _load_shared_features(
+    dist: Distributed, path: Path, labels: torch.Tensor, what: str
+) -> FeatureSet | None:
+    """The cached feature set as rank 0 finds it in the run folder, on every rank."""
+    if not dist.is_distributed:
+        return FeatureSet.load(path, labels)
+    found: list[FeatureSet | None] = [None]
+
+    def read() -> bool:
+        found[0] = FeatureSet.load(path, labels)
+        return found[0] is not None
+
+    if not dist.share(read, where=f"reading the cached {what} features"):
+        return None
+    mine = found[0]
+    tensors = dist.broadcast_tensors(
+        {"features_a": mine.features_a, "features_b": mine.features_b, "labels": mine.labels}
+        if mine is not None
+        else None,
+        f"sharing the cached {what} features",
+    )
+    return FeatureSet(tensors["features_a"], tensors["features_b"], tensors["labels"])
 
 
 def _probs_from_features(model_a, model_b, head, features: FeatureSet, device) -> np.ndarray:
@@ -583,6 +985,7 @@ def _bundle_meta(config, backbone: BackboneConfig, data: _Data, outcomes, report
             for name, outcome in outcomes.items()
         },
         "finetune_backbones": config.finetune_backbones,
+        "processes": config.world_size,
     }
     metrics = {
         "ensemble_weighted_f1": report["weighted_f1"]["ensemble"],
