@@ -59,11 +59,14 @@ def save_small(rgba: np.ndarray, path: Path) -> None:
     rgb = np.ascontiguousarray(np.asarray(rgba)[..., :3])
     scale = 1.0
     while True:
-        image = rgb if scale == 1.0 else cv2.resize(
-            rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA
+        image = (
+            rgb
+            if scale == 1.0
+            else cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         )
-        ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        ok, encoded = cv2.imencode(
+            ".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]
+        )
         if ok and (len(encoded) <= MAX_BYTES or scale < 0.3):
             break
         scale *= 0.85

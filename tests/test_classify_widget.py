@@ -8,7 +8,7 @@ import torch
 
 from model_factory import make_tiny_bundle
 from napari_allbag.bundle import load_bundle
-from napari_allbag.columns import PREDICTION_COLUMNS
+from napari_allbag.defaults import PREDICTION_COLUMNS
 from napari_allbag.segmentation import SegmentationParams, segment_image
 from napari_allbag.synthetic import make_field
 from napari_allbag.widgets.classify_widget import (

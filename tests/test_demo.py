@@ -47,8 +47,16 @@ def read_results(path: Path) -> list[dict[str, str]]:
 def test_every_step_reports_progress(finished):
     result, events = finished
     stages = [event.stage for event in events]
-    for stage in ("generating cells", "preprocess", "stage1-A", "stage1-B", "stage2",
-                  "segmenting", "classify", "writing results"):
+    for stage in (
+        "generating cells",
+        "preprocess",
+        "stage1-A",
+        "stage1-B",
+        "stage2",
+        "segmenting",
+        "classify",
+        "writing results",
+    ):
         assert stage in stages, stage
     assert stages.index("generating cells") < stages.index("stage1-A") < stages.index("classify")
     assert result.settings == QUICK_SETTINGS

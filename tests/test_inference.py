@@ -12,7 +12,7 @@ import torch
 
 from model_factory import make_tiny_bundle
 from napari_allbag.bundle import load_bundle
-from napari_allbag.columns import PREDICTION_COLUMNS
+from napari_allbag.defaults import PREDICTION_COLUMNS
 from napari_allbag.inference import (
     CellPredictions,
     classify_crops,

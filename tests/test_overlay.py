@@ -56,7 +56,9 @@ def test_outlines_take_the_class_colour_and_the_input_is_untouched():
     assert colour_fraction(out, ring(labels, 2), CLASS_COLOURS["all"]) == 0
     # the middle of a cell is left as it was
     x, y, _ = DISCS[0]
-    np.testing.assert_array_equal(out[y - 10 : y + 10, x - 10 : x + 10], image[y - 10 : y + 10, x - 10 : x + 10])
+    np.testing.assert_array_equal(
+        out[y - 10 : y + 10, x - 10 : x + 10], image[y - 10 : y + 10, x - 10 : x + 10]
+    )
 
 
 def tag_region(out: np.ndarray, top: int, bottom: int, x: int, half_width: int = 60) -> np.ndarray:

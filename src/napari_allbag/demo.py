@@ -353,6 +353,7 @@ def _classify_field(bundle_path: Path, device) -> Generator[Progress, None, dict
 
 # ----------------------------------------------------------------------------- outputs
 
+
 def result_columns() -> tuple[str, ...]:
     """Columns of results.csv: those of `napari-allbag predict`, then the generator's class."""
     from napari_allbag.commands.predict import RESULT_COLUMNS
@@ -403,15 +404,18 @@ def demo_summary(result: DemoResult) -> dict[str, Any]:
             "n_hem": result.cells - result.n_all,
             "matches_truth": result.matches_truth,
         },
-        "files": {name: str(path.relative_to(result.out_dir)) for name, path in result.paths.items()},
+        "files": {
+            name: str(path.relative_to(result.out_dir)) for name, path in result.paths.items()
+        },
     }
 
 
 def format_summary(result: DemoResult) -> str:
     """The closing lines the CLI prints: headline figures, the files, and what the model is not."""
     f1 = result.weighted_f1
-    others = ", ".join(f"{name} {f1[name]:.2f}" for name in ("model-A", "model-B", "combined")
-                       if name in f1)
+    others = ", ".join(
+        f"{name} {f1[name]:.2f}" for name in ("model-A", "model-B", "combined") if name in f1
+    )
     lines = [
         f"Demo finished in {result.seconds:.0f} s on {result.device} "
         f"({result.settings.backbone} at {result.settings.img_size} px, "

@@ -39,13 +39,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from napari_allbag.defaults import DEFAULT_DIST_TIMEOUT_S
 from napari_allbag.progress import Progress
 from napari_allbag.train_config import TrainingError
 
 T = TypeVar("T")
 
 #: Seconds a process waits for the others in any collective operation before it gives up.
-DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_TIMEOUT_S = DEFAULT_DIST_TIMEOUT_S
 #: Test hook, see `fault_point`: "exit:RANK:STAGE:EPOCH", "hang:RANK:STAGE:EPOCH" or
 #: "interrupt:STAGE:EPOCH".
 FAULT_ENV = "NAPARI_ALLBAG_FAULT"

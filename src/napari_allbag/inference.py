@@ -77,7 +77,7 @@ class CellPredictions:
         return int((self.labels == CLASS_NAMES.index("all")).sum())
 
     def columns(self) -> dict[str, np.ndarray]:
-        """The prediction columns (`columns.PREDICTION_COLUMNS`) for a cell table; labels as class names."""
+        """The prediction columns (`defaults.PREDICTION_COLUMNS`) for a cell table; labels as class names."""
         p_all = self.p_all
         return {
             "p_all_model_a": p_all[:, 0],

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_allbag.defaults import DEFAULT_BACKBONE
+
 #: Class order everywhere: index 1 is ALL, so P(ALL) = probs[..., 1].
 CLASS_NAMES = ("hem", "all")
-#: The paper's backbone.
-DEFAULT_BACKBONE = "inception_resnet_v2"
 #: Order of the three models in `Ensemble` outputs.
 MODEL_NAMES = ("model_a", "model_b", "combined")
 

@@ -60,10 +60,14 @@ def marks_from_table(
     ids = np.asarray(table["cell_id"]).astype(np.int64)
     marks = []
     for row, cell_id in enumerate(ids):
-        box = tuple(
-            int(table[name][row])
-            for name in ("bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col")
-        ) if "bbox_min_row" in table else None
+        box = (
+            tuple(
+                int(table[name][row])
+                for name in ("bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col")
+            )
+            if "bbox_min_row" in table
+            else None
+        )
         marks.append(
             CellMark(
                 int(cell_id),
@@ -125,8 +129,16 @@ def _tag(canvas: np.ndarray, text: str, colour, box, font_scale: float, thicknes
         y = bottom + thickness
     y = int(np.clip(y, 0, max(0, height - box_h)))
     cv2.rectangle(canvas, (x, y), (x + box_w - 1, y + box_h - 1), colour, cv2.FILLED)
-    cv2.putText(canvas, text, (x + pad, y + pad + text_h), _FONT, font_scale,
-                _text_colour(colour), text_thickness, cv2.LINE_AA)
+    cv2.putText(
+        canvas,
+        text,
+        (x + pad, y + pad + text_h),
+        _FONT,
+        font_scale,
+        _text_colour(colour),
+        text_thickness,
+        cv2.LINE_AA,
+    )
 
 
 def _legend(canvas: np.ndarray, font_scale: float, thickness: int) -> None:
@@ -138,8 +150,16 @@ def _legend(canvas: np.ndarray, font_scale: float, thickness: int) -> None:
     for name in ("all", "hem"):
         swatch = text_h + baseline
         cv2.rectangle(canvas, (x, y), (x + swatch, y + swatch), CLASS_COLOURS[name], cv2.FILLED)
-        cv2.putText(canvas, name.upper(), (x + swatch + pad, y + text_h), _FONT, font_scale,
-                    (255, 255, 255), text_thickness, cv2.LINE_AA)
+        cv2.putText(
+            canvas,
+            name.upper(),
+            (x + swatch + pad, y + text_h),
+            _FONT,
+            font_scale,
+            (255, 255, 255),
+            text_thickness,
+            cv2.LINE_AA,
+        )
         y += swatch + pad
 
 

@@ -59,7 +59,9 @@ def drive_with_bar(work: Generator[Progress, None, T], quiet: bool = False) -> T
             for old in bars.values():
                 old.close()
             bars.clear()
-            bar = bars[event.stage] = tqdm(total=event.total, desc=event.stage or "working", unit="")
+            bar = bars[event.stage] = tqdm(
+                total=event.total, desc=event.stage or "working", unit=""
+            )
         if event.total is not None and bar.total != event.total:
             bar.total = event.total
         bar.n = event.done

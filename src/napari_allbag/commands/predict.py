@@ -18,13 +18,13 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari_allbag.columns import PREDICTION_COLUMNS
 from napari_allbag.commands.options import (
     add_batch_size_option,
     add_device_option,
     add_workers_option,
     fail,
 )
+from napari_allbag.defaults import PREDICTION_COLUMNS
 
 if TYPE_CHECKING:  # torch loads only when a prediction runs, so `--help` stays fast
     from napari_allbag.inference import FilePredictions, PredictionRun

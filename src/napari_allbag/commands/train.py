@@ -21,8 +21,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TypeVar
 
-from napari_allbag import distributed
-from napari_allbag.models import DEFAULT_BACKBONE
+from napari_allbag.defaults import DEFAULT_BACKBONE, DEFAULT_DIST_TIMEOUT_S
 from napari_allbag.progress import Progress, drive_with_bar
 
 T = TypeVar("T")
@@ -145,10 +144,10 @@ def register(subparsers) -> None:
     parallel.add_argument(
         "--dist-timeout",
         type=float,
-        default=distributed.DEFAULT_TIMEOUT_S,
+        default=DEFAULT_DIST_TIMEOUT_S,
         metavar="SECONDS",
         help="how long a process waits for the others before it stops with an error "
-        f"(default {distributed.DEFAULT_TIMEOUT_S:g})",
+        f"(default {DEFAULT_DIST_TIMEOUT_S:g})",
     )
     parallel.add_argument(
         "--sync-batchnorm",
@@ -194,6 +193,8 @@ def config_from_args(args: argparse.Namespace):
 
 def resume_command(args: argparse.Namespace, environ=None) -> str:
     """The command that continues this run (the same launch: one process, --gpus or torchrun)."""
+    from napari_allbag import distributed  # torch loads only when training starts
+
     environ = os.environ if environ is None else environ
     parts = ["train", str(args.data_dir), "--out", str(args.out), "--resume"]
     for option, value in (
@@ -238,6 +239,7 @@ def argv_from_args(
 
 def launch_local(args: argparse.Namespace) -> int:
     """`--gpus N`: run this command under torchrun with N processes on this machine."""
+    from napari_allbag import distributed  # torch loads only when training starts
     from napari_allbag.trainer import TrainingError
 
     count = args.gpus
@@ -339,6 +341,7 @@ def for_terminal(
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from napari_allbag import distributed  # torch loads only when training starts
     from napari_allbag.trainer import TrainingError, train
 
     if getattr(args, "gpus", None) is not None:

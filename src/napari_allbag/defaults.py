@@ -1,0 +1,13 @@
+"""Names and defaults the command line needs before any heavy import, so `--help` starts fast.
+
+The modules that use them (models, inference, distributed) import them from here.
+"""
+
+#: The paper's backbone.
+DEFAULT_BACKBONE = "inception_resnet_v2"
+
+#: Columns the predictions add to a cell table, in order.
+PREDICTION_COLUMNS = ("p_all_model_a", "p_all_model_b", "p_all_combined", "label", "confidence")
+
+#: Seconds a training process waits for the others before it stops with an error.
+DEFAULT_DIST_TIMEOUT_S = 600.0
