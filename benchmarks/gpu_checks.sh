@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every GPU check in one call, for a lent GPU machine (torch, timm, OpenCV; no napari needed).
+# Run from the repository root:   OUT=/some/folder bash benchmarks/gpu_checks.sh
+# About 8 minutes on one H100/H200; each step has its own time limit and failures do not stop
+# the rest. Results: $OUT/gpu_bench.json (predict, train, ddp sections), $OUT/e2e/ (the real
+# trainer end to end), $OUT/*.log. Copy the figures, with the GPU's name, into docs/benchmarks.md.
+set -u
+OUT=${OUT:-gpu_checks_out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+
+step() {  # step NAME SECONDS COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (at most ${limit}s)"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  echo "== $name: exit ${PIPESTATUS[0]}"
+}
+
+# CUDA-only unit tests (device selection, autocast dtype, the inference engine on the GPU).
+step pytest_cuda 120 python3 -m pytest -q -p no:cacheprovider tests/test_devices.py \
+  tests/test_models.py tests/test_bundle.py tests/test_inference.py
+# Ensemble inference (target >= 2,000 cells/s at batch 256), stage-1 training (target >= 1,000
+# images/s at batch 64), and the multi-GPU section (on one GPU it says so and measures that one).
+step gpu_bench 330 python3 benchmarks/gpu_bench.py --budget-s 270 --out "$OUT/gpu_bench.json"
+# The real trainer end to end: DataLoader workers, pinned memory, checkpoints, fine-tuning.
+step e2e 150 python3 benchmarks/gpu_train_e2e.py --out "$OUT/e2e"
