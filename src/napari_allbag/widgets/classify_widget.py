@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_allbag.progress import Progress
+from napari_allbag.widgets.worker import start_worker
 
 CELLS_LAYER = "cells"
 CROPS_LAYER = "cell crops"
@@ -344,8 +345,6 @@ class ClassifyWidget(QWidget):
 
     def run(self) -> None:
         """Start classifying in a background worker."""
-        from napari.qt.threading import create_worker
-
         from napari_allbag.bundle import BundleError
 
         if self._worker is not None:
@@ -359,16 +358,16 @@ class ClassifyWidget(QWidget):
         self.progress.setRange(0, 0)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        worker = create_worker(
-            _classify_job, self._holder, job, _start_thread=False, _ignore_errors=True
+        self._worker = start_worker(
+            _classify_job,
+            self._holder,
+            job,
+            on_progress=self._on_progress,
+            on_result=self._on_result,
+            on_error=self._on_error,
+            on_aborted=self._on_aborted,
+            on_finished=self._on_finished,
         )
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_result)
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        worker.start()
 
     def cancel(self) -> None:
         if self._worker is not None:

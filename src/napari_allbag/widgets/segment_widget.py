@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
 from napari.layers import Image, Labels
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
 
@@ -26,6 +25,7 @@ from napari_allbag.segmentation import (
     SegmentationResult,
     segment_image_progress,
 )
+from napari_allbag.widgets.worker import start_worker
 
 CELLS_LAYER = "cells"
 CROPS_LAYER = "cell crops"
@@ -147,21 +147,22 @@ class SegmentWidget(QWidget):
             show_warning(f"Segment cells: cannot use layer '{layer.name}': {error}")
             return
         self._source_layer = layer
-        worker = thread_worker(segment_layer_data, ignore_errors=True)(
-            data, self.params(), layer.name, _start_thread=False
-        )
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_result)
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.progress_bar.setRange(0, 0)
         self.progress_bar.setVisible(True)
         self.status.value = f"segmenting '{layer.name}'..."
-        worker.start()
+        self.worker = start_worker(
+            segment_layer_data,
+            data,
+            self.params(),
+            layer.name,
+            on_progress=self._on_progress,
+            on_result=self._on_result,
+            on_error=self._on_error,
+            on_aborted=self._on_aborted,
+            on_finished=self._on_finished,
+        )
 
     def cancel(self) -> None:
         """Stop the running segmentation at its next progress event."""

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 
 from napari_allbag.models import DEFAULT_BACKBONE
 from napari_allbag.progress import Progress
+from napari_allbag.widgets.worker import start_worker
 
 STAGE_NAMES = {
     "preprocess": "Preprocessing",
@@ -206,8 +207,6 @@ class TrainWidget(QWidget):
         self.finetune_check.setChecked(config.finetune_backbones)
 
     def _launch(self, config) -> bool:
-        from napari.qt.threading import create_worker
-
         from napari_allbag.devices import select_device
         from napari_allbag.trainer import train
 
@@ -225,14 +224,15 @@ class TrainWidget(QWidget):
         self.progress.setRange(0, 0)
         self._set_running(True)
         self._work = train(config)
-        worker = create_worker(_run_training, self._work, _start_thread=False, _ignore_errors=True)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_result)
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        worker.start()
+        self._worker = start_worker(
+            _run_training,
+            self._work,
+            on_progress=self._on_progress,
+            on_result=self._on_result,
+            on_error=self._on_error,
+            on_aborted=self._on_aborted,
+            on_finished=self._on_finished,
+        )
         return True
 
     def cancel(self) -> None:
