@@ -173,11 +173,26 @@ def test_local_weights_replace_the_download(tmp_path):
     with torch.no_grad():
         assert torch.equal(backbone(x), reference(x))
 
-    pth = tmp_path / "test_resnet.pth"
-    torch.save({"state_dict": source.state_dict()}, pth)
-    from_pth = create_backbone("test_resnet", pretrained=False, weights_path=pth).eval()
-    with torch.no_grad():
-        assert torch.equal(from_pth(x), reference(x))
+
+class _LeavesAMark:
+    """Unpickling this creates a file: proof that a pickle was (or was not) opened."""
+
+    def __init__(self, mark):
+        self.mark = str(mark)
+
+    def __reduce__(self):
+        return (open, (self.mark, "w"))
+
+
+def test_pickle_weights_are_refused_without_being_opened(tmp_path):
+    mark = tmp_path / "unpickled"
+    pth = tmp_path / "weights.pth"
+    torch.save({"state_dict": _LeavesAMark(mark)}, pth)
+    with pytest.raises(BackboneWeightsError) as caught:
+        create_backbone("test_resnet", pretrained=False, weights_path=pth)
+    message = str(caught.value)
+    assert "weights.pth" in message and "never unpickles" in message and ".safetensors" in message
+    assert not mark.exists()
 
 
 def test_local_weights_that_do_not_fit_are_refused_clearly(tmp_path):

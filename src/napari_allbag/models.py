@@ -131,50 +131,37 @@ def _is_pickle_or_zip(path: Path) -> bool:
 
 
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a local weights file: `.safetensors`, or `.pth`/`.bin` with weights_only=True.
+    """Tensors of a local `.safetensors` weights file.
 
-    `.pth`/`.bin` files (timm / torchvision releases) are read with torch's restricted
-    `weights_only` loader, which refuses arbitrary Python objects.
+    Pickle-based files (`.pth`, `.pt`, `.bin`) are refused, never opened: unpickling a file can
+    run code. The message says how to convert one the user trusts.
     """
     path = Path(path)
     if not path.is_file():
         raise BackboneWeightsError(f"Weights file not found: {path}. Check the path.")
     suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+    if suffix in (".pth", ".pt", ".bin", ".pkl", ".ckpt"):
+        raise BackboneWeightsError(
+            f"{path} is a pickle-based PyTorch file; napari-allbag never unpickles files it is "
+            "given. Use the model's .safetensors weights (timm publishes them), or convert a file "
+            'you trust yourself: python -c "import torch, safetensors.torch as st; '
+            f"st.save_file(torch.load('{path.name}', weights_only=True), "
+            f"'{path.stem}.safetensors')\""
+        )
+    if suffix != ".safetensors":
+        raise BackboneWeightsError(f"Unsupported weights file {path}: use a .safetensors file.")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-        if _is_pickle_or_zip(path):
-            raise BackboneWeightsError(
-                f"{path} is named .safetensors but holds a pickle/zip archive; it was not opened. "
-                "Convert it with safetensors.torch.save_file."
-            )
-        try:
-            return load_file(str(path))
-        except SafetensorError as error:
-            raise BackboneWeightsError(
-                f"{path} is not a valid safetensors file: {error}"
-            ) from error
-    if suffix in (".pth", ".pt", ".bin"):
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any refusal of the restricted loader
-            raise BackboneWeightsError(
-                f"Could not read {path} as plain tensors (weights_only=True): {error}. "
-                "Save the weights as .safetensors instead."
-            ) from error
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-                break
-        if not isinstance(state, dict) or not all(
-            isinstance(v, torch.Tensor) for v in state.values()
-        ):
-            raise BackboneWeightsError(f"{path} does not hold a dictionary of tensors.")
-        return state
-    raise BackboneWeightsError(
-        f"Unsupported weights file {path}: use .safetensors (or .pth/.bin of plain tensors)."
-    )
+    if _is_pickle_or_zip(path):
+        raise BackboneWeightsError(
+            f"{path} is named .safetensors but holds a pickle/zip archive; it was not opened. "
+            "Convert it with safetensors.torch.save_file."
+        )
+    try:
+        return load_file(str(path))
+    except SafetensorError as error:
+        raise BackboneWeightsError(f"{path} is not a valid safetensors file: {error}") from error
 
 
 def load_backbone_weights(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
