@@ -55,6 +55,8 @@ from napari_allbag.synthetic import write_annotated_folder
 from napari_allbag.train_config import TrainingError
 from napari_allbag.train_data import FeatureBatches, batch_positions
 from napari_allbag.train_loop import EpochRandom, StageSettings, StageSpec, fit_stage, order_seed
+from napari_allbag.train_models import stage1_skeleton, without_sync_batchnorm
+from napari_allbag.train_resources import use_sync_batchnorm
 
 #: A hang guard for the subprocess runs (not a speed target).
 RUN_LIMIT_S = 300
@@ -549,7 +551,6 @@ def test_errors_of_rank_0_are_printed_once(tmp_path, cache):
 
 
 def test_sync_batchnorm_layers_are_swapped_back_after_training():
-    from napari_allbag import trainer
     from napari_allbag.models import Stage1Model, create_backbone
     from napari_allbag.train_config import TrainConfig
 
@@ -563,20 +564,18 @@ def test_sync_batchnorm_layers_are_swapped_back_after_training():
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.5)
-    plain = trainer._without_sync_batchnorm(
-        model, trainer._stage1_skeleton(config), torch.device("cpu")
-    )
+    plain = without_sync_batchnorm(model, stage1_skeleton(config), torch.device("cpu"))
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in plain.modules())
     for key, value in model.state_dict().items():
         assert torch.equal(plain.state_dict()[key], value), key
     two_gpus = Distributed(rank=0, world_size=2, device=torch.device("cuda", 0))
-    assert trainer._use_sync_batchnorm(config, two_gpus, two_gpus.device, 16)
-    assert not trainer._use_sync_batchnorm(config, two_gpus, two_gpus.device, 64)
+    assert use_sync_batchnorm(config, two_gpus, two_gpus.device, 16)
+    assert not use_sync_batchnorm(config, two_gpus, two_gpus.device, 64)
     two_cpus = Distributed(rank=0, world_size=2)
-    assert not trainer._use_sync_batchnorm(config, two_cpus, two_cpus.device, 16)
+    assert not use_sync_batchnorm(config, two_cpus, two_cpus.device, 16)
     forced = TrainConfig(data_dir=".", out_dir=".", sync_batchnorm="on")
     with pytest.raises(TrainingError, match="needs GPUs"):
-        trainer._use_sync_batchnorm(forced, two_cpus, two_cpus.device, 16)
+        use_sync_batchnorm(forced, two_cpus, two_cpus.device, 16)
 
 
 def test_gpu_benchmark_ddp_section_runs_here_on_the_cpu(tmp_path):
