@@ -22,6 +22,7 @@ import numpy as np
 
 from napari_allbag.commands.options import (
     add_batch_size_option,
+    add_cache_dir_option,
     add_device_option,
     add_workers_option,
     fail,
@@ -55,13 +56,7 @@ def register(subparsers) -> None:
     add_device_option(parser)
     add_batch_size_option(parser)
     add_workers_option(parser, "segmenting images")
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="crop cache folder (default: $NAPARI_ALLBAG_CACHE_DIR or ~/.cache/napari-allbag)",
-    )
+    add_cache_dir_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:
@@ -36,3 +37,14 @@ def fail(command: str, message: str, code: int = 2) -> int:
     """Print `napari-allbag COMMAND: message` on stderr and return the exit code."""
     print(f"napari-allbag {command}: {message}", file=sys.stderr)
     return code
+
+
+def add_cache_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="crop cache folder (default: $NAPARI_ALLBAG_CACHE_DIR, else the user cache folder, "
+        "e.g. ~/.cache/napari-allbag)",
+    )

@@ -21,6 +21,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TypeVar
 
+from napari_allbag.commands.options import add_cache_dir_option
 from napari_allbag.defaults import DEFAULT_BACKBONE, DEFAULT_DIST_TIMEOUT_S
 from napari_allbag.progress import Progress, drive_with_bar
 
@@ -115,13 +116,7 @@ def register(subparsers) -> None:
         metavar="FILE",
         help="CSV with columns file,subject (default: from C-NMC file names)",
     )
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="where segmented crops are cached (default: the user cache folder)",
-    )
+    add_cache_dir_option(parser)
     parser.add_argument(
         "--compile",
         action="store_true",
