@@ -19,7 +19,6 @@ from napari_allbag.demo import (
     default_out_dir,
     demo_settings,
     field_image,
-    field_params,
     is_finished_demo,
     run_demo,
     true_classes,
@@ -107,7 +106,8 @@ def test_results_have_one_row_per_segmented_cell(finished):
     result, _ = finished
     bundle = load_bundle(result.bundle_path, "cpu")
     image, truth = field_image()
-    segmented = segment_image(image, field_params(bundle.segmentation))
+    assert bundle.segmentation.largest_only is False  # a bundle finds every cell of a field
+    segmented = segment_image(image, bundle.segmentation)
     rows = read_results(result.results_path)
     assert segmented.n_cells == len(truth)  # the field's cells, not its debris
     assert len(rows) == segmented.n_cells == result.cells
@@ -228,10 +228,3 @@ def test_true_classes_match_centroids_to_the_truth_boxes():
         "centroid_col": np.array([30.0, 30.0, 300.0]),
     }
     assert true_classes(table, truth) == ["hem", "all", ""]
-
-
-def test_field_params_keep_every_cell():
-    from napari_allbag.segmentation import SegmentationParams
-
-    params = field_params({"crop_size": 32, "erosion_size": 2, "largest_only": True})
-    assert params == SegmentationParams(crop_size=32, erosion_size=2, largest_only=False)

@@ -29,7 +29,7 @@ import io
 import shutil
 import time
 from collections.abc import Generator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -291,20 +291,6 @@ def field_image() -> tuple[np.ndarray, list[dict[str, Any]]]:
     return np.asarray(data), list(attributes["metadata"]["cells"])
 
 
-def field_params(bundle_segmentation: Any):
-    """The bundle's segmentation parameters for a field of several cells.
-
-    Training crops the largest cell of each C-NMC image (`largest_only`); a field holds many
-    cells, so every cell is kept here, with the bundle's crop size, erosion and minimum area.
-    """
-    from napari_allbag.segmentation import SegmentationParams
-
-    params = bundle_segmentation
-    if isinstance(params, dict):
-        params = SegmentationParams.from_dict(params)
-    return replace(params, largest_only=False)
-
-
 def true_classes(table: dict[str, np.ndarray], truth: list[dict[str, Any]]) -> list[str]:
     """The generator's class of each segmented cell: the truth cell whose box holds its centroid."""
     classes = []
@@ -331,9 +317,7 @@ def _classify_field(bundle_path: Path, device) -> Generator[Progress, None, dict
     bundle = load_bundle(bundle_path, device)
     image, truth = field_image()
     try:
-        segmented = yield from segment_image_progress(
-            image, field_params(bundle.segmentation), FIELD_SOURCE
-        )
+        segmented = yield from segment_image_progress(image, bundle.segmentation, FIELD_SOURCE)
         predictions = yield from classify_crops(bundle, segmented.crops, device=device)
     finally:
         del bundle
