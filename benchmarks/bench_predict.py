@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from napari_allbag.models import (  # noqa: E402
+from napari_allbag.model.networks import (  # noqa: E402
     CombinedHead,
     CombinedModel,
     Ensemble,

@@ -24,16 +24,20 @@ from pathlib import Path
 import cv2
 import skimage
 
-from napari_allbag.imaging import find_images, read_image
-from napari_allbag.ordered_pool import ordered_map
-from napari_allbag.segmentation import (
+# the scikit-image reference segmentation is a test oracle: tests/segmentation/reference.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.segmentation.reference import segment_image_reference  # noqa: E402
+
+from napari_allbag.io.images import find_images, read_image
+from napari_allbag.io.ordered_pool import ordered_map
+from napari_allbag.segmentation.dark import (
     FileSegmentation,
     SegmentationParams,
     default_workers,
     iter_segment_files,
     segment_file,
 )
-from napari_allbag.segmentation_reference import segment_image_reference
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cnmc_sample"
 
@@ -68,7 +72,7 @@ def large_image_run(side: int) -> str:
         f"""
         import resource, time
         import cv2, numpy as np
-        from napari_allbag.segmentation import SegmentationParams, segment_image
+        from napari_allbag.segmentation.dark import SegmentationParams, segment_image
         side = {side}
         rng = np.random.default_rng(0)
         image = np.zeros((side, side, 3), np.uint8)

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_allbag.bagging import make_bagging_subsets
-from napari_allbag.crop_cache import build_crop_cache
-from napari_allbag.imaging import find_images
-from napari_allbag.models import (
+from napari_allbag.data.bagging import make_bagging_subsets
+from napari_allbag.data.synthetic import write_annotated_folder
+from napari_allbag.io.images import find_images
+from napari_allbag.model.networks import (
     CombinedHead,
     Preprocess,
     Stage1Model,
@@ -31,11 +31,11 @@ from napari_allbag.models import (
     resolve_backbone,
 )
 from napari_allbag.progress import drive
-from napari_allbag.segmentation import SegmentationParams
-from napari_allbag.synthetic import write_annotated_folder
-from napari_allbag.train_data import CropFeeder, FeatureBatches
-from napari_allbag.train_features import compute_features
-from napari_allbag.train_loop import EpochRandom, make_rmsprop
+from napari_allbag.segmentation.crop_cache import build_crop_cache
+from napari_allbag.segmentation.dark import SegmentationParams
+from napari_allbag.training.batches import CropFeeder, FeatureBatches
+from napari_allbag.training.features import compute_features
+from napari_allbag.training.loop import EpochRandom, make_rmsprop
 
 
 def _cells(root: Path, n_cells: int, crop: int, size: int):

@@ -1,7 +1,7 @@
 """GPU benchmark: ensemble cells/s end to end from uint8 crops in host memory (one script).
 
-Needs torch and timm only (no napari, OpenCV or scikit-image): it imports `napari_allbag.models`
-and `napari_allbag.inference` straight from src/, which import neither.
+Needs torch and timm only (no napari, OpenCV or scikit-image): it imports `napari_allbag.model.networks`
+and `napari_allbag.inference.classify` straight from src/, which import neither.
 
     python benchmarks/gpu_bench.py --out gpu_bench.json             # on a CUDA machine, < 5 min
     python benchmarks/gpu_bench.py --smoke --out /tmp/smoke.json    # tiny settings, CPU is fine
@@ -43,7 +43,8 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
-from napari_allbag import inference, models  # noqa: E402
+from napari_allbag.inference import classify as inference  # noqa: E402
+from napari_allbag.model import networks as models  # noqa: E402
 
 
 @dataclass

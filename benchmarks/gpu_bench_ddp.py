@@ -59,7 +59,7 @@ def _worker(rank: int, world: int, port: int, options: dict, result_path: str) -
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel
 
-    from napari_allbag import models
+    from napari_allbag.model import networks as models
 
     cuda = options["cuda"]
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")

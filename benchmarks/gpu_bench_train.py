@@ -1,6 +1,6 @@
 """GPU benchmark section "train" for `benchmarks/gpu_bench.py`: stage-1 training images/s.
 
-Imports only torch, timm and `napari_allbag.models` (plus `napari_allbag.augment`, pure torch, when
+Imports only torch, timm and `napari_allbag.model.networks` (plus `napari_allbag.data.augment`, pure torch, when
 present), so it runs on a GPU machine without napari or OpenCV.
 
     python benchmarks/gpu_bench.py --sections train --out gpu_bench_train.json
@@ -31,10 +31,10 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from napari_allbag import models  # noqa: E402
+from napari_allbag.model import networks as models  # noqa: E402
 
 try:  # pure torch; optional so that the section runs with models.py alone
-    from napari_allbag.augment import augment_batch  # noqa: E402
+    from napari_allbag.data.augment import augment_batch  # noqa: E402
 except ImportError:  # pragma: no cover
     augment_batch = None
 

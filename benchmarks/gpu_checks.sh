@@ -19,8 +19,9 @@ step() {  # step NAME SECONDS COMMAND...
 }
 
 # CUDA-only unit tests (device selection, autocast dtype, the inference engine on the GPU).
-step pytest_cuda 120 python3 -m pytest -q -p no:cacheprovider tests/test_devices.py \
-  tests/test_models.py tests/test_bundle.py tests/test_inference.py
+step pytest_cuda 120 python3 -m pytest -q -p no:cacheprovider tests/model/test_devices.py \
+  tests/model/test_networks.py tests/model/test_bundle.py tests/inference/test_classify.py \
+  tests/inference/test_predict.py
 # Ensemble inference (target >= 2,000 cells/s at batch 256), stage-1 training (target >= 1,000
 # images/s at batch 64), and the multi-GPU section (on one GPU it says so and measures that one).
 step gpu_bench 330 python3 benchmarks/gpu_bench.py --budget-s 270 --out "$OUT/gpu_bench.json"

@@ -3,7 +3,7 @@
     PYTHONPATH=src python3 benchmarks/gpu_train_e2e.py --out /tmp/e2e     # CUDA machine
     python benchmarks/gpu_train_e2e.py --smoke --out /tmp/e2e              # CPU, tiny settings
 
-Runs `trainer.train` (segmentation + crop cache, DataLoader worker processes over the memory map,
+Runs `training.run.train` (segmentation + crop cache, DataLoader worker processes over the memory map,
 pinned memory, augmentation on the device, bf16 autocast, channels_last, checkpoints every epoch)
 with random backbone weights, then a short `--finetune-backbones` run. Prints stage-1 training
 images/s measured between batch events (validation excluded), the seconds per stage, GPU memory
@@ -24,8 +24,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
 
-from napari_allbag.synthetic import write_annotated_folder  # noqa: E402
-from napari_allbag.trainer import TrainConfig, train  # noqa: E402
+from napari_allbag.data.synthetic import write_annotated_folder  # noqa: E402
+from napari_allbag.training.run import TrainConfig, train  # noqa: E402
 
 
 def run(config: TrainConfig) -> dict:

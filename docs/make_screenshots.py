@@ -31,10 +31,10 @@ import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
-from napari_allbag.checkpoint import write_bytes_atomic
-from napari_allbag.demo import is_finished_demo, run_demo
-from napari_allbag.demo_viewer import WIDGETS, fill_train_widget, open_demo
+from napari_allbag.demo.run import is_finished_demo, run_demo
+from napari_allbag.demo.viewer import WIDGETS, fill_train_widget, open_demo
 from napari_allbag.progress import drive
+from napari_allbag.training.checkpoint import write_bytes_atomic
 
 IMAGES = Path(__file__).resolve().parent / "images"
 MAX_BYTES = 300_000

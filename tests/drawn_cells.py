@@ -1,7 +1,7 @@
 """Images of cells drawn with OpenCV for segmentation tests: filled, textured ellipses on black.
 
-Other test modules import this: `from drawn_cells import draw_cells` (tests/ is on the import path
-under pytest's default rootdir-based import mode).
+Other test modules import this: `from tests.drawn_cells import draw_cells` (tests/ is a package;
+pytest's default rootdir-based import mode puts the repository root on the import path).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Tiny random-initialised ensembles and bundles for tests (no download, fast on two CPU cores).
 
-Other test modules import this: `from model_factory import make_tiny_bundle` (tests/ is on the
-import path under pytest's default rootdir-based import mode).
+Other test modules import this: `from tests.model_factory import make_tiny_bundle` (tests/ is a
+package; pytest's default rootdir-based import mode puts the repository root on the import path).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from napari_allbag.bundle import save_bundle
-from napari_allbag.models import (
+from napari_allbag.model.bundle import save_bundle
+from napari_allbag.model.networks import (
     BackboneConfig,
     CombinedHead,
     CombinedModel,
@@ -70,7 +70,7 @@ def make_tiny_models(
 def tiny_segmentation_params(crop_size: int = TINY_SIZE) -> dict[str, Any]:
     """Segmentation parameters for tiny bundles (a dict, valid for SegmentationParams.from_dict)."""
     try:
-        from napari_allbag.segmentation import SegmentationParams
+        from napari_allbag.segmentation.dark import SegmentationParams
     except ImportError:
         return {"crop_size": crop_size}
     return SegmentationParams(crop_size=crop_size).to_dict()

@@ -1,0 +1,231 @@
+"""`napari-allbag predict BUNDLE INPUT... --out results.csv`: tag every cell ALL or HEM.
+
+Each image is segmented with the bundle's segmentation parameters and each cell classified by the
+ensemble (model-A, model-B, combined; the paper's highest-probability rule). `results.csv` gets one
+row per cell, written as the cells are classified into a temporary file that replaces `--out` at
+the end (interrupted runs keep what was done as `<out>.partial`). A summary per file (cells, ALL
+count, ALL fraction) goes to the terminal and to `--summary FILE`; unreadable files are listed with
+the reason and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari_allbag.cli.options import (
+    add_batch_size_option,
+    add_device_option,
+    add_workers_option,
+    fail,
+)
+from napari_allbag.defaults import PREDICTION_COLUMNS
+from napari_allbag.inference.columns import CELL_COLUMNS, RESULT_COLUMNS
+
+if TYPE_CHECKING:  # torch loads only when a prediction runs, so `--help` stays fast
+    from napari_allbag.inference.predict import FilePredictions, PredictionRun
+
+SUMMARY_COLUMNS = ("source", "cells", "n_all", "all_fraction", "error")
+#: Above this many files the terminal shows totals only (the per-file table goes to --summary).
+MAX_FILES_SHOWN = 100
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="classify every cell in images or folders as ALL or HEM with a model bundle",
+        description=(
+            "Segment each image with the bundle's segmentation parameters and classify every "
+            "cell with the bagging ensemble. Writes one row per cell to --out (CSV)."
+        ),
+    )
+    parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="model bundle folder")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    parser.add_argument(
+        "--out", required=True, type=Path, metavar="CSV", help="per-cell results CSV to write"
+    )
+    parser.add_argument(
+        "--summary", type=Path, default=None, metavar="FILE", help="per-file summary CSV to write"
+    )
+    add_device_option(parser)
+    add_batch_size_option(parser)
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the ensemble (faster on large runs)"
+    )
+    add_workers_option(parser, "reading and segmenting images")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace --out / --summary if they exist"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _fail(message: str) -> int:
+    return fail("predict", message)
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_allbag.inference.predict import predict_files
+    from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
+    from napari_allbag.model.bundle import BundleError, load_bundle
+    from napari_allbag.model.devices import DeviceError, select_device
+    from napari_allbag.progress import drive_with_bar
+
+    if args.batch_size is not None and args.batch_size < 1:
+        return _fail("--batch-size must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        return _fail("--workers must be at least 1")
+    outputs = [args.out] + ([args.summary] if args.summary else [])
+    for target in outputs:
+        if target.is_dir():
+            return _fail(f"{target} is a folder; give a file name such as {target / 'results.csv'}")
+        if target.exists() and not args.overwrite:
+            return _fail(f"{target} already exists: choose another name or pass --overwrite")
+    if args.summary and args.summary.resolve() == args.out.resolve():
+        return _fail("--summary and --out must be different files")
+    try:
+        paths = find_images(args.inputs)
+    except FileNotFoundError as error:
+        return _fail(str(error))
+    if not paths:
+        return _fail(
+            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(map(str, args.inputs))}"
+        )
+    try:
+        device = select_device(args.device)
+        bundle = load_bundle(args.bundle, device)
+    except (BundleError, DeviceError) as error:
+        return _fail(str(error))
+
+    for target in outputs:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    writer = _AtomicCsv(args.out, RESULT_COLUMNS)
+    try:
+        work = predict_files(
+            bundle,
+            paths,
+            batch_size=args.batch_size,
+            device=device,
+            workers=args.workers,
+            compile=args.compile,
+            sink=lambda result: _write_rows(writer, result),
+        )
+        result: PredictionRun = drive_with_bar(work, quiet=args.quiet)
+    except BaseException:
+        kept = writer.abandon()
+        if kept is not None:
+            print(f"Cells classified so far were kept in {kept}", file=sys.stderr)
+        raise
+    writer.commit()
+    if args.summary:
+        _write_summary(args.summary, result)
+    _print_summary(result, args)
+    return 0 if result.cells or len(result.errors) < len(result.files) else 1
+
+
+def _write_rows(writer: _AtomicCsv, result: FilePredictions) -> None:
+    if result.error or not len(result.predictions):
+        return
+    table = result.table
+    predictions = result.predictions.columns()
+    source = str(result.path)
+    for row in range(len(result.predictions)):
+        values: list[Any] = [source]
+        values += [_cell(table[name][row]) if name in table else "" for name in CELL_COLUMNS]
+        values += [_cell(predictions[name][row]) for name in PREDICTION_COLUMNS]
+        writer.write_row(values)
+
+
+def _cell(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def _write_summary(path: Path, result: PredictionRun) -> None:
+    writer = _AtomicCsv(path, SUMMARY_COLUMNS)
+    try:
+        for item in result.files:
+            fraction = item.all_fraction
+            writer.write_row(
+                [
+                    str(item.path),
+                    item.cells,
+                    item.n_all,
+                    "" if fraction is None else f"{fraction:.4f}",
+                    item.error or item.message or "",
+                ]
+            )
+    except BaseException:
+        writer.abandon(keep=False)
+        raise
+    writer.commit()
+
+
+def _print_summary(result: PredictionRun, args: argparse.Namespace) -> None:
+    files = result.files
+    if len(files) <= MAX_FILES_SHOWN:
+        width = min(60, max([len(str(f.path)) for f in files] + [4]))
+        print(f"{'file':<{width}}  {'cells':>6}  {'ALL':>6}  {'ALL %':>6}")
+        for item in files:
+            if item.error:
+                continue
+            fraction = "" if item.all_fraction is None else f"{100 * item.all_fraction:.1f}"
+            name = str(item.path)
+            name = name if len(name) <= width else "..." + name[-(width - 3) :]
+            print(f"{name:<{width}}  {item.cells:>6}  {item.n_all:>6}  {fraction:>6}")
+    elif not args.summary:
+        print(f"({len(files)} files: pass --summary FILE for the per-file table)")
+    cells, n_all = result.cells, result.n_all
+    fraction = f"{100 * n_all / cells:.1f}%" if cells else "n/a"
+    print(
+        f"Total: {cells} cell(s) in {len(files) - len(result.errors)} image(s), {n_all} ALL "
+        f"({fraction}), on {result.device} at {result.cells_per_second:.1f} cells/s -> {args.out}"
+    )
+    if args.summary:
+        print(f"Per-file summary -> {args.summary}")
+    if result.errors:
+        print(f"{len(result.errors)} file(s) could not be read and were skipped:", file=sys.stderr)
+        for item in result.errors:
+            print(f"  {item.path}: {item.error}", file=sys.stderr)
+
+
+class _AtomicCsv:
+    """A CSV written row by row into a temp file beside `path`, moved into place on commit."""
+
+    def __init__(self, path: Path, header: tuple[str, ...]):
+        self.path = Path(path)
+        self.temp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        # os.open with 0o666 lets the umask decide the permissions, as for any new file
+        handle = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self.file = os.fdopen(handle, "w", newline="", encoding="utf-8")
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(header)
+        self.rows = 0
+
+    def write_row(self, values: list[Any]) -> None:
+        self.writer.writerow(values)
+        self.rows += 1
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.temp, self.path)
+
+    def abandon(self, keep: bool = True) -> Path | None:
+        """Stop writing; keep the rows so far as `<path>.partial` (if any), else delete."""
+        self.file.close()
+        if keep and self.rows:
+            partial = self.path.with_name(self.path.name + ".partial")
+            os.replace(self.temp, partial)
+            return partial
+        self.temp.unlink(missing_ok=True)
+        return None

@@ -1,0 +1,383 @@
+"""`napari-allbag train DATA_DIR --out RUN_DIR`: the paper's two-stage bagging training.
+
+Writes into RUN_DIR the model bundle (`bundle/`), `log.csv`, `curves.png`, the validation report
+(`report.txt`, `report.json`), the data summary and per-epoch checkpoints. Ctrl-C stops cleanly;
+the printed `--resume` command continues from the last finished epoch.
+
+Several GPUs: `torchrun --nproc_per_node N -m napari_allbag train ...` (any torchrun launch, also
+over several machines) trains data-parallel; `--gpus N` starts that torchrun on this machine
+(with `--device cpu`: N CPU processes, for tests). See docs/distributed.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import warnings
+from collections.abc import Generator
+from pathlib import Path
+from typing import TypeVar
+
+from napari_allbag.cli.options import add_cache_dir_option
+from napari_allbag.defaults import DEFAULT_BACKBONE, DEFAULT_DIST_TIMEOUT_S
+from napari_allbag.progress import Progress, drive_with_bar
+
+T = TypeVar("T")
+
+#: Live figures shown on the progress bar, in this order.
+BAR_FIGURES = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the bagging ensemble on an annotated folder (all/ and hem/)",
+        description=(
+            "Train model-A and model-B on the paper's bagging sets, then the combined model, and "
+            "write a model bundle, log.csv, curves.png and a validation report into RUN_DIR. "
+            "DATA_DIR holds the cells in all/ and hem/ folders (any depth) or named *_all/*_hem."
+        ),
+    )
+    parser.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="annotated folder")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="RUN_DIR",
+        help="run folder (new or empty; with --resume, the run to continue)",
+    )
+    parser.add_argument(
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        help=f"timm backbone name (default {DEFAULT_BACKBONE}, the paper's)",
+    )
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="backbone input size (default: the backbone's own, 299 for the paper's)",
+    )
+    parser.add_argument("--epochs", type=int, default=50, help="most epochs per stage (default 50)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="batch size (default 32 on CPU, 64 on a GPU)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)"
+    )
+    parser.add_argument(
+        "--no-pretrained",
+        action="store_true",
+        help="start from random weights instead of ImageNet's",
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="local backbone weights (.safetensors) instead of the download",
+    )
+    parser.add_argument(
+        "--finetune-backbones",
+        action="store_true",
+        help="train the combined model end to end (default: frozen backbones)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in RUN_DIR from its last finished epoch",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes for segmentation and data loading (default: automatic)",
+    )
+    parser.add_argument(
+        "--crop-size",
+        type=int,
+        default=299,
+        metavar="PX",
+        help="side of the segmented crops (default 299, the paper's)",
+    )
+    parser.add_argument(
+        "--subjects-csv",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="CSV with columns file,subject (default: from C-NMC file names)",
+    )
+    add_cache_dir_option(parser)
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the backbones while training (faster steps on a GPU after a "
+        "compilation of some seconds per stage)",
+    )
+    parallel = parser.add_argument_group(
+        "several GPUs (see docs/distributed.md)",
+        "Under torchrun every process trains its share of each batch (DistributedDataParallel); "
+        "--batch-size is then the global batch (default: 64 per GPU).",
+    )
+    parallel.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on N GPUs of this machine: starts torchrun with N processes (with "
+        "--device cpu: N CPU processes, for tests)",
+    )
+    parallel.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_DIST_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long a process waits for the others before it stops with an error "
+        f"(default {DEFAULT_DIST_TIMEOUT_S:g})",
+    )
+    parallel.add_argument(
+        "--sync-batchnorm",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="SyncBatchNorm across GPUs: auto = when each GPU's batch is below 32 (default)",
+    )
+    parallel.add_argument(
+        "--parallel-models",
+        action="store_true",
+        help="train model-A and model-B at the same time, each on half of the processes "
+        "(then stage 2 on all)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run, train_parser=parser)
+
+
+def config_from_args(args: argparse.Namespace):
+    from napari_allbag.training.run import TrainConfig
+
+    return TrainConfig(
+        data_dir=args.data_dir,
+        out_dir=args.out,
+        backbone=args.backbone,
+        img_size=args.img_size,
+        pretrained=not args.no_pretrained,
+        weights_path=args.weights,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        device=args.device,
+        finetune_backbones=args.finetune_backbones,
+        seed=args.seed,
+        resume=args.resume,
+        workers=args.workers,
+        crop_size=args.crop_size,
+        subjects_csv=args.subjects_csv,
+        cache_dir=args.cache_dir,
+        compile=args.compile,
+        sync_batchnorm=args.sync_batchnorm,
+        parallel_models=args.parallel_models,
+    )
+
+
+def resume_command(args: argparse.Namespace, environ=None) -> str:
+    """The command that continues this run (the same launch: one process, --gpus or torchrun)."""
+    from napari_allbag.training import distributed  # torch loads only when training starts
+
+    environ = os.environ if environ is None else environ
+    parts = ["train", str(args.data_dir), "--out", str(args.out), "--resume"]
+    for option, value in (
+        ("--device", args.device),
+        ("--workers", args.workers),
+        ("--cache-dir", args.cache_dir),
+    ):
+        if value is not None:
+            parts += [option, str(value)]
+    if args.compile:
+        parts.append("--compile")
+    if getattr(args, "parallel_models", False):
+        parts.append("--parallel-models")
+    if environ.get(distributed.GPUS_ENV):
+        return shlex.join(["napari-allbag", *parts, "--gpus", environ[distributed.GPUS_ENV]])
+    if distributed.launch_env(environ) is not None:
+        return "torchrun <the same torchrun options> -m napari_allbag " + shlex.join(parts)
+    return shlex.join(["napari-allbag", *parts])
+
+
+def argv_from_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, leave_out: tuple[str, ...] = ()
+) -> list[str]:
+    """The `train` arguments that give `args` again (options at their default left out)."""
+    positionals: list[str] = []
+    options: list[str] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or action.dest in leave_out:
+            continue
+        value = getattr(args, action.dest, None)
+        if not action.option_strings:
+            positionals.append(str(value))
+            continue
+        flag = max(action.option_strings, key=len)
+        if isinstance(action, argparse._StoreTrueAction):
+            if value:
+                options.append(flag)
+        elif value is not None and value != action.default:
+            options += [flag, str(value)]
+    return positionals + options
+
+
+def launch_local(args: argparse.Namespace) -> int:
+    """`--gpus N`: run this command under torchrun with N processes on this machine."""
+    from napari_allbag.training import distributed  # torch loads only when training starts
+    from napari_allbag.training.run import TrainingError
+
+    count = args.gpus
+    try:
+        device = _launch_device(args.device, count)
+        if distributed.launch_env() is not None:
+            raise TrainingError(
+                "--gpus starts torchrun itself; this process already runs under torchrun. "
+                "Leave --gpus out of the torchrun command."
+            )
+        _preflight(args)
+    except TrainingError as error:
+        print(f"napari-allbag train: {error}", file=sys.stderr)
+        return 2
+    if count == 1:
+        args.gpus = None
+        return run(args)
+    command = distributed.torchrun_command(
+        count, argv_from_args(args.train_parser, args, leave_out=("gpus",))
+    )
+    environ = dict(os.environ)
+    environ[distributed.GPUS_ENV] = str(count)
+    if device == "cpu" and "OMP_NUM_THREADS" not in environ:
+        environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // count))
+    print(f"Starting {count} training processes: {shlex.join(command)}", file=sys.stderr)
+    process = subprocess.Popen(command, env=environ)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        # torchrun got the Ctrl-C too and stops its processes; rank 0 prints how to resume
+        return process.wait() or 130
+
+
+def _launch_device(name: str | None, count: int) -> str:
+    """The device kind ("cuda" or "cpu") for `--gpus count`, with clear errors."""
+    import torch
+
+    from napari_allbag.training.run import TrainingError
+
+    if count < 1:
+        raise TrainingError(f"--gpus needs at least 1 (got {count}).")
+    text = (name or "auto").strip().lower()
+    if text == "cpu":
+        return "cpu"
+    if text not in ("auto", "cuda"):
+        raise TrainingError(
+            f"--gpus {count} with --device {name}: use --device cuda (each process takes its own "
+            "GPU; choose them with CUDA_VISIBLE_DEVICES) or --device cpu (CPU processes, tests)."
+        )
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available == 0:
+        raise TrainingError(
+            f"--gpus {count}: this machine has no CUDA GPU. Add --device cpu to start {count} CPU "
+            "processes instead (useful for tests), or train on one process without --gpus."
+        )
+    if count > available:
+        raise TrainingError(
+            f"--gpus {count}: this machine has only {available} GPU(s). Use --gpus {available}."
+        )
+    return "cuda"
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Errors worth catching before starting processes: settings, folders."""
+    from napari_allbag.training.run import TrainingError
+
+    config = config_from_args(args)
+    if not config.data_dir.is_dir():
+        raise TrainingError(
+            f"Annotated folder not found: {config.data_dir}. Choose the folder that holds the "
+            "all/ and hem/ folders."
+        )
+    out = config.out_dir
+    if not config.resume and out.is_dir() and any(out.iterdir()):
+        raise TrainingError(
+            f"The run folder {out} already holds files and is never overwritten. Continue a run "
+            "with --resume, or choose a new or empty folder."
+        )
+
+
+def for_terminal(
+    work: Generator[Progress, None, T], quiet: bool = False
+) -> Generator[Progress, None, T]:
+    """Print the run's texts (summary, report) and keep only short figures for the bar."""
+    from tqdm import tqdm
+
+    while True:
+        try:
+            event = next(work)
+        except StopIteration as stop:
+            return stop.value
+        text = event.metrics.get("text")
+        if text and not quiet:
+            tqdm.write(str(text))
+        figures = {k: event.metrics[k] for k in BAR_FIGURES if k in event.metrics}
+        yield Progress(event.done, event.total, event.stage, event.message, figures)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from napari_allbag.training import distributed  # torch loads only when training starts
+    from napari_allbag.training.run import TrainingError, train
+
+    if getattr(args, "gpus", None) is not None:
+        return launch_local(args)
+    rank = 0
+    try:
+        launch = distributed.launch_env()
+        if launch is not None:
+            rank = launch.rank
+            # On the CPU a 1x1 convolution's gradient comes in another memory layout than DDP's
+            # bucket; DDP copies it (harmless) but warns in every process.
+            warnings.filterwarnings(
+                "ignore", message="Grad strides do not match bucket view strides"
+            )
+        main = rank == 0
+        with distributed.process_group(args.device, args.dist_timeout) as group:
+            config = config_from_args(args)
+            if group.is_distributed:
+                config = replace(config, device=str(group.device))
+            quiet = args.quiet or not main
+            work = train(config, group) if group.is_distributed else train(config)
+            result = drive_with_bar(for_terminal(work, quiet), quiet=quiet)
+    except distributed.ForwardedError:
+        return 2  # rank 0 prints it
+    except TrainingError as error:
+        prefix = "" if rank == 0 else f"[process {rank}] "
+        print(f"{prefix}napari-allbag train: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if rank == 0:
+            print(
+                "\nTraining interrupted. Every finished epoch is saved in "
+                f"{Path(args.out) / 'checkpoints'}. Continue with:\n  {resume_command(args)}",
+                file=sys.stderr,
+            )
+        return 130
+    if not main:
+        return 0
+    print(f"Model bundle: {result.bundle_path}")
+    print(f"Report: {result.run_dir / 'report.txt'}")
+    print(f"Training log: {result.log_path}  curves: {result.curves_path}")
+    weighted = result.report["weighted_f1"]
+    print("Validation weighted F1: " + ", ".join(f"{k} {v:.3f}" for k, v in weighted.items()))
+    return 0

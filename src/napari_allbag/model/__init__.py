@@ -1,0 +1,45 @@
+"""The networks: timm backbones, the stage-1 and combined models, the ensemble and its decision
+rule (`networks`), the model bundle folder (`bundle`), and the compute device (`devices`).
+
+May import: `io`, `data`, `segmentation` (the bundle records its segmentation parameters),
+`progress`, `defaults`. `networks` imports torch and timm only.
+"""
+
+from napari_allbag._lazy import lazy_exports
+
+_EXPORTS = {
+    **dict.fromkeys(
+        (
+            "CLASS_NAMES",
+            "MODEL_NAMES",
+            "BackboneConfig",
+            "UnknownBackboneError",
+            "resolve_backbone",
+            "create_backbone",
+            "Stage1Model",
+            "CombinedHead",
+            "CombinedModel",
+            "Preprocess",
+            "Ensemble",
+            "decide",
+            "build_ensemble",
+        ),
+        "networks",
+    ),
+    **dict.fromkeys(
+        (
+            "FORMAT_VERSION",
+            "BundleError",
+            "LoadedBundle",
+            "save_bundle",
+            "load_bundle",
+            "read_bundle_meta",
+        ),
+        "bundle",
+    ),
+    **dict.fromkeys(
+        ("DeviceError", "select_device", "device_description", "release_memory"), "devices"
+    ),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

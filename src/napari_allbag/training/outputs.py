@@ -1,0 +1,63 @@
+"""What a run leaves besides the report: the training curves and the bundle's metadata."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+from napari_allbag.model.networks import BackboneConfig
+from napari_allbag.training.config import RunPaths
+from napari_allbag.training.curves import render_curves_png
+from napari_allbag.training.prepare import PreparedData, class_counts, segmentation_params
+
+
+def draw_curves(main: bool, paths: RunPaths, history: list[dict[str, Any]]) -> None:
+    if main and history:
+        render_curves_png(history, paths.curves)
+
+
+def bundle_meta(
+    config, backbone: BackboneConfig, data: PreparedData, outcomes, report
+) -> dict[str, Any]:
+    training = {
+        "config": json.loads(json.dumps(config.to_dict())),
+        "data_dir": str(config.data_dir),
+        "cells": {
+            "train": class_counts(data.labels[data.train]),
+            "val": class_counts(data.labels[data.val]),
+        },
+        "split": data.split_note,
+        "stages": {
+            name: {
+                "epochs": outcome.extra.get("last_epoch"),
+                "best_epoch": outcome.best_epoch,
+                "best_val_loss": outcome.best_val_loss,
+                "stopped_early": outcome.stopped_early,
+            }
+            for name, outcome in outcomes.items()
+        },
+        "finetune_backbones": config.finetune_backbones,
+        "processes": config.world_size,
+    }
+    metrics = {
+        "ensemble_weighted_f1": report["weighted_f1"]["ensemble"],
+        "validation_cells": report["cells"],
+        "validation": {
+            name: {
+                "weighted_f1": table["weighted_avg"]["f1"],
+                "accuracy": table["accuracy"],
+                "per_class": table["per_class"],
+                "confusion_matrix": table["confusion_matrix"],
+            }
+            for name, table in report["tables"].items()
+        },
+    }
+    # Training keeps the largest cell of each (one-cell) C-NMC image; a bundle classifies every
+    # cell an image holds, so it carries the same crop settings without that restriction.
+    return {
+        "backbone": backbone,
+        "segmentation": replace(segmentation_params(config), largest_only=False),
+        "training": training,
+        "metrics": metrics,
+    }

@@ -1,0 +1,575 @@
+"""The Classify dock widget: tag every cell of an image ALL or HEM with a model bundle.
+
+Pick a bundle folder (the last one is remembered) and a layer: an Image layer (the widget segments
+it with the bundle's segmentation parameters) or the "cells" Labels layer of the Segment widget
+(its "cell crops" layer is used when it matches, otherwise the crops are cut again from the image).
+Run works in a background worker (progress, Cancel). The result: the "cells" layer coloured by class,
+a "cell classes" Points layer showing label and confidence at each cell, the features table gaining
+p_all_model_a, p_all_model_b, p_all_combined, label and confidence, a summary line, Export CSV.
+The model (and its GPU memory) is released when another bundle is chosen or the widget closes.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_allbag.progress import Progress
+from napari_allbag.widgets.worker import start_worker
+
+CELLS_LAYER = "cells"
+CROPS_LAYER = "cell crops"
+CLASSES_LAYER = "cell classes"
+#: Colours of the two classes (RGBA): ALL orange-red, HEM sky blue (distinct for colour-blind eyes).
+ALL_COLOUR = (0.93, 0.33, 0.05, 1.0)
+HEM_COLOUR = (0.15, 0.62, 0.95, 1.0)
+
+
+class _ModelHolder:
+    """The loaded bundle, kept apart from the Qt object so it can be released after destruction."""
+
+    def __init__(self) -> None:
+        self.bundle: Any = None
+        self.path: Path | None = None
+
+    def release(self) -> None:
+        if self.bundle is None:
+            return
+        from napari_allbag.model.devices import release_memory
+
+        device = self.bundle.device
+        self.bundle = None
+        self.path = None
+        release_memory(device)
+
+
+@dataclass
+class _Job:
+    """What one Run needs, gathered on the GUI thread."""
+
+    bundle_path: Path
+    device: Any
+    image: np.ndarray | None  # RGB uint8, when cells must be found or cut again
+    labels: np.ndarray | None  # existing cells layer data
+    table: dict[str, np.ndarray] | None  # existing features (column -> values)
+    crops: np.ndarray | None  # matching "cell crops", when usable
+    source: str
+
+
+@dataclass
+class _JobResult:
+    labels: np.ndarray
+    table: dict[str, np.ndarray]
+    predictions: Any  # inference.CellPredictions
+    message: str = ""
+    new_crops: np.ndarray | None = None  # when the cells were found afresh
+
+
+def _classify_job(holder: _ModelHolder, job: _Job) -> Generator[Progress, None, _JobResult]:
+    """Load the bundle (if needed), find or cut the crops, classify (runs in a worker thread)."""
+    from napari_allbag.inference.classify import classify_crops
+    from napari_allbag.model.bundle import load_bundle
+    from napari_allbag.segmentation.dark import segment_image_progress
+    from napari_allbag.segmentation.recrop import crops_from_labels
+
+    if holder.bundle is None or holder.path != job.bundle_path:
+        yield Progress(0, None, "loading model", str(job.bundle_path))
+        holder.release()
+        holder.bundle = load_bundle(job.bundle_path, job.device)
+        holder.path = job.bundle_path
+    bundle = holder.bundle
+    message = ""
+    if job.labels is None:
+        result = yield from segment_image_progress(job.image, bundle.segmentation, job.source)
+        labels, table, crops, message = result.labels, result.table, result.crops, result.message
+    else:
+        labels, table = job.labels, dict(job.table or {})
+        ids = _cell_ids(table, labels)
+        table.setdefault("cell_id", ids)
+        if job.crops is not None:
+            crops = job.crops
+        else:
+            yield Progress(0, None, "cutting crops", f"{len(ids)} cells")
+            crops = crops_from_labels(job.image, labels, ids, bundle.crop_size)
+    predictions = yield from classify_crops(bundle, crops)
+    return _JobResult(labels, table, predictions, message, crops if job.labels is None else None)
+
+
+def _cell_ids(table: dict[str, Any], labels: np.ndarray) -> np.ndarray:
+    """Cell ids of the rows of a features table (napari's 'index', else 'cell_id', else labels)."""
+    for name in ("index", "cell_id"):
+        if name in table and len(table[name]):
+            return np.asarray(table[name], dtype=np.int64)
+    ids = np.unique(labels)
+    return ids[ids > 0].astype(np.int64)
+
+
+class ClassifyWidget(QWidget):
+    """Dock widget: classify the cells of an image layer with a model bundle."""
+
+    def __init__(self, napari_viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        from napari_allbag.io.settings import last_bundle_dir
+        from napari_allbag.model.devices import device_description, select_device
+
+        self.viewer = napari_viewer
+        self._holder = _ModelHolder()
+        self._worker = None
+        self._table: Any = None  # pandas DataFrame of the last result
+        self.device = select_device()
+
+        self.bundle_edit = QLineEdit()
+        self.bundle_edit.setPlaceholderText("model bundle folder (bundle.json + .safetensors)")
+        self.browse_button = QPushButton("Browse…")
+        self.bundle_info = QLabel("")
+        self.bundle_info.setWordWrap(True)
+        self.layer_combo = QComboBox()
+        self.device_label = QLabel(f"Device: {device_description(self.device)}")
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        self.export_button = QPushButton("Export CSV…")
+        self.export_button.setEnabled(False)
+
+        bundle_row = QHBoxLayout()
+        bundle_row.addWidget(self.bundle_edit)
+        bundle_row.addWidget(self.browse_button)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        form = QFormLayout()
+        form.addRow("Bundle", bundle_row)
+        form.addRow("", self.bundle_info)
+        form.addRow("Layer", self.layer_combo)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.device_label)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.export_button)
+        layout.addStretch(1)
+
+        self.browse_button.clicked.connect(self._browse)
+        self.bundle_edit.editingFinished.connect(lambda: self.set_bundle(self.bundle_edit.text()))
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.export_button.clicked.connect(self._export_dialog)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._refresh_layers)
+        holder = self._holder
+        self.destroyed.connect(lambda *_: holder.release())
+        self._refresh_layers()
+
+        remembered = last_bundle_dir()
+        if remembered is not None and (remembered / "bundle.json").is_file():
+            self.set_bundle(remembered, remember=False)
+
+    # ------------------------------------------------------------------ bundle
+
+    @property
+    def bundle_path(self) -> Path | None:
+        text = self.bundle_edit.text().strip()
+        return Path(text).expanduser() if text else None
+
+    def set_bundle(self, path: str | os.PathLike, remember: bool = True) -> bool:
+        """Choose a bundle folder (e.g. one the Train widget just wrote); False when unusable.
+
+        The previous model is released at once; the new one loads when Run is pressed.
+        """
+        from napari_allbag.io.settings import remember_bundle_dir
+        from napari_allbag.model.bundle import BundleError, read_bundle_meta
+
+        path = Path(path).expanduser()
+        if self._holder.path is not None and self._holder.path != path:
+            self._holder.release()
+        self.bundle_edit.setText(str(path))
+        try:
+            meta = read_bundle_meta(path)
+        except BundleError as error:
+            self.bundle_info.setText(f"<b>Not usable:</b> {error}")
+            return False
+        backbone = meta.get("backbone", {})
+        crop = (meta.get("segmentation") or {}).get("crop_size")
+        info = f"{backbone.get('name')} at {backbone.get('img_size')} px"
+        if crop and crop != backbone.get("img_size"):
+            info += f" (crops {crop} px)"
+        created = meta.get("created")
+        if created:
+            info += f", made {created[:10]}"
+        f1 = _validation_f1(meta.get("metrics") or {})
+        if f1 is not None:
+            info += f", validation weighted F1 {f1:.3f}"
+        self.bundle_info.setText(info)
+        if remember:
+            remember_bundle_dir(path)
+        return True
+
+    def _browse(self) -> None:
+        start = str(self.bundle_path or Path.home())
+        chosen = QFileDialog.getExistingDirectory(self, "Choose a model bundle folder", start)
+        if chosen:
+            self.set_bundle(chosen)
+
+    def release_model(self) -> None:
+        """Drop the loaded model and give its (GPU) memory back."""
+        self._holder.release()
+
+    # ------------------------------------------------------------------ layers
+
+    def _candidate_layers(self) -> list[Any]:
+        from napari.layers import Image, Labels
+
+        names = []
+        for layer in self.viewer.layers:
+            if isinstance(layer, Labels) and layer.name == CELLS_LAYER:
+                names.append(layer)
+            elif isinstance(layer, Image) and layer.name != CROPS_LAYER:
+                names.append(layer)
+        return names
+
+    def _refresh_layers(self, event=None) -> None:
+        current = self.layer_combo.currentText()
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self._refresh_layers)
+            if event.value.name == CELLS_LAYER:
+                current = CELLS_LAYER  # fresh Segment widget output: the recommended input
+        names = [layer.name for layer in self._candidate_layers()]
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        self.layer_combo.addItems(names)
+        if current in names:
+            self.layer_combo.setCurrentText(current)
+        else:
+            images = [n for n in names if n != CELLS_LAYER]
+            if images:
+                self.layer_combo.setCurrentText(images[-1])
+        self.layer_combo.blockSignals(False)
+
+    def _prepare_job(self) -> _Job:
+        from napari.layers import Labels
+
+        from napari_allbag.model.bundle import read_bundle_meta
+
+        path = self.bundle_path
+        if path is None:
+            raise ValueError("choose a model bundle folder first")
+        meta = read_bundle_meta(path)
+        name = self.layer_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            raise ValueError("choose an image layer, or the 'cells' layer of the Segment widget")
+        layer = self.viewer.layers[name]
+        if not isinstance(layer, Labels):
+            return _Job(path, self.device, _layer_rgb(layer), None, None, None, layer.name)
+        labels = np.asarray(layer.data)
+        if labels.ndim != 2:
+            raise ValueError(f"the '{name}' layer is not a 2-D label image")
+        table = {str(k): np.asarray(v) for k, v in layer.features.items()}
+        crop_size = int((meta.get("segmentation") or {}).get("crop_size") or 0)
+        ids = _cell_ids(table, labels)
+        crops = self._matching_crops(len(ids), crop_size)
+        image = None
+        if crops is None:
+            image_layer = self._source_image(layer)
+            if image_layer is None:
+                raise ValueError(
+                    f"the '{CROPS_LAYER}' layer is missing or does not match, and no image of the "
+                    f"same size as '{name}' is open to cut the cells from: open the image, or pick "
+                    "the image layer instead"
+                )
+            image = _layer_rgb(image_layer)
+        return _Job(path, self.device, image, labels, table, crops, layer.name)
+
+    def _matching_crops(self, count: int, crop_size: int) -> np.ndarray | None:
+        if CROPS_LAYER not in self.viewer.layers:
+            return None
+        data = np.asarray(self.viewer.layers[CROPS_LAYER].data)
+        if data.ndim == 3 and count == 1:
+            data = data[None]
+        if (
+            data.ndim == 4
+            and data.shape[0] == count
+            and data.shape[-1] == 3
+            and data.shape[1] == data.shape[2] == crop_size
+            and data.dtype == np.uint8
+        ):
+            return data
+        return None
+
+    def _source_image(self, labels_layer) -> Any:
+        from napari.layers import Image
+
+        wanted = labels_layer.metadata.get("source_layer") or labels_layer.metadata.get("image")
+        shape = labels_layer.data.shape
+        candidates = [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, Image)
+            and layer.name != CROPS_LAYER
+            and np.asarray(layer.data.shape[:2]).tolist() == list(shape)
+        ]
+        for layer in candidates:
+            if layer.name == wanted:
+                return layer
+        return candidates[0] if candidates else None
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> None:
+        """Start classifying in a background worker."""
+        from napari_allbag.model.bundle import BundleError
+
+        if self._worker is not None:
+            return
+        try:
+            job = self._prepare_job()
+        except (BundleError, ValueError) as error:
+            self._show_error(str(error))
+            return
+        self.status.setText("starting…")
+        self.progress.setRange(0, 0)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self._worker = start_worker(
+            _classify_job,
+            self._holder,
+            job,
+            on_progress=self._on_progress,
+            on_result=self._on_result,
+            on_error=self._on_error,
+            on_aborted=self._on_aborted,
+            on_finished=self._on_finished,
+        )
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self.status.setText("cancelling…")
+            self._worker.quit()
+
+    @property
+    def is_running(self) -> bool:
+        return self._worker is not None
+
+    def _on_progress(self, event: Progress) -> None:
+        if event.total:
+            self.progress.setRange(0, int(event.total))
+            self.progress.setValue(int(event.done))
+        else:
+            self.progress.setRange(0, 0)
+        text = event.stage
+        if event.message:
+            text += f": {event.message}"
+        rate = event.metrics.get("cells/s")
+        if isinstance(rate, (int, float)):
+            text += f" ({rate:.0f} cells/s)"
+        self.status.setText(text)
+        if self._holder.bundle is not None:
+            from napari_allbag.model.devices import device_description
+
+            self.device_label.setText(f"Device: {device_description(self._holder.bundle.device)}")
+
+    def _on_result(self, result: _JobResult) -> None:
+        self._show_result(result)
+
+    def _on_error(self, error: BaseException) -> None:
+        self._show_error(str(error))
+
+    def _on_aborted(self) -> None:
+        self.status.setText("cancelled")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1 if self._table is not None else 0)
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    def _show_error(self, message: str) -> None:
+        self.status.setText(f"<b>Error:</b> {message}")
+        try:
+            from napari.utils.notifications import show_error
+
+            show_error(f"Classify: {message}")
+        except Exception:  # noqa: BLE001 - a notification must never break the widget
+            pass
+
+    # ------------------------------------------------------------------ results
+
+    def _show_result(self, result: _JobResult) -> None:
+        import pandas as pd
+
+        from napari_allbag.model.networks import CLASS_NAMES
+
+        predictions = result.predictions
+        table = {k: np.asarray(v) for k, v in result.table.items()}
+        for name in ("p_all_model_a", "p_all_model_b", "p_all_combined", "label", "confidence"):
+            table.pop(name, None)
+        table.update(predictions.columns())
+        frame = pd.DataFrame(table)
+        ids = _cell_ids(table, result.labels)
+        if "index" not in frame:
+            frame.insert(0, "index", ids)
+        self._table = frame
+
+        source = self.layer_combo.currentText()
+        reference = self.viewer.layers[source] if source in self.viewer.layers else None
+        geometry = {}
+        if reference is not None:
+            geometry = {"scale": reference.scale[-2:], "translate": reference.translate[-2:]}
+        colours = {None: (0.5, 0.5, 0.5, 1.0), 0: (0.0, 0.0, 0.0, 0.0)}
+        all_index = CLASS_NAMES.index("all")
+        for cell_id, label in zip(ids.tolist(), predictions.labels.tolist(), strict=True):
+            colours[int(cell_id)] = ALL_COLOUR if label == all_index else HEM_COLOUR
+        from napari.utils.colormaps import DirectLabelColormap
+
+        colormap = DirectLabelColormap(color_dict=colours)
+        if CELLS_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[CELLS_LAYER]
+            if layer.data is not result.labels:
+                layer.data = result.labels
+            layer.features = frame
+            layer.colormap = colormap
+        else:
+            layer = self.viewer.add_labels(
+                result.labels, name=CELLS_LAYER, features=frame, colormap=colormap, **geometry
+            )
+        layer.opacity = max(layer.opacity, 0.6)
+        if result.new_crops is not None and CROPS_LAYER in self.viewer.layers:
+            # keep the Segment widget's crop stack in step with the cells it shows
+            self.viewer.layers[CROPS_LAYER].data = result.new_crops
+        self._show_classes(frame, predictions, layer)
+
+        cells = len(predictions)
+        n_all = predictions.n_all
+        fraction = f"{100 * n_all / cells:.1f}%" if cells else "n/a"
+        self.summary.setText(
+            f"{cells} cell(s): {n_all} ALL, {cells - n_all} HEM — ALL fraction {fraction}"
+        )
+        self.status.setText(result.message or "done")
+        self.export_button.setEnabled(cells > 0)
+
+    def _show_classes(self, frame, predictions, cells_layer) -> None:
+        """A Points layer with the label and confidence at each cell's centroid."""
+        if {"centroid_row", "centroid_col"} <= set(frame.columns):
+            points = frame[["centroid_row", "centroid_col"]].to_numpy(dtype=float)
+        else:
+            points = _centroids(cells_layer.data, frame["index"].to_numpy())
+        text = [
+            f"{label.upper()} {conf:.2f}"
+            for label, conf in zip(
+                predictions.label_names, predictions.confidence.tolist(), strict=True
+            )
+        ]
+        colours = [
+            ALL_COLOUR if label == "all" else HEM_COLOUR for label in predictions.label_names
+        ]
+        features = {"text": text}
+        text_style = {"string": "{text}", "size": 9, "color": "white", "anchor": "upper_left"}
+        if CLASSES_LAYER in self.viewer.layers:
+            self.viewer.layers.remove(CLASSES_LAYER)
+        if len(points):
+            self.viewer.add_points(
+                points,
+                name=CLASSES_LAYER,
+                features=features,
+                text=text_style,
+                face_color=np.asarray(colours),
+                size=6,
+                scale=cells_layer.scale,
+                translate=cells_layer.translate,
+            )
+
+    @property
+    def results_table(self):
+        """The last result as a pandas DataFrame (None before the first run)."""
+        return self._table
+
+    def export_csv(self, path: str | os.PathLike) -> Path:
+        """Write the last result's table to `path` atomically."""
+        if self._table is None:
+            raise ValueError("nothing to export yet: press Run first")
+        path = Path(path)
+        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            self._table.to_csv(temp, index=False)
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+        return path
+
+    def _export_dialog(self) -> None:
+        chosen, _ = QFileDialog.getSaveFileName(
+            self, "Export cells as CSV", "cells_classified.csv", "CSV (*.csv)"
+        )
+        if chosen:
+            try:
+                self.status.setText(f"exported to {self.export_csv(chosen)}")
+            except OSError as error:
+                self._show_error(f"could not write {chosen}: {error}")
+
+    # ------------------------------------------------------------------ lifetime
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self.cancel()
+        self.release_model()
+        super().closeEvent(event)
+
+
+def _validation_f1(metrics: dict[str, Any]) -> float | None:
+    """The ensemble's validation weighted F1 from a bundle's metrics, where the trainer stored it."""
+    validation = metrics.get("validation")
+    if isinstance(validation, dict):
+        value = (validation.get("ensemble") or {}).get("weighted_f1")
+    else:
+        value = metrics.get("weighted_f1")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _layer_rgb(layer) -> np.ndarray:
+    """An Image layer's pixels as HxWx3 uint8 RGB (2-D images only)."""
+    from napari_allbag.io.images import to_rgb_uint8
+
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = np.asarray(data)
+    planes = data.ndim - (1 if layer.rgb else 0)
+    if planes != 2:
+        raise ValueError(
+            f"the '{layer.name}' layer has {planes} dimensions: pick a 2-D image (one plane)"
+        )
+    return to_rgb_uint8(data)
+
+
+def _centroids(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    if not len(ids):
+        return np.zeros((0, 2))
+    return np.asarray(ndimage.center_of_mass(labels > 0, labels, ids.tolist()), dtype=float)

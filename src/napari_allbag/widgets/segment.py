@@ -1,0 +1,278 @@
+"""The Segment cells dock widget: pick an image layer and parameters, press Run.
+
+The work (`segmentation.segment_image_progress`) runs in a napari `thread_worker`, so the viewer
+stays responsive; its progress events drive the progress bar and Cancel stops it at the next
+event. The result goes into a Labels layer "cells" (features: the per-cell table) and an RGB
+image layer "cell crops" (the N x S x S x 3 stack), placed to the right of the image. Running
+again updates those two layers instead of adding new ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+import pandas as pd
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_warning
+from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
+
+from napari_allbag.io.images import to_rgb_uint8
+from napari_allbag.progress import Progress
+from napari_allbag.segmentation.dark import (
+    SegmentationParams,
+    SegmentationResult,
+    segment_image_progress,
+)
+from napari_allbag.widgets.worker import start_worker
+
+CELLS_LAYER = "cells"
+CROPS_LAYER = "cell crops"
+_GAP = 20  # pixels between the image and the crops placed beside it
+
+
+def segment_layer_data(
+    data, params: SegmentationParams, source: str
+) -> Generator[Progress, None, SegmentationResult]:
+    """Convert layer data to RGB uint8 and segment it (the worker's job)."""
+    yield Progress(0, None, "segmenting", "converting the image to 8-bit RGB")
+    image = to_rgb_uint8(np.asarray(data))
+    return (yield from segment_image_progress(image, params, source))
+
+
+class SegmentWidget(QWidget):
+    """Segment the cells of an image layer into a "cells" Labels layer and a crop stack."""
+
+    def __init__(self, napari_viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker = None
+        self._cells_layer: Labels | None = None
+        self._crops_layer: Image | None = None
+        self._source_layer: Image | None = None
+        defaults = SegmentationParams()
+
+        self.image_choice = ComboBox(label="image", choices=self._image_layer_choices)
+        self.crop_size = SpinBox(label="crop size (px)", value=defaults.crop_size, min=8, max=4096)
+        self.erosion_size = SpinBox(
+            label="erosion size (px)", value=defaults.erosion_size, min=0, max=99
+        )
+        self.min_area = SpinBox(
+            label="min cell area (px)", value=defaults.min_area, min=0, max=10**9
+        )
+        self.largest_only = CheckBox(
+            text="largest cell only (one cell per image)", value=defaults.largest_only
+        )
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setVisible(False)
+        self.image_choice.tooltip = "the image layer to segment (the plane shown, for stacks)"
+        self.erosion_size.tooltip = "side of the square erosion footprint; 0 or 1: no erosion"
+        self.min_area.tooltip = "regions with fewer pixels are debris, not cells"
+
+        form = Container(
+            widgets=[
+                self.image_choice,
+                self.crop_size,
+                self.erosion_size,
+                self.min_area,
+                self.largest_only,
+                self.run_button,
+                self.cancel_button,
+                self.status,
+            ]
+        )
+        layout = QVBoxLayout(self)
+        layout.addWidget(form.native)
+        layout.addWidget(self.progress_bar)
+        layout.addStretch(1)
+        self._form = form
+
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        for event in (
+            napari_viewer.layers.events.inserted,
+            napari_viewer.layers.events.removed,
+            napari_viewer.layers.events.moved,
+        ):
+            event.connect(self._refresh_choices)
+        self._refresh_choices()
+
+    # --- parameters -----------------------------------------------------------------------
+
+    def params(self) -> SegmentationParams:
+        return SegmentationParams(
+            crop_size=int(self.crop_size.value),
+            erosion_size=int(self.erosion_size.value),
+            min_area=int(self.min_area.value),
+            largest_only=bool(self.largest_only.value),
+        )
+
+    def _image_layer_choices(self, _widget=None) -> list[tuple[str, Image]]:
+        return [
+            (layer.name, layer)
+            for layer in self.viewer.layers
+            if isinstance(layer, Image) and layer is not self._crops_layer
+        ]
+
+    def _refresh_choices(self, _event=None) -> None:
+        current = self.image_choice.value
+        self.image_choice.reset_choices()
+        layers = [layer for _, layer in self._image_layer_choices()]
+        active = self.viewer.layers.selection.active
+        if current in layers:
+            self.image_choice.value = current
+        elif active in layers:
+            self.image_choice.value = active
+
+    # --- running ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Segment the chosen layer in a background worker."""
+        if self.worker is not None:
+            return
+        layer = self.image_choice.value
+        if layer is None:
+            show_warning(
+                "Segment cells: open an image first (File > Open, or File > Open "
+                "Sample > ALL bagging ensemble)."
+            )
+            return
+        try:
+            data = self._plane_shown(layer)
+        except ValueError as error:
+            show_warning(f"Segment cells: cannot use layer '{layer.name}': {error}")
+            return
+        self._source_layer = layer
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress_bar.setRange(0, 0)
+        self.progress_bar.setVisible(True)
+        self.status.value = f"segmenting '{layer.name}'..."
+        self.worker = start_worker(
+            segment_layer_data,
+            data,
+            self.params(),
+            layer.name,
+            on_progress=self._on_progress,
+            on_result=self._on_result,
+            on_error=self._on_error,
+            on_aborted=self._on_aborted,
+            on_finished=self._on_finished,
+        )
+
+    def cancel(self) -> None:
+        """Stop the running segmentation at its next progress event."""
+        if self.worker is not None:
+            self.status.value = "cancelling..."
+            self.worker.quit()
+
+    def _plane_shown(self, layer: Image) -> np.ndarray:
+        """The 2-D image (H x W, or H x W x C for RGB) the viewer shows of `layer`."""
+        data = layer.data[0] if layer.multiscale else layer.data
+        leading = layer.ndim - 2
+        if leading < 0:
+            raise ValueError(f"it has {layer.ndim} dimension(s); an image has 2")
+        if leading:
+            position = layer.world_to_data(self.viewer.dims.point[-layer.ndim :])
+            index = tuple(
+                int(np.clip(round(float(p)), 0, size - 1))
+                for p, size in zip(position[:leading], data.shape[:leading], strict=True)
+            )
+            data = data[index]
+        return data
+
+    def _on_progress(self, event: Progress) -> None:
+        if event.total:
+            self.progress_bar.setRange(0, int(event.total))
+            self.progress_bar.setValue(int(event.done))
+        else:
+            self.progress_bar.setRange(0, 0)
+        if event.message:
+            self.status.value = event.message
+
+    def _on_result(self, result: SegmentationResult) -> None:
+        layer = self._source_layer
+        if result.n_cells == 0:
+            self._clear_results(result)
+            self.status.value = result.message
+            show_warning(f"Segment cells: {result.message}")
+            return
+        self._show_cells(result, layer)
+        self._show_crops(result, layer)
+        self.status.value = f"{result.n_cells} cell(s) found"
+        if result.message:
+            show_warning(f"Segment cells: {result.message}")
+
+    def _on_error(self, error: Exception) -> None:
+        self.status.value = f"failed: {error}"
+        show_warning(f"Segment cells failed: {error}")
+
+    def _on_aborted(self) -> None:
+        self.status.value = "cancelled"
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+        self.progress_bar.setVisible(False)
+
+    # --- layers -----------------------------------------------------------------------------
+
+    def _alive(self, layer):
+        return layer if layer is not None and layer in self.viewer.layers else None
+
+    def _show_cells(self, result: SegmentationResult, source: Image | None) -> None:
+        features = pd.DataFrame({"index": result.table["cell_id"], **result.table})
+        scale, translate = _plane_geometry(source)
+        layer = self._alive(self._cells_layer)
+        if layer is None:
+            self._cells_layer = self.viewer.add_labels(
+                result.labels,
+                name=CELLS_LAYER,
+                features=features,
+                scale=scale,
+                translate=translate,
+            )
+            return
+        layer.data = result.labels
+        layer.features = features
+        layer.scale, layer.translate = scale, translate
+
+    def _show_crops(self, result: SegmentationResult, source: Image | None) -> None:
+        scale, translate = _plane_geometry(source)
+        width = result.labels.shape[1] if result.labels is not None else 0
+        translate = (0.0, translate[0], translate[1] + (width + _GAP) * scale[1])
+        scale = (1.0, *scale)
+        layer = self._alive(self._crops_layer)
+        if layer is None:
+            self._crops_layer = self.viewer.add_image(
+                result.crops, name=CROPS_LAYER, rgb=True, scale=scale, translate=translate
+            )
+            self._refresh_choices()
+            return
+        layer.data = result.crops
+        layer.scale, layer.translate = scale, translate
+
+    def _clear_results(self, result: SegmentationResult) -> None:
+        """An empty result: no stale cells or crops left on screen."""
+        layer = self._alive(self._cells_layer)
+        if layer is not None and result.labels is not None:
+            layer.data = np.zeros_like(result.labels)
+            layer.features = pd.DataFrame({"index": result.table["cell_id"], **result.table})
+        crops = self._alive(self._crops_layer)
+        if crops is not None:
+            self.viewer.layers.remove(crops)
+        self._crops_layer = None
+
+
+def _plane_geometry(layer: Image | None) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Scale and translate of the layer's last two (row, column) dimensions."""
+    if layer is None:
+        return (1.0, 1.0), (0.0, 0.0)
+    scale = tuple(float(v) for v in layer.scale[-2:])
+    translate = tuple(float(v) for v in layer.translate[-2:])
+    return scale, translate

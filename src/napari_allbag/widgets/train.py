@@ -1,0 +1,375 @@
+"""The Train dock widget: pick an annotated folder and a run folder, press Start.
+
+Training (`training.run.train`) runs in a napari worker thread, so the viewer stays responsive; its
+progress events drive the stage label, the progress bar and live loss/accuracy curves (redrawn
+after every epoch). Cancel stops within one batch and keeps the last epoch's checkpoint; Resume
+continues a run folder. When training ends the validation report appears, and the new bundle goes
+to the Classify widget (if docked) and is remembered for the next session.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtGui import QFont
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_allbag.model.networks import DEFAULT_BACKBONE
+from napari_allbag.progress import Progress
+from napari_allbag.widgets.worker import start_worker
+
+STAGE_NAMES = {
+    "preprocess": "Preprocessing",
+    "stage1-A": "Stage 1: model-A",
+    "stage1-B": "Stage 1: model-B",
+    "features": "Stage 2: features",
+    "stage2": "Stage 2: combined model",
+    "report": "Report",
+}
+
+
+def _run_training(work: Generator[Progress, None, Any]) -> Generator[Progress, None, Any]:
+    """The worker's generator function (napari needs a generator *function*)."""
+    return (yield from work)
+
+
+class TrainWidget(QWidget):
+    """Dock widget: train the bagging ensemble on an annotated folder."""
+
+    def __init__(self, napari_viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._worker = None
+        self._work = None
+        self._device = None
+        self._rows: list[dict[str, Any]] = []
+        self.result = None
+        self.last_error: str | None = None
+
+        self.data_edit = QLineEdit()
+        self.data_edit.setPlaceholderText("folder with all/ and hem/ cells")
+        self.data_browse = QPushButton("Browse…")
+        self.out_edit = QLineEdit()
+        self.out_edit.setPlaceholderText("new or empty folder for the run")
+        self.out_browse = QPushButton("Browse…")
+        self.backbone_edit = QLineEdit(DEFAULT_BACKBONE)
+        self.epochs_spin = _spin(1, 1000, 50)
+        self.batch_spin = _spin(0, 4096, 0, special="auto")
+        self.img_size_spin = _spin(0, 2048, 0, special="backbone's")
+        self.crop_size_spin = _spin(8, 2048, 299)
+        self.seed_spin = _spin(0, 2**31 - 1, 0)
+        self.pretrained_check = QCheckBox("ImageNet weights (download)")
+        self.pretrained_check.setChecked(True)
+        self.finetune_check = QCheckBox("fine-tune backbones in stage 2")
+        self.start_button = QPushButton("Start")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.resume_button = QPushButton("Resume…")
+        self.stage_label = QLabel("")
+        self.stage_label.setWordWrap(True)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.curves = _CurvesView()
+        self.report = QPlainTextEdit()
+        self.report.setReadOnly(True)
+        self.report.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        self.report.setFont(QFont("monospace"))
+        self.report.setMinimumHeight(140)
+
+        form = QFormLayout()
+        form.addRow("Annotated folder", _row(self.data_edit, self.data_browse))
+        form.addRow("Run folder", _row(self.out_edit, self.out_browse))
+        form.addRow("Backbone", self.backbone_edit)
+        form.addRow("Epochs", self.epochs_spin)
+        form.addRow("Batch size", self.batch_spin)
+        form.addRow("Image size", self.img_size_spin)
+        form.addRow("Crop size", self.crop_size_spin)
+        form.addRow("Seed", self.seed_spin)
+        form.addRow("", self.pretrained_check)
+        form.addRow("", self.finetune_check)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(_row(self.start_button, self.cancel_button, self.resume_button))
+        layout.addWidget(self.stage_label)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.curves.widget)
+        layout.addWidget(self.report)
+
+        self.data_browse.clicked.connect(lambda: self._pick_folder(self.data_edit, "annotated"))
+        self.out_browse.clicked.connect(lambda: self._pick_folder(self.out_edit, "run"))
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.resume_button.clicked.connect(self._resume_dialog)
+
+    # ------------------------------------------------------------------ settings
+
+    def config(self, resume: bool = False):
+        """The `TrainConfig` the fields describe."""
+        from napari_allbag.training.run import TrainConfig, TrainingError
+
+        data, out = self.data_edit.text().strip(), self.out_edit.text().strip()
+        if not data or not out:
+            raise TrainingError("Choose the annotated folder and a run folder first.")
+        return TrainConfig(
+            data_dir=Path(data),
+            out_dir=Path(out),
+            backbone=self.backbone_edit.text().strip() or DEFAULT_BACKBONE,
+            img_size=self.img_size_spin.value() or None,
+            pretrained=self.pretrained_check.isChecked(),
+            epochs=self.epochs_spin.value(),
+            batch_size=self.batch_spin.value() or None,
+            crop_size=self.crop_size_spin.value(),
+            seed=self.seed_spin.value(),
+            finetune_backbones=self.finetune_check.isChecked(),
+            resume=resume,
+        )
+
+    def _pick_folder(self, edit: QLineEdit, what: str) -> None:
+        start = edit.text().strip() or str(Path.home())
+        chosen = QFileDialog.getExistingDirectory(self, f"Choose the {what} folder", start)
+        if chosen:
+            edit.setText(chosen)
+
+    def _resume_dialog(self) -> None:
+        start = self.out_edit.text().strip() or str(Path.home())
+        chosen = QFileDialog.getExistingDirectory(self, "Choose the run folder to resume", start)
+        if chosen:
+            self.resume_run(chosen)
+
+    # ------------------------------------------------------------------ running
+
+    @property
+    def is_running(self) -> bool:
+        return self._worker is not None
+
+    def start(self) -> bool:
+        """Start a new run with the fields' settings; False (and a message) when it cannot."""
+        from napari_allbag.training.run import TrainingError
+
+        try:
+            config = self.config()
+        except TrainingError as error:
+            self._show_error(str(error))
+            return False
+        self._rows = []
+        return self._launch(config)
+
+    def resume_run(self, run_dir: str | os.PathLike) -> bool:
+        """Continue the run in `run_dir` with its own settings."""
+        from napari_allbag.training.config import load_run_config
+        from napari_allbag.training.curves import read_log
+        from napari_allbag.training.run import TrainingError
+
+        try:
+            saved = load_run_config(run_dir)
+        except TrainingError as error:
+            self._show_error(str(error))
+            return False
+        data_dir = saved.data_dir
+        typed = self.data_edit.text().strip()
+        if not data_dir.is_dir() and typed:
+            data_dir = Path(typed)  # the data moved: use the folder typed in the widget
+        self.data_edit.setText(str(data_dir))
+        self.out_edit.setText(str(run_dir))
+        self._show_settings(saved)
+        config = saved.__class__.from_dict(
+            {**saved.to_dict(), "data_dir": str(data_dir), "out_dir": str(run_dir), "resume": True}
+        )
+        self._rows = read_log(Path(run_dir) / "log.csv")
+        self.curves.draw(self._rows)
+        return self._launch(config)
+
+    def _show_settings(self, config) -> None:
+        self.backbone_edit.setText(config.backbone)
+        self.epochs_spin.setValue(config.epochs)
+        self.batch_spin.setValue(config.batch_size or 0)
+        self.img_size_spin.setValue(config.img_size or 0)
+        self.crop_size_spin.setValue(config.crop_size)
+        self.seed_spin.setValue(config.seed)
+        self.pretrained_check.setChecked(config.pretrained)
+        self.finetune_check.setChecked(config.finetune_backbones)
+
+    def _launch(self, config) -> bool:
+        from napari_allbag.model.devices import select_device
+        from napari_allbag.training.run import train
+
+        if self._worker is not None:
+            return False
+        try:
+            self._device = select_device(config.device)
+        except ValueError as error:
+            self._show_error(str(error))
+            return False
+        self.result = None
+        self.last_error = None
+        self.report.setPlainText("")
+        self.stage_label.setText("starting…")
+        self.progress.setRange(0, 0)
+        self._set_running(True)
+        self._work = train(config)
+        self._worker = start_worker(
+            _run_training,
+            self._work,
+            on_progress=self._on_progress,
+            on_result=self._on_result,
+            on_error=self._on_error,
+            on_aborted=self._on_aborted,
+            on_finished=self._on_finished,
+        )
+        return True
+
+    def cancel(self) -> None:
+        """Stop at the next batch; the checkpoint of the last finished epoch stays."""
+        if self._worker is not None:
+            self.stage_label.setText("cancelling after this batch…")
+            self._worker.quit()
+
+    def _set_running(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        self.resume_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    # ------------------------------------------------------------------ events
+
+    def _on_progress(self, event: Progress) -> None:
+        if event.total:
+            self.progress.setRange(0, int(event.total))
+            self.progress.setValue(int(event.done))
+        else:
+            self.progress.setRange(0, 0)
+        text = STAGE_NAMES.get(event.stage, event.stage)
+        if event.message:
+            text += f" — {event.message}"
+        figures = [
+            f"{key} {event.metrics[key]:.3g}"
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+            if isinstance(event.metrics.get(key), float)
+        ]
+        if figures:
+            text += "\n" + ", ".join(figures)
+        self.stage_label.setText(text)
+        note = event.metrics.get("text")
+        if note:
+            self.report.appendPlainText(str(note))
+        row = event.metrics.get("row")
+        if row:
+            self._rows.append(row)
+            self.curves.draw(self._rows)
+
+    def _on_result(self, result) -> None:
+        from napari_allbag.io.settings import remember_bundle_dir
+
+        self.result = result
+        self.report.setPlainText(result.report_text)
+        f1 = result.report["weighted_f1"]["ensemble"]
+        self.stage_label.setText(
+            f"Done: validation weighted F1 {f1:.3f} (ensemble). Bundle: {result.bundle_path}"
+        )
+        self.curves.draw(result.history)
+        remember_bundle_dir(result.bundle_path)
+        classify = self.classify_widget()
+        if classify is not None:
+            classify.set_bundle(result.bundle_path)
+
+    def classify_widget(self):
+        """The docked Classify widget, if any."""
+        from napari_allbag.widgets.classify import ClassifyWidget
+
+        try:
+            docked = dict(self.viewer.window.dock_widgets)
+        except Exception:  # noqa: BLE001 - no window (headless) or an older napari
+            return None
+        for widget in docked.values():
+            inner = getattr(widget, "native", widget)
+            if isinstance(inner, ClassifyWidget):
+                return inner
+        return None
+
+    def _on_error(self, error: BaseException) -> None:
+        self._show_error(str(error))
+
+    def _on_aborted(self) -> None:
+        self.stage_label.setText(
+            "Cancelled. Finished epochs are saved: press Resume… and choose "
+            f"{self.out_edit.text().strip()} to continue."
+        )
+
+    def _on_finished(self) -> None:
+        from napari_allbag.model.devices import release_memory
+
+        work, self._work, self._worker = self._work, None, None
+        if work is not None:
+            work.close()  # runs the trainer's clean-up now (a cancelled worker leaves it paused)
+        release_memory(self._device)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1 if self.result is not None else 0)
+        self._set_running(False)
+
+    def _show_error(self, message: str) -> None:
+        self.last_error = message
+        self.stage_label.setText(f"Error: {message}")
+        try:
+            from napari.utils.notifications import show_error
+
+            show_error(f"Train: {message}")
+        except Exception:  # noqa: BLE001 - a notification must never break the widget
+            pass
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self.cancel()
+        super().closeEvent(event)
+
+
+class _CurvesView:
+    """Live loss and accuracy curves in a matplotlib canvas (the figure object, no pyplot)."""
+
+    def __init__(self) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(5, 3.2), dpi=80)
+        self.widget = FigureCanvasQTAgg(self.figure)
+        self.widget.setMinimumHeight(220)
+        self.draws = 0
+
+    def draw(self, rows: list[dict[str, Any]]) -> None:
+        from napari_allbag.training.curves import draw_curves
+
+        stages = list(dict.fromkeys(row["stage"] for row in rows))
+        current = [row for row in rows if stages and row["stage"] == stages[-1]]
+        draw_curves(self.figure, current)
+        self.widget.draw_idle()
+        self.draws += 1
+
+
+def _spin(low: int, high: int, value: int, special: str | None = None) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setValue(value)
+    if special:
+        spin.setSpecialValueText(special)
+    return spin
+
+
+def _row(*widgets: QWidget) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for widget in widgets:
+        row.addWidget(widget)
+    return row

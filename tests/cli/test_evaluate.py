@@ -1,0 +1,121 @@
+"""`napari-allbag evaluate` on a generated folder, checked against scikit-learn computed here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import classification_report, confusion_matrix
+
+from napari_allbag.cli.main import main
+from napari_allbag.data.synthetic import write_annotated_folder
+from napari_allbag.model.bundle import load_bundle
+from napari_allbag.segmentation.dark import segment_file
+from tests.model_factory import make_tiny_bundle
+
+N_ALL, N_HEM, N_SUBJECTS = 9, 7, 3
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    data = root / "data"
+    write_annotated_folder(data, n_all=N_ALL, n_hem=N_HEM, n_subjects=N_SUBJECTS, seed=2, size=128)
+    bundle = make_tiny_bundle(root / "bundle", seed=1)
+    return root, data, bundle
+
+
+def _independent_predictions(bundle_path, data):
+    """Per-cell truth, subjects and probabilities computed without the evaluate code path."""
+    bundle = load_bundle(bundle_path, "cpu")
+    files = sorted(p for p in data.rglob("*.bmp"))
+    truth, subjects, crops = [], [], []
+    for path in files:
+        result = segment_file(path, bundle.segmentation)
+        crops.append(result.crops[int(np.argmax(result.table["area"]))])
+        truth.append(1 if path.parent.name == "all" else 0)
+        subjects.append(path.name.split("_")[1])
+    with torch.inference_mode():
+        probs = bundle.ensemble(torch.from_numpy(np.stack(crops))).numpy()
+    return files, np.array(truth), subjects, probs
+
+
+def test_evaluate_matches_sklearn(setup, capsys):
+    root, data, bundle = setup
+    out = root / "reports" / "report.json"
+    args = ["evaluate", str(bundle), str(data), "--out", str(out), "--device", "cpu"]
+    args += ["--cache-dir", str(root / "cache"), "--workers", "1", "--batch-size", "5", "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert out.with_suffix(".txt").read_text().strip() in printed
+
+    files, truth, subjects, probs = _independent_predictions(bundle, data)
+    assert [cell["file"] for cell in report["cells"]] == [str(p) for p in files]
+    assert report["n_cells"] == len(files) == N_ALL + N_HEM
+    predictions = {
+        "model-A": probs[:, 0].argmax(1),
+        "model-B": probs[:, 1].argmax(1),
+        "combined": probs[:, 2].argmax(1),
+        # The paper's rule: the class of the single highest probability of the three models.
+        "ensemble": probs.reshape(len(probs), 6).argmax(1) % 2,
+    }
+    for name, pred in predictions.items():
+        table = report["models"][name]
+        expected = classification_report(
+            truth,
+            pred,
+            labels=[0, 1],
+            target_names=["hem", "all"],
+            output_dict=True,
+            zero_division=0,
+        )
+        for cls in ("hem", "all"):
+            for ours, theirs in (
+                ("precision", "precision"),
+                ("recall", "recall"),
+                ("f1", "f1-score"),
+            ):
+                assert table["per_class"][cls][ours] == pytest.approx(
+                    expected[cls][theirs], abs=1e-9
+                )
+            assert table["per_class"][cls]["support"] == expected[cls]["support"]
+        for ours, theirs in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score")):
+            assert table["weighted_avg"][ours] == pytest.approx(expected["weighted avg"][theirs])
+        assert table["accuracy"] == pytest.approx(expected["accuracy"])
+        assert table["confusion_matrix"] == confusion_matrix(truth, pred, labels=[0, 1]).tolist()
+        # Accuracy per subject.
+        for subject in set(subjects):
+            rows = [i for i, s in enumerate(subjects) if s == subject]
+            accuracy = float(np.mean(pred[rows] == truth[rows]))
+            assert report["per_subject"][name][subject]["accuracy"] == pytest.approx(accuracy)
+    assert len(report["per_subject"]["ensemble"]) == 2 * N_SUBJECTS
+    # The text shows the four models side by side and the weighted average.
+    header = next(line for line in printed.splitlines() if "model-A" in line and "ensemble" in line)
+    assert "combined" in header and "model-B" in header
+    assert "weighted avg" in printed and "Accuracy per subject" in printed
+
+
+def test_second_run_reuses_the_cache_and_refuses_to_overwrite(setup, capsys):
+    root, data, bundle = setup
+    out = root / "second.json"
+    common = [str(bundle), str(data), "--device", "cpu", "--cache-dir", str(root / "cache2")]
+    assert main(["evaluate", *common, "--out", str(out), "--workers", "1", "--quiet"]) == 0
+    first = json.loads(out.read_text())
+    capsys.readouterr()
+    assert main(["evaluate", *common, "--out", str(out), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["evaluate", *common, "--out", str(out), "--overwrite", "--quiet"]) == 0
+    second = json.loads(out.read_text())
+    assert second["models"] == first["models"] and second["crop_cache"] == first["crop_cache"]
+    assert len(list((root / "cache2").iterdir())) == 1
+
+
+def test_clear_errors(setup, tmp_path, capsys):
+    _, data, bundle = setup
+    assert main(["evaluate", str(bundle), str(tmp_path), "--device", "cpu"]) == 2
+    assert f"No images found in {tmp_path}" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nobundle"), str(data), "--device", "cpu"]) == 2
+    assert "nobundle" in capsys.readouterr().err

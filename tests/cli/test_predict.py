@@ -1,0 +1,135 @@
+"""`napari-allbag predict`: per-cell CSV, per-file summary, unreadable files skipped."""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import pytest
+
+from napari_allbag.cli.main import main
+from napari_allbag.cli.predict import RESULT_COLUMNS, SUMMARY_COLUMNS
+from napari_allbag.data.synthetic import make_field
+from napari_allbag.segmentation.dark import SegmentationParams, segment_image
+from tests.model_factory import make_tiny_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny", seed=7)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    nested = folder / "NESTED"
+    nested.mkdir()
+    cells = {}
+    for seed, target in ((0, folder / "a.png"), (1, nested / "B.PNG")):
+        image, _ = make_field(seed=seed, n_cells=3 + seed, shape=(320, 320))
+        cv2.imwrite(str(target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        cells[target] = image
+    (folder / "broken.png").write_bytes(b"this is not a png")
+    return folder, cells
+
+
+def _rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_predict_writes_cells_and_summary(bundle_dir, images, tmp_path, capsys):
+    folder, cells = images
+    out, summary = tmp_path / "results.csv", tmp_path / "summary.csv"
+    code = main(
+        [
+            "predict", str(bundle_dir), str(folder),
+            "--out", str(out), "--summary", str(summary),
+            "--device", "cpu", "--workers", "1", "--batch-size", "2", "--quiet",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    rows = _rows(out)
+    assert tuple(rows[0]) == RESULT_COLUMNS
+    params = SegmentationParams(crop_size=64)
+    expected_cells = {str(p): segment_image(img, params).n_cells for p, img in cells.items()}
+    found = {}
+    for row in rows:
+        found[row["source"]] = found.get(row["source"], 0) + 1
+        p_all = [float(row[k]) for k in ("p_all_model_a", "p_all_model_b", "p_all_combined")]
+        assert all(0.0 <= p <= 1.0 for p in p_all)
+        confidence = float(row["confidence"])
+        assert confidence == pytest.approx(max(max(p_all), 1 - min(p_all)), abs=1e-5)
+        winner_is_all = max(p_all) >= 1 - min(p_all)  # the paper's rule on the three models
+        assert row["label"] == ("all" if winner_is_all else "hem")
+        assert int(row["bbox_min_row"]) < int(row["bbox_max_row"])
+    assert found == expected_cells
+
+    table = _rows(summary)
+    assert tuple(table[0]) == SUMMARY_COLUMNS
+    by_file = {row["source"]: row for row in table}
+    broken = by_file[str(folder / "broken.png")]
+    assert broken["cells"] == "0" and "not an image" in broken["error"]
+    for source, count in expected_cells.items():
+        n_all = sum(r["label"] == "all" for r in rows if r["source"] == source)
+        assert by_file[source]["cells"] == str(count)
+        assert by_file[source]["n_all"] == str(n_all)
+        assert float(by_file[source]["all_fraction"]) == pytest.approx(n_all / count, abs=1e-4)
+
+    printed = capsys.readouterr()
+    assert "broken.png" in printed.err and "not an image" in printed.err
+    assert f"Total: {len(rows)} cell(s) in 2 image(s)" in printed.out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_predict_refuses_to_overwrite_and_reports_bad_bundles(bundle_dir, images, tmp_path, capsys):
+    folder, _ = images
+    out = tmp_path / "results.csv"
+    out.write_text("keep me")
+    args = [
+        "predict",
+        str(bundle_dir),
+        str(folder),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_text() == "keep me"
+
+    not_a_bundle = tmp_path / "empty"
+    not_a_bundle.mkdir()
+    code = main(["predict", str(not_a_bundle), str(folder), "--out", str(tmp_path / "r.csv")])
+    assert code == 2
+    assert "bundle.json is missing" in capsys.readouterr().err
+
+    code = main(
+        ["predict", str(bundle_dir), str(tmp_path / "nowhere"), "--out", str(tmp_path / "r.csv")]
+    )
+    assert code == 2
+    assert "no such file" in capsys.readouterr().err
+    code = main(
+        [
+            "predict",
+            str(bundle_dir),
+            str(folder),
+            "--out",
+            str(tmp_path / "r.csv"),
+            "--device",
+            "tpu",
+        ]
+    )
+    assert code == 2
+    assert "Unknown device" in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_predict_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--out", "--summary", "--device", "--batch-size", "--compile", "--workers"):
+        assert option in text

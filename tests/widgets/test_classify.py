@@ -1,0 +1,166 @@
+"""The Classify widget in a real viewer: segment + classify an image, reuse the Segment layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_allbag.data.synthetic import make_field
+from napari_allbag.defaults import PREDICTION_COLUMNS
+from napari_allbag.model.bundle import load_bundle
+from napari_allbag.segmentation.dark import SegmentationParams, segment_image
+from napari_allbag.widgets.classify import (
+    ALL_COLOUR,
+    CELLS_LAYER,
+    CLASSES_LAYER,
+    CROPS_LAYER,
+    HEM_COLOUR,
+    ClassifyWidget,
+)
+from tests.model_factory import make_tiny_bundle
+
+
+@pytest.fixture(autouse=True)
+def _private_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_ALLBAG_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny", seed=11)
+
+
+@pytest.fixture(scope="module")
+def field():
+    image, _ = make_field(seed=3, n_cells=5, shape=(360, 360))
+    return image
+
+
+def _expected_probs(bundle_dir, crops):
+    bundle = load_bundle(bundle_dir, "cpu")
+    with torch.no_grad():
+        return bundle.ensemble(torch.from_numpy(crops)).numpy()
+
+
+def _run(widget, qtbot):
+    widget.run()
+    assert widget.is_running
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=60_000)
+
+
+def test_classify_an_image_layer(make_napari_viewer, qtbot, bundle_dir, field, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(field, name="field", rgb=True)
+    viewer.add_image(np.zeros((2, 8, 8, 3), np.uint8), name=CROPS_LAYER, rgb=True)  # stale
+    widget = ClassifyWidget(viewer)
+    assert widget.device_label.text().startswith("Device: ")
+    assert widget.set_bundle(bundle_dir)
+    assert "test_resnet" in widget.bundle_info.text()
+    assert widget.layer_combo.currentText() == "field"
+    _run(widget, qtbot)
+
+    segmented = segment_image(field, SegmentationParams(crop_size=64))
+    cells = viewer.layers[CELLS_LAYER]
+    np.testing.assert_array_equal(cells.data, segmented.labels)
+    np.testing.assert_array_equal(viewer.layers[CROPS_LAYER].data, segmented.crops)
+    features = cells.features
+    assert set(PREDICTION_COLUMNS) <= set(features.columns)
+    assert len(features) == segmented.n_cells > 0
+    expected = _expected_probs(bundle_dir, segmented.crops)
+    assert np.allclose(features["p_all_combined"], expected[:, 2, 1], atol=1e-5)
+    for cell_id, label in zip(features["cell_id"], features["label"], strict=True):
+        colour = ALL_COLOUR if label == "all" else HEM_COLOUR
+        assert np.allclose(cells.get_color(int(cell_id)), colour)
+    points = viewer.layers[CLASSES_LAYER]
+    assert len(points.data) == len(features)
+    assert (
+        points.features["text"][0]
+        == f"{features['label'][0].upper()} {features['confidence'][0]:.2f}"
+    )
+    n_all = int((features["label"] == "all").sum())
+    assert widget.summary.text().startswith(f"{len(features)} cell(s): {n_all} ALL")
+
+    exported = widget.export_csv(tmp_path / "cells.csv")
+    text = exported.read_text().splitlines()
+    assert len(text) == len(features) + 1 and "p_all_model_a" in text[0]
+
+    # the bundle folder is remembered for the next widget
+    again = ClassifyWidget(viewer)
+    assert again.bundle_path == bundle_dir.resolve()
+    widget.close()
+    assert widget._holder.bundle is None
+
+
+def test_classify_the_segment_widgets_layers(make_napari_viewer, qtbot, bundle_dir, field):
+    viewer = make_napari_viewer()
+    segmented = segment_image(field, SegmentationParams(crop_size=64), source="field")
+    viewer.add_image(field, name="field", rgb=True)
+    viewer.add_labels(segmented.labels, name=CELLS_LAYER, features=segmented.table)
+    # crops of another cell's pixels: the widget must use this layer as given when it matches
+    crops = segmented.crops[::-1].copy()
+    viewer.add_image(crops, name=CROPS_LAYER, rgb=True)
+    widget = ClassifyWidget(viewer)
+    widget.set_bundle(bundle_dir)
+    widget.layer_combo.setCurrentText(CELLS_LAYER)
+    _run(widget, qtbot)
+    features = viewer.layers[CELLS_LAYER].features
+    assert np.allclose(
+        features["p_all_model_a"], _expected_probs(bundle_dir, crops)[:, 0, 1], atol=1e-5
+    )
+
+    # crops of another size do not match: the cells are cut again from the image
+    viewer.layers[CROPS_LAYER].data = np.zeros((len(crops), 32, 32, 3), np.uint8)
+    _run(widget, qtbot)
+    features = viewer.layers[CELLS_LAYER].features
+    expected = _expected_probs(bundle_dir, segmented.crops)
+    assert np.allclose(features["p_all_model_b"], expected[:, 1, 1], atol=1e-5)
+    assert list(features["area"]) == list(segmented.table["area"])  # Segment's columns are kept
+
+
+def test_bad_bundle_and_release(make_napari_viewer, qtbot, bundle_dir, field, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(field, name="field", rgb=True)
+    widget = ClassifyWidget(viewer)
+    assert not widget.set_bundle(tmp_path)
+    assert "bundle.json is missing" in widget.bundle_info.text()
+    widget.run()
+    assert not widget.is_running and "Error" in widget.status.text()
+
+    widget.set_bundle(bundle_dir)
+    _run(widget, qtbot)
+    assert widget._holder.bundle is not None
+    other = make_tiny_bundle(tmp_path / "other", seed=12)
+    widget.set_bundle(other)
+    assert widget._holder.bundle is None  # the old model is released at once
+
+
+def test_docks_from_the_plugins_menu(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-allbag", "Classify cells")
+    assert isinstance(widget, ClassifyWidget)
+
+
+def test_cancel_stops_the_run_without_results(make_napari_viewer, qtbot, bundle_dir, field):
+    viewer = make_napari_viewer()
+    viewer.add_image(field, name="field", rgb=True)
+    widget = ClassifyWidget(viewer)
+    widget.set_bundle(bundle_dir)
+    widget.run()
+    widget.cancel()  # napari's worker stops at the job's next yield
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=60_000)
+    assert widget.status.text() == "cancelled"
+    assert CELLS_LAYER not in viewer.layers
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_a_new_cells_layer_becomes_the_choice(make_napari_viewer, field):
+    viewer = make_napari_viewer()
+    viewer.add_image(field, name="field", rgb=True)
+    widget = ClassifyWidget(viewer)
+    assert widget.layer_combo.currentText() == "field"
+    segmented = segment_image(field, SegmentationParams(crop_size=64), source="field")
+    viewer.add_labels(segmented.labels, name=CELLS_LAYER, features=segmented.table)
+    assert widget.layer_combo.currentText() == CELLS_LAYER
+    viewer.add_image(field, name="another image", rgb=True)  # later images do not take over
+    assert widget.layer_combo.currentText() == CELLS_LAYER

@@ -1,0 +1,138 @@
+"""The Train dock widget: a tiny run in the background, cancel, resume, report, bundle hand-over."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from napari_allbag.data.synthetic import write_annotated_folder
+from napari_allbag.io.images import find_images
+from napari_allbag.progress import drive
+from napari_allbag.segmentation.crop_cache import build_crop_cache
+from napari_allbag.segmentation.dark import SegmentationParams
+from napari_allbag.widgets.train import TrainWidget
+
+TIMEOUT_MS = 180_000
+
+
+@pytest.fixture(scope="module")
+def annotated(tmp_path_factory) -> tuple[Path, Path]:
+    """A generated annotated folder and a crop cache that already holds its crops."""
+    root = tmp_path_factory.mktemp("annotated")
+    write_annotated_folder(root, n_all=60, n_hem=30, n_subjects=3, seed=1, size=128)
+    cache = tmp_path_factory.mktemp("cache")
+    params = SegmentationParams(crop_size=64, largest_only=True)
+    drive(build_crop_cache(find_images([root]), params, cache, workers=1))
+    return root, cache
+
+
+@pytest.fixture
+def widget(make_napari_viewer, annotated, tmp_path, monkeypatch):
+    data, cache = annotated
+    monkeypatch.setenv("NAPARI_ALLBAG_CACHE_DIR", str(cache))
+    monkeypatch.setenv("NAPARI_ALLBAG_CONFIG_DIR", str(tmp_path / "config"))
+    viewer = make_napari_viewer()
+    train_widget = TrainWidget(viewer)
+    train_widget.data_edit.setText(str(data))
+    train_widget.out_edit.setText(str(tmp_path / "run"))
+    train_widget.backbone_edit.setText("test_resnet")
+    train_widget.epochs_spin.setValue(2)
+    train_widget.batch_spin.setValue(16)
+    train_widget.img_size_spin.setValue(64)
+    train_widget.crop_size_spin.setValue(64)
+    train_widget.pretrained_check.setChecked(False)
+    yield train_widget
+    if train_widget.is_running:
+        train_widget.cancel()
+
+
+def _record_release(monkeypatch) -> list:
+    from napari_allbag.model import devices
+
+    calls = []
+    original = devices.release_memory
+
+    def release(device=None):
+        calls.append(device)
+        original(device)
+
+    monkeypatch.setattr(devices, "release_memory", release)
+    return calls
+
+
+def test_training_runs_in_the_background_and_hands_over_the_bundle(widget, qtbot, monkeypatch):
+    from qtpy.QtCore import QTimer
+
+    from napari_allbag.io.settings import last_bundle_dir
+    from napari_allbag.widgets.classify import ClassifyWidget
+
+    classify = ClassifyWidget(widget.viewer)
+    widget.viewer.window.add_dock_widget(classify, name="Classify cells")
+    released = _record_release(monkeypatch)
+    ticks: list[int] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(10)
+    ticks_at_epochs: list[int] = []
+    original_draw = widget.curves.draw
+    widget.curves.draw = lambda rows: (ticks_at_epochs.append(len(ticks)), original_draw(rows))
+
+    assert widget.start()
+    assert widget.is_running and not widget.start_button.isEnabled()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    timer.stop()
+
+    assert widget.result is not None, widget.last_error
+    # the event loop ran while training: timer ticks between the first and the last epoch
+    assert len(ticks_at_epochs) >= 6 and ticks_at_epochs[-1] > ticks_at_epochs[0]
+    assert "weighted avg" in widget.report.toPlainText()
+    assert "Done" in widget.stage_label.text()
+    bundle = widget.result.bundle_path
+    assert (bundle / "bundle.json").is_file()
+    assert classify.bundle_path == bundle
+    assert last_bundle_dir() == bundle.resolve()
+    assert released and widget.start_button.isEnabled()
+
+
+def test_cancel_keeps_the_checkpoint_and_resume_finishes(widget, qtbot, monkeypatch):
+    released = _record_release(monkeypatch)
+    run = Path(widget.out_edit.text())
+    assert widget.start()
+    qtbot.waitUntil(lambda: len(widget._rows) >= 1, timeout=TIMEOUT_MS)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+
+    assert widget.result is None
+    assert "Cancelled" in widget.stage_label.text()
+    assert released
+    checkpoint = json.loads((run / "checkpoints" / "stage1-A.json").read_text())
+    assert checkpoint["state"]["epoch"] >= 1
+    assert not (run / "bundle").exists()
+
+    # a new Start in the same folder must not overwrite it
+    assert widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    assert "never overwritten" in (widget.last_error or "")
+
+    widget.epochs_spin.setValue(7)  # the run's own settings win on resume
+    assert widget.resume_run(run)
+    assert widget.epochs_spin.value() == 2
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    assert widget.result is not None, widget.last_error
+    assert (run / "bundle" / "bundle.json").is_file()
+    stages = [row["stage"] for row in widget.result.history]
+    assert stages.count("stage1-A") == 2 and stages.count("stage2") == 2
+
+
+def test_errors_are_shown_not_raised(widget, qtbot, tmp_path):
+    widget.data_edit.setText("")
+    assert not widget.start()
+    assert "Choose the annotated folder" in widget.last_error
+    widget.data_edit.setText(str(tmp_path / "missing"))
+    assert widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    assert "not found" in widget.last_error
+    assert not widget.resume_run(tmp_path / "not_a_run")
+    assert "Nothing to resume" in widget.last_error
