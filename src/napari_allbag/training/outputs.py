@@ -1,4 +1,4 @@
-"""What a run leaves besides the report: the training curves and the bundle's metadata."""
+"""What a run leaves besides the report and the curves: the bundle's metadata."""
 
 from __future__ import annotations
 
@@ -7,14 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from napari_allbag.model.networks import BackboneConfig
-from napari_allbag.training.config import RunPaths
-from napari_allbag.training.curves import render_curves_png
 from napari_allbag.training.prepare import PreparedData, class_counts, segmentation_params
-
-
-def draw_curves(main: bool, paths: RunPaths, history: list[dict[str, Any]]) -> None:
-    if main and history:
-        render_curves_png(history, paths.curves)
 
 
 def bundle_meta(
