@@ -1,5 +1,6 @@
-"""The paper's Table 1: metrics and confusion matrices for `evaluate` (`metrics`) and the
-validation report written after training (`train_report`).
+"""The paper's Table 1: a bundle evaluated on an annotated folder (`evaluate`, what the CLI's
+`evaluate` runs), metrics and confusion matrices (`metrics`) and the validation report written
+after training (`train_report`).
 
 May import: `io`, `data`, `segmentation`, `model`, `inference`, `progress`, `defaults`.
 """
@@ -19,6 +20,7 @@ _EXPORTS = {
         "metrics",
     ),
     "build_report": "train_report",
+    **dict.fromkeys(("evaluate_folder", "format_evaluation"), "evaluate"),
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

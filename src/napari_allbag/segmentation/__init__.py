@@ -1,5 +1,6 @@
 """Cells out of images: the paper's dark-background segmentation (`dark`), crops of hand-edited
-label images (`recrop`), and the on-disk crop cache training and evaluation share (`crop_cache`).
+label images (`recrop`), the on-disk crop cache training and evaluation share (`crop_cache`),
+and files segmented into a folder of crops and tables (`to_folder`, what `segment` runs).
 A new segmentation (bright-field) joins here as its own module.
 
 May import: `io`, `data`, `progress`, `defaults`.
@@ -24,6 +25,7 @@ _EXPORTS = {
     ),
     "crops_from_labels": "recrop",
     **dict.fromkeys(("CropCache", "build_crop_cache", "default_cache_dir"), "crop_cache"),
+    **dict.fromkeys(("CELLS_COLUMNS", "segment_to_folder", "unique_stems"), "to_folder"),
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
