@@ -122,6 +122,9 @@ def test_label_image_when_asked_matches_one_go(discs):
     mapping = np.zeros(whole.n_cells + 1, np.int32)
     mapping[whole.table["cell_id"][b]] = tiled.table["cell_id"][a]
     assert np.array_equal(mapping[whole.labels], tiled.labels)
+    for part in iter_tile_cells(image, segment_image, SegmentationParams(crop_size=64), options):
+        assert part.crops.base is None  # nothing of the tile's crops is kept alive
+        assert len(part.masks) == len(part.table["cell_id"])
 
 
 def test_overlap_smaller_than_the_cells_is_reported_not_duplicated(discs):
@@ -266,3 +269,18 @@ def test_workers_need_a_file():
     opened = LargeImage(None, image, "memory")
     with pytest.raises(ValueError, match="workers > 1"):
         list(iter_tile_cells(opened, segment_image, None, TileOptions(256, 64, workers=2)))
+
+
+def test_extra_columns_of_any_segment_function_are_carried():
+    image, placed = _discs_image((2600, 2600), seed=3)
+
+    def with_reason(tile_image, params, source):
+        result = segment_image(tile_image, params, source)
+        result.table["kept_because"] = np.full(result.n_cells, "round", dtype=object)
+        result.table["mode"] = np.full(result.n_cells, "dark", dtype=object)
+        return result
+
+    tiled = drive(segment_tiled(image, with_reason, None, TileOptions(1024, 200, keep_crops=False)))
+    assert tiled.n_cells == len(placed)
+    assert list(tiled.table["kept_because"]) == ["round"] * len(placed)
+    assert set(tiled.table["mode"]) == {"dark"}
