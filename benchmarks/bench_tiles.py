@@ -134,7 +134,7 @@ class RssSampler(threading.Thread):
 def segment_field(path: Path, args) -> dict:
     from napari_allbag.progress import drive
     from napari_allbag.segmentation import SegmentationParams, segment_image
-    from napari_allbag.tiles import TileOptions, open_large_image, segment_tiled
+    from napari_allbag.segmentation.tiles import TileOptions, open_large_image, segment_tiled
 
     image = open_large_image(path)
     access, shape = image.access, image.shape

@@ -24,6 +24,19 @@ _EXPORTS = {
     ),
     "crops_from_labels": "recrop",
     **dict.fromkeys(("CropCache", "build_crop_cache", "default_cache_dir"), "crop_cache"),
+    **dict.fromkeys(
+        (
+            "LargeImage",
+            "TileOptions",
+            "needs_tiling",
+            "open_large_image",
+            "read_window",
+            "plan_tiles",
+            "segment_tiled",
+            "iter_tile_cells",
+        ),
+        "tiles",
+    ),
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

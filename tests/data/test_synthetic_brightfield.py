@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_allbag.synthetic_brightfield import (
+from napari_allbag.data.synthetic_brightfield import (
     BrightfieldLook,
     make_brightfield_crop,
     make_brightfield_field,

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_allbag.imaging import ImageReadError
+from napari_allbag.io.images import ImageReadError
 from napari_allbag.progress import drive
 from napari_allbag.segmentation import SegmentationParams, segment_image
-from napari_allbag.tiles import (
+from napari_allbag.segmentation.tiles import (
     LargeImage,
     TileOptions,
     iter_tile_cells,

@@ -41,10 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from napari_allbag.imaging import ImageReadError, read_image, to_rgb_uint8
-from napari_allbag.ordered_pool import ordered_map
+from napari_allbag.io.images import ImageReadError, read_image, to_rgb_uint8
+from napari_allbag.io.ordered_pool import ordered_map
 from napari_allbag.progress import Progress
-from napari_allbag.segmentation import SegmentationResult
+from napari_allbag.segmentation.dark import SegmentationResult
 
 #: Images above this many megapixels are segmented in tiles (36 MP: a 6000 x 6000 field; its
 #: full-image int32 labels and temporaries alone would take about 300 MB).
