@@ -281,3 +281,19 @@ def test_real_masked_images_return_no_cell_outside_the_white_cells():
         for cell_id in result.table["cell_id"]:
             hull = result.labels == cell_id
             assert (hull & truth).sum() > 0.1 * hull.sum(), (row["image_relpath"], cell_id)
+
+
+LILAC = (196, 160, 214)  # a red cell a little bluer than the rest (stain overlap, lilac tint)
+
+
+def test_lilac_red_cells_without_a_purple_core_are_not_white_cells():
+    image, _ = smear(seed=9, keep_clear=[(100, 100, 30), (250, 300, 40)])
+    for d_row, d_col in ((0, 0), (0, 26), (22, 13)):  # a clump of three lilac red cells
+        cv2.circle(image, (300 + d_col, 250 + d_row), RED_RADIUS, LILAC, -1, cv2.LINE_AA)
+    result = segment_brightfield(image)
+    assert result.n_cells == 0, result.table["keep_reason"]
+    draw_white_cell(image, 100, 100)
+    result = segment_brightfield(image)
+    assert result.n_cells == 1
+    ((row, col),) = centres_of(result)
+    assert np.hypot(row - 100, col - 100) < 8
