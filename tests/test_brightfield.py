@@ -14,6 +14,7 @@ from napari_allbag.brightfield import (
     _sanity_message,
     _Scene,
     detect_background,
+    red_cell_radius,
     segment_auto,
     segment_brightfield,
     segment_brightfield_progress,
@@ -297,3 +298,21 @@ def test_lilac_red_cells_without_a_purple_core_are_not_white_cells():
     assert result.n_cells == 1
     ((row, col),) = centres_of(result)
     assert np.hypot(row - 100, col - 100) < 8
+
+
+def test_scale_of_a_dense_smear_whose_red_cells_all_touch():
+    image = np.zeros((420, 420, 3), np.uint8)
+    image[:] = BACKGROUND
+    rng = np.random.default_rng(10)
+    step = 2 * RED_RADIUS + 3
+    centres = range(RED_RADIUS + 2, 420 - RED_RADIUS, step)
+    for row in centres:
+        for col in centres:
+            cv2.circle(image, (col, row), RED_RADIUS, RED_CELL, -1, cv2.LINE_AA)
+            if col + step < 420 - RED_RADIUS:  # a narrow contact with the right neighbour
+                contact = col + step // 2
+                cv2.line(image, (contact - 3, row), (contact + 3, row), RED_CELL, 3)
+    image = np.clip(image + rng.normal(0, 2, image.shape), 0, 255).astype(np.uint8)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    radius, how = red_cell_radius(grey, np.ones(grey.shape, bool))
+    assert abs(radius - RED_RADIUS) < 0.2 * RED_RADIUS, how

@@ -58,6 +58,8 @@ from napari_allbag.segmentation import (
 _BLACK = 40
 #: Fewer isolated red cells than this: the scale falls back to a fraction of the image side.
 _MIN_RED_CELLS = 20
+#: Erosion depths (pixels) tried in turn to part touching red cells when too few are isolated.
+_CONTACT_EROSIONS = (1, 2, 3)
 #: A single-cell crop with more cells than this looks wrong.
 _MANY_CELLS = 20
 #: Above-threshold nucleus pixels of one white cell (lobes together) cover at least this many
@@ -144,10 +146,12 @@ def red_cell_radius(grey: np.ndarray, valid: np.ndarray) -> tuple[float, str]:
     """Radius of the image's whole isolated red cells, and how it was found (the image's scale).
 
     Red cells are the objects darker than the pale background (grey Otsu); where they touch in a
-    dense smear (too few isolated), their darker cores (Otsu again below the first) may. Isolated ones are
-    compact (solidity > 0.9) and do not touch the border; their area-weighted median radius is the
-    scale (specks weigh little). A crop of one white cell holds too few whole red cells: then a
-    tenth of the shorter side, typical of such crops.
+    dense smear (too few isolated), their darker cores (Otsu again below the first) may, or the
+    mask eroded by a few pixels, which cuts the narrow contacts between touching cells (the
+    erosion depth is added back to each radius). Isolated ones are compact (solidity > 0.9) and
+    do not touch the border; their area-weighted median radius is the scale (specks weigh
+    little). A crop of one white cell holds too few whole red cells: then a tenth of the shorter
+    side, typical of such crops.
     """
     hist = np.bincount(grey[valid], minlength=256)
     first = _otsu(hist)
@@ -155,6 +159,10 @@ def red_cell_radius(grey: np.ndarray, valid: np.ndarray) -> tuple[float, str]:
     if len(best) < _MIN_RED_CELLS:  # touching red cells: try their darker cores
         cores = _compact_dark_objects(grey, valid, _otsu(hist[: first + 1]))
         best = cores if len(cores) >= 2 * _MIN_RED_CELLS else best  # many, or it is granules
+    for depth in _CONTACT_EROSIONS:
+        if len(best) >= _MIN_RED_CELLS:
+            break
+        best = _compact_dark_objects(grey, valid, first, depth)
     if len(best) >= _MIN_RED_CELLS:
         radii, areas = np.array(best).T
         order = np.argsort(radii)
@@ -165,10 +173,15 @@ def red_cell_radius(grey: np.ndarray, valid: np.ndarray) -> tuple[float, str]:
     return min(height, width) / 10.0, f"only {len(best)} whole red cells: a crop, side / 10"
 
 
-def _compact_dark_objects(grey, valid, threshold: int) -> list[tuple[float, float]]:
-    """(radius, area) of compact objects darker than `threshold`, clear of the border."""
+def _compact_dark_objects(
+    grey, valid, threshold: int, erosion: int = 0
+) -> list[tuple[float, float]]:
+    """(radius, area) of compact objects darker than `threshold`, clear of the border; with
+    `erosion`, of the mask eroded by that many pixels (radius and area of the uneroded disc)."""
     darker = ((grey < threshold) & valid).view(np.uint8)
     darker = cv2.morphologyEx(darker, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    if erosion:
+        darker = cv2.erode(darker, _disc(2 * erosion + 1))
     contours, _ = cv2.findContours(darker, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     height, width = grey.shape
     found = []
@@ -178,7 +191,8 @@ def _compact_dark_objects(grey, valid, threshold: int) -> list[tuple[float, floa
         if area < 12 or left == 0 or top == 0 or left + w >= width or top + h >= height:
             continue
         if area > 0.9 * cv2.contourArea(cv2.convexHull(contour)):
-            found.append((math.sqrt(area / math.pi), area))
+            radius = math.sqrt(area / math.pi) + erosion
+            found.append((radius, math.pi * radius**2))
     return found
 
 
