@@ -23,9 +23,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from napari_allbag.brightfield import segment_brightfield
-from napari_allbag.imaging import read_image
+from napari_allbag.io.images import read_image
 from napari_allbag.segmentation import SegmentationParams
+from napari_allbag.segmentation.brightfield import segment_brightfield
 
 
 def default_data_dir() -> Path:

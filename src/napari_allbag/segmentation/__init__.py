@@ -1,6 +1,7 @@
-"""Cells out of images: the paper's dark-background segmentation (`dark`), crops of hand-edited
-label images (`recrop`), and the on-disk crop cache training and evaluation share (`crop_cache`).
-A new segmentation (bright-field) joins here as its own module.
+"""Cells out of images: the paper's dark-background segmentation (`dark`), white cells in
+bright-field smears and crops (`brightfield`, with `segment_auto` choosing the path per image),
+large images in overlapping tiles (`tiles`), crops of hand-edited label images (`recrop`), and
+the on-disk crop cache training and evaluation share (`crop_cache`).
 
 May import: `io`, `data`, `progress`, `defaults`.
 """
@@ -11,6 +12,8 @@ _EXPORTS = {
     **dict.fromkeys(
         (
             "TABLE_COLUMNS",
+            "BACKGROUND_MODES",
+            "empty_table",
             "SegmentationParams",
             "SegmentationResult",
             "FileSegmentation",
@@ -21,6 +24,18 @@ _EXPORTS = {
             "default_workers",
         ),
         "dark",
+    ),
+    **dict.fromkeys(
+        (
+            "BackgroundGuess",
+            "detect_background",
+            "stain_channel",
+            "segment_brightfield",
+            "segment_brightfield_progress",
+            "segment_auto",
+            "segment_auto_progress",
+        ),
+        "brightfield",
     ),
     "crops_from_labels": "recrop",
     **dict.fromkeys(("CropCache", "build_crop_cache", "default_cache_dir"), "crop_cache"),

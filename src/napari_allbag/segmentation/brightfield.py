@@ -25,7 +25,7 @@ single-cell crops with too few whole red cells fall back to a tenth of the image
    debris) or not bluer than the red cells
    are rejected; each kept cell grows into the stained cytoplasm around its nucleus (pixels above
    the lower Otsu threshold within one red-cell radius), then takes its convex hull;
-5. crops exactly like the dark path's (`segmentation._crop`): the hull on black, centred, resized.
+5. crops exactly like the dark path's (`segmentation.dark._crop`): the hull on black, centred, resized.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from skimage.filters import threshold_multiotsu
 from skimage.segmentation import watershed
 
 from napari_allbag.progress import Progress, drive
-from napari_allbag.segmentation import (
+from napari_allbag.segmentation.dark import (
     SegmentationParams,
     SegmentationResult,
     _check_image,

@@ -10,7 +10,15 @@ import cv2
 import numpy as np
 import pytest
 
-from napari_allbag.brightfield import (
+from napari_allbag.io.images import read_image
+from napari_allbag.progress import Progress
+from napari_allbag.segmentation import (
+    TABLE_COLUMNS,
+    SegmentationParams,
+    empty_table,
+    segment_image,
+)
+from napari_allbag.segmentation.brightfield import (
     _sanity_message,
     _Scene,
     detect_background,
@@ -20,16 +28,8 @@ from napari_allbag.brightfield import (
     segment_brightfield_progress,
     stain_channel,
 )
-from napari_allbag.imaging import read_image
-from napari_allbag.progress import Progress
-from napari_allbag.segmentation import (
-    TABLE_COLUMNS,
-    SegmentationParams,
-    empty_table,
-    segment_image,
-)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 BACKGROUND = (236, 228, 220)
 RED_CELL = (214, 150, 162)
