@@ -157,6 +157,8 @@ def _cells_row(table: dict[str, np.ndarray], row: int, path: Path, crop_name: st
             values[name] = f"{float(value):.6g}"
         elif isinstance(value, (np.bool_, bool)):
             values[name] = str(bool(value))
+        elif isinstance(value, str):
+            values[name] = value
         else:
             values[name] = str(int(value))
     return [values[name] for name in CELLS_COLUMNS]
