@@ -243,6 +243,27 @@ class EnsembleRunner:
         return self.submit(batch).result()
 
 
+def make_runner(
+    bundle: Any,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    compile: bool = False,
+    engine: str | None = "torch",
+    crop_size: int | None = None,
+) -> Any:
+    """An `EnsembleRunner` for the torch engine, else an `engines.Engine` (same submit interface)."""
+    from napari_allbag.engines import EngineError, make_engine, resolve_engine
+
+    target = torch.device(device) if device is not None else torch.device(bundle.device)
+    name = "torch" if compile and engine == "auto" else resolve_engine(engine, target)
+    if name == "torch":
+        return EnsembleRunner(bundle, device, batch_size, compile)
+    if compile:
+        raise EngineError(f"compile applies to the torch engine only, not to {name}")
+    size = crop_size or bundle.crop_size
+    return make_engine(engine, bundle.ensemble, target, batch_size, size, bundle.path)
+
+
 def _check_crops(crops: np.ndarray) -> np.ndarray:
     crops = np.asarray(crops)
     if crops.ndim != 4 or crops.shape[-1] != 3:
@@ -258,13 +279,17 @@ def classify_crops(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     compile: bool = False,
+    engine: str = "torch",
 ) -> Generator[Progress, None, CellPredictions]:
-    """Classify uint8 crops (N, S, S, 3) in batches; yields Progress, returns CellPredictions."""
+    """Classify uint8 crops (N, S, S, 3) in batches; yields Progress, returns CellPredictions.
+
+    `engine` is one of `engines.ENGINES` ("auto": the fastest installed on the CPU).
+    """
     crops = _check_crops(crops)
     total = int(crops.shape[0])
     if total == 0:
         return CellPredictions.empty()
-    runner = EnsembleRunner(bundle, device, batch_size, compile)
+    runner = make_runner(bundle, device, batch_size, compile, engine, int(crops.shape[1]))
     probs = np.empty((total, len(MODEL_NAMES), len(CLASS_NAMES)), np.float32)
     yield Progress(0, total, "classify", runner.description)
     start = time.perf_counter()
@@ -425,17 +450,20 @@ def predict_files(
     sink: Callable[[FilePredictions], None] | None = None,
     params: Any = None,
     segment_stream: Callable[[Sequence[Path], Any, int | None], Iterable[Any]] | None = None,
+    engine: str = "torch",
 ) -> Generator[Progress, None, PredictionRun]:
     """Segment and classify every cell of every image, streamed; yields Progress.
 
     `sink(FilePredictions)` receives each file's table and predictions, in input order, as soon
     as its last cell is classified (unreadable files arrive with `error` set and no cells).
     Returns a `PredictionRun` with per-file summaries. `params` overrides the bundle's
-    segmentation parameters; `segment_stream` replaces `segmentation.iter_segment_files`.
+    segmentation parameters; `segment_stream` replaces `segmentation.iter_segment_files`;
+    `engine` is one of `engines.ENGINES`.
     """
     paths = [Path(p) for p in paths]
-    runner = EnsembleRunner(bundle, device, batch_size, compile)
     params = params if params is not None else bundle.segmentation
+    crop_size = params.get("crop_size") if isinstance(params, dict) else params.crop_size
+    runner = make_runner(bundle, device, batch_size, compile, engine, crop_size)
     stream = (segment_stream or _segmentation_stream)(paths, params, workers)
     run = PredictionRun(device=runner.description)
     total_files = len(paths)

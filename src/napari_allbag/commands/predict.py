@@ -68,6 +68,12 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the ensemble (faster on large runs)"
     )
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        help="auto, torch, openvino or onnxruntime (default auto: the fastest installed on the "
+        'CPU, torch on a GPU; pip install "napari-allbag[fast-cpu]" for the fast CPU engines)',
+    )
     add_workers_option(parser, "reading and segmenting images")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --out / --summary if they exist"
@@ -83,6 +89,7 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from napari_allbag.bundle import BundleError, load_bundle
     from napari_allbag.devices import DeviceError, select_device
+    from napari_allbag.engines import EngineError, resolve_engine
     from napari_allbag.imaging import IMAGE_EXTENSIONS, find_images
     from napari_allbag.inference import predict_files
     from napari_allbag.progress import drive_with_bar
@@ -109,8 +116,12 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         device = select_device(args.device)
+        engine = "torch" if args.compile else args.engine
+        resolve_engine(engine, device)  # an unknown or missing engine fails here, not midway
+        if args.compile and args.engine not in ("auto", "torch"):
+            raise EngineError(f"--compile applies to --engine torch only, not {args.engine}")
         bundle = load_bundle(args.bundle, device)
-    except (BundleError, DeviceError) as error:
+    except (BundleError, DeviceError, EngineError) as error:
         return _fail(str(error))
 
     for target in outputs:
@@ -124,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
             device=device,
             workers=args.workers,
             compile=args.compile,
+            engine=engine,
             sink=lambda result: _write_rows(writer, result),
         )
         result: PredictionRun = drive_with_bar(work, quiet=args.quiet)
