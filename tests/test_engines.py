@@ -21,7 +21,7 @@ OPTIONAL = [name for name in engines.ENGINE_MODULES]
 
 def _installed_or_skip(name: str) -> None:
     if not engines.engine_installed(name):
-        pytest.skip(f"{name} is not installed (the fast-cpu extra)")
+        pytest.skip(f"{name} is not installed (extra {engines.ENGINE_EXTRAS[name]!r})")
 
 
 def _crops(count: int, seed: int = 0) -> np.ndarray:
@@ -134,6 +134,8 @@ def test_auto_falls_back_to_torch_without_the_extra(ensemble, monkeypatch):
     assert engines.make_engine("auto", ensemble, "cpu", batch_size=4).name == "torch"
     with pytest.raises(engines.EngineError, match=r"napari-allbag\[fast-cpu\]"):
         engines.resolve_engine("onnxruntime", "cpu")
+    with pytest.raises(engines.EngineError, match=r"napari-allbag\[openvino\]"):
+        engines.resolve_engine("openvino", "cpu")
 
 
 def test_auto_takes_the_fastest_installed_on_cpu_and_torch_on_a_gpu(monkeypatch):

@@ -71,8 +71,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--engine",
         default="auto",
-        help="auto, torch, openvino or onnxruntime (default auto: the fastest installed on the "
-        'CPU, torch on a GPU; pip install "napari-allbag[fast-cpu]" for the fast CPU engines)',
+        help="auto, torch, onnxruntime or openvino (default auto: the fastest installed on the "
+        'CPU, torch on a GPU; pip install "napari-allbag[fast-cpu]" for ONNX Runtime)',
     )
     add_workers_option(parser, "reading and segmenting images")
     parser.add_argument(
