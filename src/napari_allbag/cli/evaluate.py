@@ -77,6 +77,7 @@ def text_path(json_path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from napari_allbag.data.annotations import AnnotationError, scan_annotated_folder
+    from napari_allbag.evaluation.report import format_report
     from napari_allbag.model.bundle import BundleError, load_bundle
     from napari_allbag.model.devices import DeviceError, select_device
     from napari_allbag.progress import drive_with_bar
@@ -110,11 +111,11 @@ def run(args: argparse.Namespace) -> int:
         evaluate_folder(bundle, annotated, args.batch_size, device, args.workers, args.cache_dir),
         quiet=args.quiet,
     )
-    report["seconds"] = round(time.perf_counter() - started, 3)
+    report["context"]["seconds"] = round(time.perf_counter() - started, 3)
+    text = format_report(report)
     if report["n_cells"] == 0:
-        print(format_evaluation(report))
+        print(text)
         return _fail(f"no cell in {args.data_dir} could be segmented; nothing to evaluate")
-    text = format_evaluation(report)
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -132,11 +133,12 @@ def evaluate_folder(
     workers: int | None = None,
     cache_dir: str | os.PathLike | None = None,
 ):
-    """Crop (through the cache) and classify an `AnnotatedSet`; returns the report dict.
+    """Crop (through the cache) and classify an `AnnotatedSet`; returns the report
+    (`evaluation.report.build_report`, kind "evaluation").
 
     A progress generator: yields `Progress` while preprocessing and classifying.
     """
-    from napari_allbag.evaluation.metrics import ensemble_report
+    from napari_allbag.evaluation.report import build_report
     from napari_allbag.inference.classify import classify_crops
     from napari_allbag.segmentation.crop_cache import build_crop_cache
     from napari_allbag.segmentation.dark import SegmentationParams, default_workers
@@ -149,13 +151,13 @@ def evaluate_folder(
     rows = np.flatnonzero(cache.ok)
     predictions = yield from classify_crops(bundle, cache.crops, batch_size, device)
     items = [annotated.items[i] for i in rows]
-    report = ensemble_report(
+    return build_report(
+        "evaluation",
         [item.label_index for item in items],
         predictions.probs[rows],
-        [item.subject for item in items],
-    )
-    report.update(
-        {
+        files=[item.path for item in items],
+        subjects=[item.subject for item in items],
+        context={
             "bundle": str(getattr(bundle, "path", "") or ""),
             "data_dir": str(annotated.root),
             "device": str(device) if device is not None else str(getattr(bundle, "device", "")),
@@ -164,47 +166,8 @@ def evaluate_folder(
             "annotations": annotated.summary(),
             "skipped": [{"file": str(p), "reason": why} for p, why in cache.errors_by_path.items()],
             "notes": [{"file": str(p), "note": note} for p, note in cache.notes_by_path.items()],
-            "cells": [
-                {
-                    "file": str(item.path),
-                    "label": item.label,
-                    "subject": item.subject,
-                    "p_all": [round(float(p), 6) for p in predictions.p_all[row]],
-                    "ensemble": ("hem", "all")[int(predictions.labels[row])],
-                }
-                for item, row in zip(items, rows, strict=True)
-            ],
-        }
+        },
     )
-    return report
-
-
-def format_evaluation(report: dict[str, Any]) -> str:
-    """The terminal / .txt form of an evaluation report."""
-    from napari_allbag.evaluation.metrics import format_report
-
-    annotations = report["annotations"]
-    lines = [
-        f"Evaluation of {report['bundle']} on {report['data_dir']}",
-        f"  {report['n_cells']} cells evaluated ({annotations['per_class']['all']} ALL and "
-        f"{annotations['per_class']['hem']} HEM images found)",
-    ]
-    skipped = report["skipped"]
-    if skipped:
-        lines.append(f"  {len(skipped)} image(s) left out (no crop):")
-        lines += [f"    {entry['file']}: {entry['reason']}" for entry in skipped[:10]]
-        if len(skipped) > 10:
-            lines.append(f"    ... ({len(skipped) - 10} more in the JSON report)")
-    if report["notes"]:
-        lines.append(
-            f"  {len(report['notes'])} image(s) held more than one cell: the largest was used"
-        )
-    for key, title in (("unlabelled", "without a class"), ("unreadable", "unreadable")):
-        if annotations[key]:
-            lines.append(f"  {len(annotations[key])} file(s) {title} were not evaluated")
-    if report["n_cells"]:
-        lines += ["", format_report(report)]
-    return "\n".join(lines)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -1,24 +1,26 @@
-"""The paper's Table 1: metrics and confusion matrices for `evaluate` (`metrics`) and the
-validation report written after training (`train_report`).
+"""The paper's Table 1 as one report (`report`): metrics, confusion matrices and accuracy per
+subject for model-A, model-B, the combined model and the ensemble rule, built alike for `evaluate`
+and for the validation after training (one JSON shape, docs/report-format.md).
 
 May import: `io`, `data`, `segmentation`, `model`, `inference`, `progress`, `defaults`.
 """
 
 from napari_allbag._lazy import lazy_exports
 
-_EXPORTS = {
-    **dict.fromkeys(
-        (
-            "METRIC_KEYS",
-            "confusion_matrix",
-            "classification_table",
-            "per_subject_accuracy",
-            "format_table",
-            "ensemble_report",
-        ),
-        "metrics",
+_EXPORTS = dict.fromkeys(
+    (
+        "METRIC_KEYS",
+        "REPORT_KINDS",
+        "REPORT_MODELS",
+        "REPORT_VERSION",
+        "build_report",
+        "classification_table",
+        "confusion_matrix",
+        "format_report",
+        "format_table",
+        "per_subject_accuracy",
     ),
-    "build_report": "train_report",
-}
+    "report",
+)
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
