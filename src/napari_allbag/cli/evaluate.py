@@ -1,6 +1,7 @@
 """`napari-allbag evaluate BUNDLE DATA_DIR [--out report.json]`: the paper's Table 1 on a folder.
 
-Every annotated image is segmented with the bundle's parameters into the crop cache (shared with
+Parses the arguments, runs `evaluation.evaluate.evaluate_folder` and prints its report: every
+annotated image is segmented with the bundle's parameters into the crop cache (shared with
 training and earlier evaluations, so a second run only hashes the files) and its cell classified
 by model-A, model-B, the combined model and the ensemble rule. Prints, side by side, precision,
 recall, F1 and support for HEM and ALL with the support-weighted average, the confusion matrices,
@@ -16,9 +17,6 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from napari_allbag.cli.options import (
     add_batch_size_option,
@@ -77,7 +75,9 @@ def text_path(json_path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from napari_allbag.data.annotations import AnnotationError, scan_annotated_folder
+    from napari_allbag.evaluation.evaluate import evaluate_folder
     from napari_allbag.evaluation.report import format_report
+    from napari_allbag.inference.pipeline import PipelineOptions
     from napari_allbag.model.bundle import BundleError, load_bundle
     from napari_allbag.model.devices import DeviceError, select_device
     from napari_allbag.progress import drive_with_bar
@@ -107,9 +107,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(error))
 
     started = time.perf_counter()
+    options = PipelineOptions(batch_size=args.batch_size, device=device, workers=args.workers)
     report = drive_with_bar(
-        evaluate_folder(bundle, annotated, args.batch_size, device, args.workers, args.cache_dir),
-        quiet=args.quiet,
+        evaluate_folder(bundle, annotated, options, args.cache_dir), quiet=args.quiet
     )
     report["context"]["seconds"] = round(time.perf_counter() - started, 3)
     text = format_report(report)
@@ -123,51 +123,6 @@ def run(args: argparse.Namespace) -> int:
         write_atomic(text_path(args.out), text + "\n")
         print(f"\nReport written to {args.out} and {text_path(args.out)}")
     return 0
-
-
-def evaluate_folder(
-    bundle: Any,
-    annotated: Any,
-    batch_size: int | None = None,
-    device: Any = None,
-    workers: int | None = None,
-    cache_dir: str | os.PathLike | None = None,
-):
-    """Crop (through the cache) and classify an `AnnotatedSet`; returns the report
-    (`evaluation.report.build_report`, kind "evaluation").
-
-    A progress generator: yields `Progress` while preprocessing and classifying.
-    """
-    from napari_allbag.evaluation.report import build_report
-    from napari_allbag.inference.classify import classify_crops
-    from napari_allbag.segmentation.crop_cache import build_crop_cache
-    from napari_allbag.segmentation.dark import SegmentationParams, default_workers
-
-    params = bundle.segmentation
-    if isinstance(params, dict):
-        params = SegmentationParams.from_dict(params)
-    workers = default_workers() if workers is None else workers
-    cache = yield from build_crop_cache(annotated.paths, params, cache_dir, workers)
-    rows = np.flatnonzero(cache.ok)
-    predictions = yield from classify_crops(bundle, cache.crops, batch_size, device)
-    items = [annotated.items[i] for i in rows]
-    return build_report(
-        "evaluation",
-        [item.label_index for item in items],
-        predictions.probs[rows],
-        files=[item.path for item in items],
-        subjects=[item.subject for item in items],
-        context={
-            "bundle": str(getattr(bundle, "path", "") or ""),
-            "data_dir": str(annotated.root),
-            "device": str(device) if device is not None else str(getattr(bundle, "device", "")),
-            "segmentation": params.to_dict(),
-            "crop_cache": str(cache.folder),
-            "annotations": annotated.summary(),
-            "skipped": [{"file": str(p), "reason": why} for p, why in cache.errors_by_path.items()],
-            "notes": [{"file": str(p), "note": note} for p, note in cache.notes_by_path.items()],
-        },
-    )
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -25,7 +25,7 @@ from napari_allbag.cli.options import (
     fail,
 )
 from napari_allbag.defaults import PREDICTION_COLUMNS
-from napari_allbag.inference.columns import CELL_COLUMNS, RESULT_COLUMNS
+from napari_allbag.inference import columns
 
 if TYPE_CHECKING:  # torch loads only when a prediction runs, so `--help` stays fast
     from napari_allbag.inference.predict import FilePredictions, PredictionRun
@@ -70,7 +70,7 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_allbag.inference.predict import predict_files
+    from napari_allbag.inference.pipeline import PipelineOptions, predict_files
     from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
     from napari_allbag.model.bundle import BundleError, load_bundle
     from napari_allbag.model.devices import DeviceError, select_device
@@ -104,16 +104,13 @@ def run(args: argparse.Namespace) -> int:
 
     for target in outputs:
         target.parent.mkdir(parents=True, exist_ok=True)
-    writer = _AtomicCsv(args.out, RESULT_COLUMNS)
+    writer = _AtomicCsv(args.out, columns.RESULT_COLUMNS)
+    options = PipelineOptions(
+        batch_size=args.batch_size, device=device, workers=args.workers, compile=args.compile
+    )
     try:
         work = predict_files(
-            bundle,
-            paths,
-            batch_size=args.batch_size,
-            device=device,
-            workers=args.workers,
-            compile=args.compile,
-            sink=lambda result: _write_rows(writer, result),
+            bundle, paths, options, sink=lambda result: _write_rows(writer, result)
         )
         result: PredictionRun = drive_with_bar(work, quiet=args.quiet)
     except BaseException:
@@ -136,7 +133,9 @@ def _write_rows(writer: _AtomicCsv, result: FilePredictions) -> None:
     source = str(result.path)
     for row in range(len(result.predictions)):
         values: list[Any] = [source]
-        values += [_cell(table[name][row]) if name in table else "" for name in CELL_COLUMNS]
+        values += [
+            _cell(table[name][row]) if name in table else "" for name in columns.CELL_COLUMNS
+        ]
         values += [_cell(predictions[name][row]) for name in PREDICTION_COLUMNS]
         writer.write_row(values)
 

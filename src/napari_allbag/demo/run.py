@@ -308,30 +308,30 @@ def true_classes(table: dict[str, np.ndarray], truth: list[dict[str, Any]]) -> l
 
 def _classify_field(bundle_path: Path, device) -> Generator[Progress, None, dict[str, Any]]:
     """Segment the sample field with the bundle's parameters and classify every cell."""
-    from napari_allbag.inference.classify import classify_crops
+    from napari_allbag.inference.pipeline import PipelineOptions, classify_image
     from napari_allbag.model.bundle import load_bundle
     from napari_allbag.model.devices import release_memory
-    from napari_allbag.segmentation.dark import segment_image_progress
 
     yield Progress(0, None, "sample field", "loading the bundle")
     bundle = load_bundle(bundle_path, device)
     image, truth = field_image()
     try:
-        segmented = yield from segment_image_progress(image, bundle.segmentation, FIELD_SOURCE)
-        predictions = yield from classify_crops(bundle, segmented.crops, device=device)
+        found = yield from classify_image(
+            bundle, image, PipelineOptions(device=device), FIELD_SOURCE
+        )
     finally:
         del bundle
         release_memory(device)
-    table = segmented.table
+    predictions = found.predictions
     return {
         "image": image,
-        "labels_image": segmented.labels,
-        "table": table,
+        "labels_image": found.labels,
+        "table": found.table,
         "predictions": predictions,
         "labels": [str(name) for name in predictions.label_names],
         "confidence": predictions.confidence,
-        "truth": true_classes(table, truth),
-        "message": segmented.message,
+        "truth": true_classes(found.table, truth),
+        "message": found.message,
     }
 
 
