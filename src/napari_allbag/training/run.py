@@ -32,7 +32,7 @@ import torch
 
 from napari_allbag.data.annotations import AnnotationError
 from napari_allbag.data.bagging import describe_subsets
-from napari_allbag.evaluation.train_report import build_report, format_report
+from napari_allbag.evaluation.report import build_report, format_report
 from napari_allbag.model.bundle import BundleError, save_bundle
 from napari_allbag.model.devices import DeviceError, release_memory, select_device
 from napari_allbag.model.networks import (
@@ -457,16 +457,17 @@ class TrainingRun:
         data = self.data
         yield Progress(0, 3, "report", "validation report")
         self.report = build_report(
+            "validation",
             data.labels[data.val],
             self.probs,
-            subjects=[data.subjects[i] for i in data.val],
             files=[data.files[i] for i in data.val],
-            extra={
+            subjects=[data.subjects[i] for i in data.val],
+            context={
                 "split": data.split_note,
                 "best_epochs": {name: o.best_epoch for name, o in self.outcomes.items()},
             },
         )
-        self.report_text = format_report(self.report)
+        self.report_text = format_report(self.report) + "\n"
         self.dist.share(self.write_report, where="writing the report (rank 0)")
         yield Progress(1, 3, "report", "saving the model bundle", {"text": self.report_text})
         self.dist.share(self.write_bundle, where="saving the model bundle (rank 0)")
