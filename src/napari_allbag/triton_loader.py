@@ -21,10 +21,11 @@ extension modules RTLD_LOCAL, so Mesa's LLVM never sees triton's.
 
 The fix, run when this module is imported (`models` imports it before timm, and every path to a
 model goes through `models`): before anything can import triton, when another LLVM is already
-global, import triton with RTLD_DEEPBIND, so libtriton resolves its symbols in itself first. triton stays fully usable
-(it compiles kernels to PTX and cubin this way with Mesa's LLVM loaded). Should that import fail,
-triton is marked unavailable, as on a machine without it (torch runs without triton; only
-`torch.compile` on a CUDA device needs it), rather than letting a later plain import crash.
+global, import triton with RTLD_DEEPBIND, so libtriton resolves its symbols in itself first.
+triton stays fully usable (it compiles kernels to PTX and cubin this way with Mesa's LLVM
+loaded). Should that import fail, triton is marked unavailable, as on a machine without it
+(torch runs without triton; only `torch.compile` on a CUDA device needs it), rather than letting
+a later plain import crash.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ INSTALL_GUI = 'pip install "napari-allbag[gui]"'
 
 
 def installed_qt_binding() -> str | None:
-    """The first Qt binding qtpy could use that is installed (not imported: no Qt starts), or None."""
+    """The first installed Qt binding qtpy can use (found, not imported), or None."""
     for name in QT_BINDINGS:
         try:
             if importlib.util.find_spec(name) is not None:
