@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_allbag.checkpoint import (
+    CheckpointError,
     load_checkpoint,
     optimizer_from_flat,
     optimizer_to_flat,
@@ -43,6 +44,7 @@ from napari_allbag.checkpoint import (
 )
 from napari_allbag.distributed import Distributed
 from napari_allbag.progress import Progress
+from napari_allbag.schema import validate_stage_state
 from napari_allbag.train_schedule import PlateauSchedule
 
 #: Keras 2.2.4 RMSprop defaults (the paper's "all the settings default"); torch calls rho alpha.
@@ -288,6 +290,7 @@ def fit_stage(spec: StageSpec, settings: StageSettings) -> Iterator[Progress]:
     saved = _load_shared_checkpoint(settings, spec.name)
     if saved is not None:
         tensors, state = saved
+        validate_stage_state(state, settings.checkpoint_dir / f"{spec.name}.json", CheckpointError)
         history = list(state["history"])
         schedule = PlateauSchedule.from_dict(state["schedule"])
         best = unprefixed("best", tensors)

@@ -32,7 +32,7 @@ import torch
 from napari_allbag.annotations import AnnotationError
 from napari_allbag.bagging import describe_subsets
 from napari_allbag.bundle import BundleError, save_bundle
-from napari_allbag.checkpoint import write_json_atomic, write_text_atomic
+from napari_allbag.checkpoint import CheckpointError, write_json_atomic, write_text_atomic
 from napari_allbag.curves import write_log
 from napari_allbag.devices import DeviceError, release_memory, select_device
 from napari_allbag.distributed import (
@@ -164,7 +164,13 @@ def train(
             f"smaller batch: napari-allbag train {config.data_dir} --out {config.out_dir} --resume "
             f"--batch-size {smaller} (in the widget: a new run with batch size {smaller})."
         ) from error
-    except (AnnotationError, UnknownBackboneError, BackboneWeightsError, BundleError) as error:
+    except (
+        AnnotationError,
+        UnknownBackboneError,
+        BackboneWeightsError,
+        BundleError,
+        CheckpointError,
+    ) as error:
         raise TrainingError(str(error)) from error
     except Exception as error:
         if dist.is_distributed and is_distributed_failure(error):
