@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from napari_allbag import __version__
+from napari_allbag.io.schema import check_finite_tensors, validate_bundle_meta
 from napari_allbag.model.networks import (
     CLASS_NAMES,
     BackboneConfig,
@@ -313,7 +314,7 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
         )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
         raise BundleError(
             f"{meta_path} cannot be read as JSON ({error}). The bundle is damaged: train or copy it again."
         ) from error
@@ -331,6 +332,7 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
             f"this version {__version__} reads format {FORMAT_VERSION} and older). Upgrade "
             "napari-allbag (pip install -U napari-allbag) to load it."
         )
+    validate_bundle_meta(meta, meta_path, error=BundleError)  # bounded before anything is built
     class_names = tuple(meta.get("class_names", CLASS_NAMES))
     if class_names != CLASS_NAMES:
         raise BundleError(
@@ -388,9 +390,11 @@ def _read_weights(folder: Path, name: str) -> dict[str, torch.Tensor]:
             f"{path} is not a safetensors file (damaged or truncated). Copy the bundle again."
         )
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise BundleError(f"{path} cannot be read ({error}). Copy the bundle again.") from error
+    check_finite_tensors(tensors, path, error=BundleError)
+    return tensors
 
 
 def _check_state(

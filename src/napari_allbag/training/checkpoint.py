@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from napari_allbag.io.schema import validate_checkpoint
+
 CHECKPOINT_FORMAT = 1
 #: Permissions of written files (mkstemp makes them private; outputs are ordinary files).
 FILE_MODE = 0o644
@@ -133,11 +135,11 @@ def load_checkpoint(
         return None
     try:
         document = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: absurd nesting
         raise CheckpointError(f"{json_path} cannot be read as JSON ({error}).") from error
     if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{json_path} is not a napari-allbag checkpoint (format 1).")
-    tensor_path = json_path.parent / str(document.get("tensors", ""))
+    tensor_path = validate_checkpoint(document, json_path, error=CheckpointError)
     if not tensor_path.is_file():
         raise CheckpointError(f"{json_path} names {tensor_path.name}, which is missing.")
     return load_tensors(tensor_path), document["state"]
@@ -146,7 +148,7 @@ def load_checkpoint(
 def _tensor_file_of(json_path: Path) -> str | None:
     try:
         return json.loads(json_path.read_text(encoding="utf-8")).get("tensors")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
 
 
