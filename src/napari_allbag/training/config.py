@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from napari_allbag.io.atomic import write_json_atomic
 from napari_allbag.io.schema import MAX_CROP_SIZE, MIN_CROP_SIZE
 from napari_allbag.model.networks import DEFAULT_BACKBONE
-from napari_allbag.training.checkpoint import write_json_atomic
 
 #: Settings that do not change the trained weights, so a resumed run may change them.
 RUNTIME_FIELDS = (
