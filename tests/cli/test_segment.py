@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from napari_allbag.cli.main import main
-from napari_allbag.cli.segment import CELLS_COLUMNS, unique_stems
+from napari_allbag.segmentation.to_folder import CELLS_COLUMNS, unique_stems
 from tests.drawn_cells import FIELD_CELLS, field, single_cell
 
 

@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 from napari_allbag.cli.options import (
     add_batch_size_option,
     add_device_option,
+    add_engine_option,
     add_workers_option,
+    checked_engine,
     fail,
 )
 from napari_allbag.defaults import PREDICTION_COLUMNS
-from napari_allbag.inference.columns import CELL_COLUMNS, RESULT_COLUMNS
+from napari_allbag.inference import columns
 from napari_allbag.io.atomic import AtomicCsv
 
 if TYPE_CHECKING:  # torch loads only when a prediction runs, so `--help` stays fast
@@ -55,6 +57,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the ensemble (faster on large runs)"
     )
+    add_engine_option(parser)
     add_workers_option(parser, "reading and segmenting images")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --out / --summary if they exist"
@@ -68,7 +71,8 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_allbag.inference.predict import predict_files
+    from napari_allbag.inference.engines import EngineError
+    from napari_allbag.inference.pipeline import PipelineOptions, predict_files
     from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
     from napari_allbag.model.bundle import BundleError, load_bundle
     from napari_allbag.model.devices import DeviceError, select_device
@@ -96,22 +100,24 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         device = select_device(args.device)
+        engine = checked_engine(args.engine, device, args.compile)
         bundle = load_bundle(args.bundle, device)
-    except (BundleError, DeviceError) as error:
+    except (BundleError, DeviceError, EngineError) as error:
         return _fail(str(error))
 
     for target in outputs:
         target.parent.mkdir(parents=True, exist_ok=True)
-    writer = AtomicCsv(args.out, RESULT_COLUMNS)
+    writer = AtomicCsv(args.out, columns.RESULT_COLUMNS)
+    options = PipelineOptions(
+        batch_size=args.batch_size,
+        device=device,
+        workers=args.workers,
+        compile=args.compile,
+        engine=engine,
+    )
     try:
         work = predict_files(
-            bundle,
-            paths,
-            batch_size=args.batch_size,
-            device=device,
-            workers=args.workers,
-            compile=args.compile,
-            sink=lambda result: _write_rows(writer, result),
+            bundle, paths, options, sink=lambda result: _write_rows(writer, result)
         )
         result: PredictionRun = drive_with_bar(work, quiet=args.quiet)
     except BaseException:
@@ -134,7 +140,9 @@ def _write_rows(writer: AtomicCsv, result: FilePredictions) -> None:
     source = str(result.path)
     for row in range(len(result.predictions)):
         values: list[Any] = [source]
-        values += [_cell(table[name][row]) if name in table else "" for name in CELL_COLUMNS]
+        values += [
+            _cell(table[name][row]) if name in table else "" for name in columns.CELL_COLUMNS
+        ]
         values += [_cell(predictions[name][row]) for name in PREDICTION_COLUMNS]
         writer.write_row(values)
 

@@ -1,6 +1,7 @@
 """`napari-allbag segment INPUT... --out DIR`: segment image files, write crops and tables.
 
-Writes ``DIR/crops/<image stem>_cell<k>.png`` (stems that collide between inputs are told apart),
+Parses the arguments, checks DIR and runs `segmentation.to_folder.segment_to_folder`, which
+writes ``DIR/crops/<image stem>_cell<k>.png`` (stems that collide between inputs are told apart),
 ``DIR/cells.csv`` (one row per cell) and ``DIR/errors.csv`` (files that could not be read, and
 why). Never writes into an input folder; refuses a non-empty DIR unless ``--overwrite``.
 """
@@ -8,32 +9,13 @@ why). Never writes into an input folder; refuses a non-empty DIR unless ``--over
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections import defaultdict
-from collections.abc import Generator, Iterable
-from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
-
-from napari_allbag.io.atomic import AtomicCsv, write_bytes_atomic
 from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
-from napari_allbag.io.ordered_pool import ordered_map
-from napari_allbag.progress import Progress, drive_with_bar
-from napari_allbag.segmentation.dark import (
-    TABLE_COLUMNS,
-    SegmentationParams,
-    default_workers,
-    try_segment_file,
-)
-
-CELLS_COLUMNS = ("source", "cell_id", "crop") + tuple(
-    name for name in TABLE_COLUMNS if name not in ("source", "cell_id")
-)
-ERRORS_COLUMNS = ("file", "reason")
+from napari_allbag.progress import drive_with_bar
+from napari_allbag.segmentation.dark import SegmentationParams, default_workers
+from napari_allbag.segmentation.to_folder import segment_to_folder
 
 
 def register(subparsers) -> None:
@@ -147,117 +129,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def segment_to_folder(
-    paths: list[Path], out_dir: Path, params: SegmentationParams, workers: int | None
-) -> Generator[Progress, None, dict[str, int]]:
-    """Segment `paths` into `out_dir` (crops/, cells.csv, errors.csv); return counts.
-
-    Workers segment and write their crops (PNG encoding is the slow part); this process writes
-    the tables row by row into temporary files that are moved into place at the end, also when
-    interrupted (Ctrl-C): they then list every file finished until then (the crops of the few
-    files that were in flight may be on disk without rows).
-    """
-    crops_dir = out_dir / "crops"
-    crops_dir.mkdir(parents=True, exist_ok=True)
-    stems = unique_stems(paths)
-    workers = default_workers() if workers is None else workers
-    counts = {"segmented": 0, "failed": 0, "empty": 0, "cells": 0}
-    outcomes = ordered_map(
-        segment_and_save,
-        ((path, stems[path]) for path in paths),
-        (params, crops_dir),
-        workers,
-        on_worker_death=lambda item, why: SavedCells(item[0], None, [], why),
-    )
-    with (
-        AtomicCsv(out_dir / "cells.csv", CELLS_COLUMNS, on_error="commit") as cells_csv,
-        AtomicCsv(out_dir / "errors.csv", ERRORS_COLUMNS, on_error="commit") as errors_csv,
-        closing(outcomes),
-    ):  # stops the worker pool at once, also on Ctrl-C
-        yield Progress(
-            0,
-            len(paths),
-            "segmenting",
-            "starting" if workers == 1 else f"starting {workers} workers",
-        )
-        for done, saved in enumerate(outcomes, start=1):
-            if saved.error is not None:
-                counts["failed"] += 1
-                errors_csv.write_row([str(saved.path), saved.error])
-            else:
-                counts["segmented"] += 1
-                counts["empty"] += not saved.crop_names
-                counts["cells"] += len(saved.crop_names)
-                for row, name in enumerate(saved.crop_names):
-                    cells_csv.write_row(_cells_row(saved.table, row, saved.path, name))
-            yield Progress(
-                done,
-                len(paths),
-                "segmenting",
-                metrics={"cells": counts["cells"], "errors": counts["failed"]},
-            )
-    return counts
-
-
-@dataclass
-class SavedCells:
-    """One file's outcome: its table and the crop files written, or why it failed."""
-
-    path: Path
-    table: dict[str, np.ndarray] | None
-    crop_names: list[str]
-    error: str | None = None
-
-
-def segment_and_save(
-    item: tuple[Path, str], params: SegmentationParams, crops_dir: Path
-) -> SavedCells:
-    """Segment one file and write its crops as ``<stem>_cell<k>.png`` (runs in workers)."""
-    path, stem = item
-    outcome = try_segment_file(path, params, keep_labels=False)
-    if outcome.error is not None:
-        return SavedCells(path, None, [], outcome.error)
-    result = outcome.result
-    names = [f"{stem}_cell{int(cell_id)}.png" for cell_id in result.table["cell_id"]]
-    for name, crop in zip(names, result.crops, strict=True):
-        _write_png(crops_dir / name, crop)
-    return SavedCells(path, result.table, names)
-
-
-def unique_stems(paths: Iterable[Path]) -> dict[Path, str]:
-    """A crop-name prefix per path: its stem, told apart where stems collide.
-
-    Collisions are found case-insensitively (crops must not overwrite each other on macOS or
-    Windows either) and resolved by the path below the colliding files' common folder
-    (``all/a.bmp``, ``hem/a.bmp`` -> ``all__a``, ``hem__a``), then by the extension, then by a
-    counter.
-    """
-    paths = list(paths)
-    groups: dict[str, list[Path]] = defaultdict(list)
-    for path in paths:
-        groups[path.stem.lower()].append(path)
-    names: dict[Path, str] = {}
-    for group in groups.values():
-        if len(group) == 1:
-            names[group[0]] = group[0].stem
-            continue
-        resolved = [p.resolve() for p in group]
-        common = Path(os.path.commonpath([p.parent for p in resolved]))
-        candidates = ["__".join(p.relative_to(common).with_suffix("").parts) for p in resolved]
-        if _has_duplicates(candidates):
-            candidates = [
-                f"{c}_{p.suffix.lstrip('.')}" for c, p in zip(candidates, group, strict=True)
-            ]
-        if _has_duplicates(candidates):
-            candidates = [f"{c}_{i}" for i, c in enumerate(candidates, start=1)]
-        names.update(zip(group, candidates, strict=True))
-    return names
-
-
-def _has_duplicates(names: list[str]) -> bool:
-    return len({name.lower() for name in names}) < len(names)
-
-
 def _prepare_out_dir(out_dir: Path, inputs: list[str], overwrite: bool) -> Path:
     out_resolved = out_dir.resolve()
     for entry in inputs:
@@ -290,25 +161,3 @@ def _remove_old_crops(crops_dir: Path) -> None:
     if crops_dir.is_dir():
         for old in crops_dir.glob("*_cell*.png"):
             old.unlink()
-
-
-def _cells_row(table: dict[str, np.ndarray], row: int, path: Path, crop_name: str) -> list:
-    values = {"source": str(path), "crop": f"crops/{crop_name}"}
-    for name in CELLS_COLUMNS:
-        if name in values:
-            continue
-        value = table[name][row]
-        if isinstance(value, (np.floating, float)):
-            values[name] = f"{float(value):.6g}"
-        elif isinstance(value, (np.bool_, bool)):
-            values[name] = str(bool(value))
-        else:
-            values[name] = str(int(value))
-    return [values[name] for name in CELLS_COLUMNS]
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:  # pragma: no cover - encoding a uint8 RGB array does not fail
-        raise OSError(f"{path}: PNG encoding failed")
-    write_bytes_atomic(path, encoded.tobytes(), mode=None, sync=False)

@@ -21,6 +21,10 @@ _EXPORTS = {
     **dict.fromkeys(("Subset", "make_bagging_subsets"), "bagging"),
     **dict.fromkeys(("AugmentRanges", "augment_batch"), "augment"),
     **dict.fromkeys(("make_cell", "make_field", "write_annotated_folder"), "synthetic"),
+    **dict.fromkeys(
+        ("BrightfieldLook", "BrightfieldTruth", "make_brightfield_field", "make_brightfield_crop"),
+        "synthetic_brightfield",
+    ),
     **dict.fromkeys(("single_cell", "field_of_cells", "annotated_set"), "samples"),
 }
 __all__ = sorted(_EXPORTS)

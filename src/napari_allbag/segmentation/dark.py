@@ -59,6 +59,8 @@ TABLE_COLUMNS = (
     "mean_g",
     "mean_b",
     "touches_border",
+    "mode",
+    "keep_reason",
 )
 
 _COLUMN_TYPES = {
@@ -78,7 +80,12 @@ _COLUMN_TYPES = {
     "mean_g": np.float64,
     "mean_b": np.float64,
     "touches_border": np.bool_,
+    "mode": object,
+    "keep_reason": object,
 }
+
+#: Values of `SegmentationParams.background`.
+BACKGROUND_MODES = ("auto", "dark", "bright")
 
 #: A cell covering more than this fraction of the image suggests a bright background.
 _MOST_OF_IMAGE = 0.5
@@ -92,12 +99,15 @@ class SegmentationParams:
     erosion_size: side of the square erosion footprint in pixels (0 or 1: no erosion).
     min_area: components with fewer pixels (after erosion) are debris, not cells.
     largest_only: keep only the largest cell of each image (C-NMC images hold one cell).
+    background: "auto" (decide per image), "dark" (cells on black, the paper's path) or
+        "bright" (bright-field smears and crops: stained white cells on a pale background).
     """
 
     crop_size: int = 299
     erosion_size: int = 3
     min_area: int = 100
     largest_only: bool = False
+    background: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("crop_size", "erosion_size", "min_area"):
@@ -110,10 +120,14 @@ class SegmentationParams:
             raise ValueError(f"erosion_size must be 0 or more, got {self.erosion_size}")
         if self.min_area < 0:
             raise ValueError(f"min_area must be 0 or more, got {self.min_area}")
+        if self.background not in BACKGROUND_MODES:
+            raise ValueError(
+                f"background must be one of {BACKGROUND_MODES}, got {self.background!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            key: (bool(v) if isinstance(v, bool) else int(v)) for key, v in asdict(self).items()
+            key: (v if isinstance(v, (bool, str)) else int(v)) for key, v in asdict(self).items()
         }
 
     @classmethod
@@ -167,7 +181,8 @@ class FileSegmentation:
 def empty_table(n: int = 0) -> dict[str, np.ndarray]:
     """A table with every column and `n` rows (zeros / empty strings)."""
     table = {name: np.zeros(n, dtype=_COLUMN_TYPES[name]) for name in TABLE_COLUMNS}
-    table["source"] = np.full(n, "", dtype=object)
+    for name in ("source", "mode", "keep_reason"):
+        table[name] = np.full(n, "", dtype=object)
     return table
 
 
@@ -242,6 +257,8 @@ def segment_image_progress(
         crops[row] = _crop(image, hull_mask, cell.box, params.crop_size)
     table["cell_id"][:] = np.arange(1, len(cells) + 1)
     table["source"][:] = source
+    table["mode"][:] = "dark"
+    table["keep_reason"][:] = "component above grey Otsu"
     yield Progress(len(cells), len(cells), stage, "cells")
     return SegmentationResult(labels, table, crops, _oddity_message(table, height * width))
 

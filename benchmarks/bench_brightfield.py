@@ -1,0 +1,138 @@
+"""Bright-field white-cell detection on the real development sample: counts, IoU, speed.
+
+Usage: python benchmarks/bench_brightfield.py [--data DIR] [--verbose]
+
+DIR defaults to <repo>/../shared/data/brightfield_sample (or $ALLBAG_SHARED_DATA/brightfield_sample).
+Per image kind (fields, crops) it prints the fraction of images with the exact white-cell count
+(MANIFEST.tsv wbc_count), for single-cell crops the fraction with exactly one centred cell,
+where masks exist whether any returned cell overlaps no white cell of the mask (a red cell,
+platelet or debris returned as a white cell) and the mean IoU of the mask's white cells with
+the found hulls; then the time for one 2000 x 1500 field on one core.
+Targets (issue 10): exact count >= 90% of fields, one centred cell >= 95% of crops, no red cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from napari_allbag.io.images import read_image
+from napari_allbag.segmentation import SegmentationParams
+from napari_allbag.segmentation.brightfield import segment_brightfield
+
+
+def default_data_dir() -> Path:
+    near = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brightfield_sample"
+    if near.is_dir() or "ALLBAG_SHARED_DATA" not in os.environ:
+        return near
+    return Path(os.environ["ALLBAG_SHARED_DATA"]) / "brightfield_sample"
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def mask_scores(labels: np.ndarray, mask_path: Path) -> tuple[float, int]:
+    """Mean best IoU of the mask's white cells with found cells, and found cells off the mask."""
+    truth = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 64
+    n_true, true_labels = cv2.connectedComponents(truth.view(np.uint8))
+    ious = []
+    for k in range(1, n_true):
+        cell = true_labels == k
+        found = np.unique(labels[cell])
+        best = 0.0
+        for j in found[found > 0]:
+            hull = labels == j
+            best = max(best, (cell & hull).sum() / (cell | hull).sum())
+        ious.append(best)
+    off_mask = sum(
+        1
+        for j in range(1, labels.max() + 1)
+        if (truth & (labels == j)).sum() < 0.1 * max(1, (labels == j).sum())
+    )
+    return float(np.mean(ious)) if ious else float("nan"), off_mask
+
+
+def centred(result, shape) -> bool:
+    row = result.table["centroid_row"][0] / shape[0]
+    col = result.table["centroid_col"][0] / shape[1]
+    return abs(row - 0.5) < 0.25 and abs(col - 0.5) < 0.25
+
+
+def evaluate(data: Path, verbose: bool) -> None:
+    masks = {row["image_relpath"]: row["mask_relpath"] for row in read_tsv(data / "MASKS.tsv")}
+    params = SegmentationParams(background="bright")
+    figures: dict[str, dict[str, list]] = {}
+    for row in read_tsv(data / "MANIFEST.tsv"):
+        image = read_image(data / row["relpath"])
+        result = segment_brightfield(image, params, source=row["relpath"])
+        kind, expected = row["kind"], int(row["wbc_count"])
+        stats = figures.setdefault(kind, {"exact": [], "one": [], "off": [], "iou": []})
+        stats["exact"].append(result.n_cells == expected)
+        if kind == "crops" and expected == 1:
+            stats["one"].append(result.n_cells == 1 and centred(result, image.shape))
+        line = f"{row['relpath']:44s} expected {expected} found {result.n_cells}"
+        if row["relpath"] in masks:
+            iou, off = mask_scores(result.labels, data / masks[row["relpath"]])
+            stats["iou"].append(iou)
+            stats["off"].append(off)
+            line += f"  IoU {iou:.2f}  off-mask {off}"
+        if verbose:
+            print(line, result.message, file=sys.stderr)
+    for kind, stats in figures.items():
+        n = len(stats["exact"])
+        print(f"{kind}: {n} images")
+        print(
+            f"  exact white-cell count: {np.mean(stats['exact']):.0%} ({sum(stats['exact'])}/{n})"
+        )
+        if stats["one"]:
+            print(
+                f"  exactly one centred cell: {np.mean(stats['one']):.0%} "
+                f"({sum(stats['one'])}/{len(stats['one'])} single-cell crops)"
+            )
+        print(
+            f"  with masks ({len(stats['iou'])}): images returning a non-white cell "
+            f"{sum(o > 0 for o in stats['off'])}, mean IoU {np.nanmean(stats['iou']):.3f}"
+        )
+
+
+def time_large_field(data: Path, repeats: int = 5) -> None:
+    cv2.setNumThreads(1)
+    image = read_image(data / "fields" / "sigtuple_train_1467973178.jpg")
+    field = cv2.resize(image, (2000, 1500), interpolation=cv2.INTER_LINEAR)
+    params = SegmentationParams(background="bright")
+    segment_brightfield(field, params)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = segment_brightfield(field, params)
+        times.append(time.perf_counter() - start)
+    print(
+        f"2000x1500 field, one core: median {np.median(times):.3f} s over {repeats} "
+        f"({result.n_cells} cells; target < 0.2 s)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=default_data_dir())
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if not (args.data / "MANIFEST.tsv").is_file():
+        print(f"bright-field sample not found at {args.data}", file=sys.stderr)
+        return 1
+    evaluate(args.data, args.verbose)
+    time_large_field(args.data)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,562 @@
+"""White cells in bright-field images: stained smears and single-cell crops on a pale background.
+
+The paper's recipe (Otsu threshold, erosion, convex hull, centred crop) assumes one cell on black.
+A bright-field photograph has the opposite contrast, and most of its dark pixels are red cells,
+so here the threshold runs on a *stain channel* instead of grey:
+
+    stain = 384 * B / (R + G + B)      (uint8; a neutral grey is 128)
+
+The purple (Romanowsky / May-Gruenwald-Giemsa) nucleus is the only structure whose blue share is
+clearly above a third; pink red cells and the pale background sit below. The channel was chosen by
+measurement against the masks of the development sample (docs/image-kinds.md): among HSV
+saturation, CMYK magenta and yellow, B-G, B-R, 1-G and Lab -b*, the ratio separates white-cell
+pixels best on smear fields (AUC 0.98) and, thresholded, finds nuclei rather than red cells.
+
+Steps (all sizes relative to the image's own scale, the median radius of its isolated red cells;
+single-cell crops with too few whole red cells fall back to a tenth of the image side):
+
+1. black field stop (dark pixels connected to the border) excluded from every statistic;
+2. nuclei = stain above the upper threshold of a three-class Otsu (background / red cells and
+   cytoplasm / nuclei) of the valid pixels, opened to drop specks;
+3. lobes closer than about one red-cell radius are grouped into one white cell (a neutrophil's
+   segmented nucleus is one cell); groups too large and not compact for one cell are split by
+   distance transform + watershed;
+4. nuclei below 0.2 red-cell areas and cells (hulls) smaller than a red cell (platelets,
+   debris) or not bluer than the red cells
+   are rejected; each kept cell grows into the stained cytoplasm around its nucleus (pixels above
+   the lower Otsu threshold within one red-cell radius), then takes its convex hull;
+5. crops exactly like the dark path's (`segmentation.dark._crop`): the hull on black, centred, resized.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.filters import threshold_multiotsu
+from skimage.segmentation import watershed
+
+from napari_allbag.progress import Progress, drive
+from napari_allbag.segmentation.dark import (
+    SegmentationParams,
+    SegmentationResult,
+    _check_image,
+    _Component,
+    _crop,
+    _empty_result,
+    _fill_row,
+    _filled_hull,
+    empty_table,
+    segment_image_progress,
+)
+
+#: Pixels darker than this (grey level) may belong to a black background or field stop.
+_BLACK = 40
+#: Fewer isolated red cells than this: the scale falls back to a fraction of the image side.
+_MIN_RED_CELLS = 20
+#: Erosion depths (pixels) tried in turn to part touching red cells when too few are isolated.
+_CONTACT_EROSIONS = (1, 2, 3)
+#: A single-cell crop with more cells than this looks wrong.
+_MANY_CELLS = 20
+#: Above-threshold nucleus pixels of one white cell (lobes together) cover at least this many
+#: red-cell areas (specks of stain and most platelets much less; on the sample 0.28 and up).
+_MIN_NUCLEUS = 0.2
+#: A white cell (nucleus and cytoplasm, its hull) is larger than a red cell; a platelet or a
+#: clump of them is smaller.
+_MIN_CELL = 1.0
+#: Share of valid pixels surely red cells or background, even where a white cell fills a crop.
+_UNSTAINED_SHARE = 0.25
+#: A nucleus's stain exceeds that level (red cells, background) by at least this much
+#: (0.05 of blue share): on the sample, nuclei sit 27 to 55 above, red-cell speckle 5 to 7.
+_MIN_CONTRAST = 20
+#: The bluest twentieth of a nucleus's pixels exceeds the red cells' level by at least this much
+#: (a hysteresis on the stain: pixels join at `_MIN_CONTRAST`, a nucleus needs a clearly purple
+#: core). On the sample nuclei reach 41 to 134 above; lilac red cells, their rims and overlaps,
+#: which pass the lower level where the image has little contrast, 23 to 30.
+_MIN_PEAK_CONTRAST = 35
+#: Nuclei never cover more than this share of a bright-field image's valid pixels.
+_MOST_STAINED = 0.3
+
+
+@dataclass(frozen=True)
+class BackgroundGuess:
+    """Which segmentation an image needs: "dark" (cells on black) or "bright" (bright-field)."""
+
+    mode: str
+    confident: bool
+    reason: str
+
+
+def detect_background(image: np.ndarray) -> BackgroundGuess:
+    """Decide dark vs bright background from the image itself.
+
+    Two figures: the fraction of near-black pixels, and the 90th percentile of the grey level of
+    the other pixels. A cell on black (C-NMC: 82-98% black, the rest at most grey 107) is mostly
+    black; a bright-field image (even behind a black circular field stop: at most 27% black on
+    the sample) is mostly pale background, its non-black pixels reaching grey 133 and more.
+    """
+    _check_image(image)
+    grey = cv2.cvtColor(_thumbnail(image, 512), cv2.COLOR_RGB2GRAY)
+    hist = np.bincount(grey.ravel(), minlength=256)
+    black = hist[:_BLACK].sum() / grey.size
+    rest = hist[_BLACK:]
+    if rest.sum() == 0:
+        return BackgroundGuess("dark", False, "the image is black throughout")
+    bright_level = _BLACK + int(np.searchsorted(np.cumsum(rest), 0.9 * rest.sum()))
+    figures = f"{black:.0%} near-black pixels, the rest reach grey {bright_level}"
+    if black >= 0.5:  # mostly black: a cell on black, unless the rest is pale smear
+        if bright_level >= 180:
+            return BackgroundGuess("bright", False, f"pale behind a small field stop? ({figures})")
+        return BackgroundGuess("dark", bright_level < 150, f"black background ({figures})")
+    if bright_level >= 100:
+        return BackgroundGuess("bright", bright_level >= 120, f"pale background ({figures})")
+    return BackgroundGuess("dark", False, f"dark image without a black background ({figures})")
+
+
+def stain_channel(image: np.ndarray) -> np.ndarray:
+    """384 * B / (R + G + B) as uint8: purple nuclei high, pink red cells and background low."""
+    blue = image[:, :, 2].astype(np.uint16)
+    total = image[:, :, 0] + image[:, :, 1].astype(np.uint16) + blue
+    return cv2.divide(blue, total, scale=384.0, dtype=cv2.CV_8U)  # 0 where the pixel is black
+
+
+def field_stop_mask(grey: np.ndarray) -> np.ndarray:
+    """Near-black regions touching the image border (a microscope's field stop), as bool."""
+    dark = (grey < _BLACK).view(np.uint8)
+    contours, _ = cv2.findContours(dark, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    height, width = grey.shape
+    stop = np.zeros(grey.shape, np.uint8)
+    for contour in contours:
+        left, top, w, h = cv2.boundingRect(contour)
+        on_border = left == 0 or top == 0 or left + w == width or top + h == height
+        if on_border and cv2.contourArea(contour) > 0.002 * grey.size:
+            cv2.drawContours(stop, [contour], -1, 1, thickness=cv2.FILLED)
+    stop &= dark  # a filled outline may hold brighter islands; only the dark pixels are stop
+    if stop.any():  # the stop's blurred rim is neither stop nor smear
+        rim = max(3, round(0.01 * max(height, width)))
+        stop = cv2.dilate(stop, np.ones((rim, rim), np.uint8))
+    return stop.view(bool)
+
+
+def red_cell_radius(grey: np.ndarray, valid: np.ndarray) -> tuple[float, str]:
+    """Radius of the image's whole isolated red cells, and how it was found (the image's scale).
+
+    Red cells are the objects darker than the pale background (grey Otsu); where they touch in a
+    dense smear (too few isolated), their darker cores (Otsu again below the first) may, or the
+    mask eroded by a few pixels, which cuts the narrow contacts between touching cells (the
+    erosion depth is added back to each radius). Isolated ones are compact (solidity > 0.9) and
+    do not touch the border; their area-weighted median radius is the scale (specks weigh
+    little). A crop of one white cell holds too few whole red cells: then a tenth of the shorter
+    side, typical of such crops.
+    """
+    hist = np.bincount(grey[valid], minlength=256)
+    first = _otsu(hist)
+    best = _compact_dark_objects(grey, valid, first)
+    if len(best) < _MIN_RED_CELLS:  # touching red cells: try their darker cores
+        cores = _compact_dark_objects(grey, valid, _otsu(hist[: first + 1]))
+        best = cores if len(cores) >= 2 * _MIN_RED_CELLS else best  # many, or it is granules
+    for depth in _CONTACT_EROSIONS:
+        if len(best) >= _MIN_RED_CELLS:
+            break
+        best = _compact_dark_objects(grey, valid, first, depth)
+    if len(best) >= _MIN_RED_CELLS:
+        radii, areas = np.array(best).T
+        order = np.argsort(radii)
+        cumulative = np.cumsum(areas[order])
+        middle = order[np.searchsorted(cumulative, cumulative[-1] / 2)]
+        return float(radii[middle]), f"area-weighted median of {len(best)} red cells"
+    height, width = grey.shape
+    return min(height, width) / 10.0, f"only {len(best)} whole red cells: a crop, side / 10"
+
+
+def _compact_dark_objects(
+    grey, valid, threshold: int, erosion: int = 0
+) -> list[tuple[float, float]]:
+    """(radius, area) of compact objects darker than `threshold`, clear of the border; with
+    `erosion`, of the mask eroded by that many pixels (radius and area of the uneroded disc)."""
+    darker = ((grey < threshold) & valid).view(np.uint8)
+    darker = cv2.morphologyEx(darker, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    if erosion:
+        darker = cv2.erode(darker, _disc(2 * erosion + 1))
+    contours, _ = cv2.findContours(darker, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    height, width = grey.shape
+    found = []
+    for contour in contours:
+        area = cv2.contourArea(contour)
+        left, top, w, h = cv2.boundingRect(contour)
+        if area < 12 or left == 0 or top == 0 or left + w >= width or top + h >= height:
+            continue
+        if area > 0.9 * cv2.contourArea(cv2.convexHull(contour)):
+            radius = math.sqrt(area / math.pi) + erosion
+            found.append((radius, math.pi * radius**2))
+    return found
+
+
+@dataclass
+class _Scene:
+    """What the whole-image steps found, shared by the per-cell steps."""
+
+    image: np.ndarray
+    stain: np.ndarray
+    stop: np.ndarray
+    radius: float  # red-cell radius in pixels
+    low: int  # stain level of cytoplasm (lower three-class Otsu threshold)
+    high: int  # stain level of nuclei (upper threshold)
+    red_stain: float  # stain level of red cells and background
+
+
+def segment_brightfield(
+    image: np.ndarray, params: SegmentationParams | None = None, source: str = ""
+) -> SegmentationResult:
+    """White cells of a bright-field HxWx3 uint8 RGB image (see the module docstring)."""
+    return drive(segment_brightfield_progress(image, params, source))
+
+
+def segment_brightfield_progress(
+    image: np.ndarray, params: SegmentationParams | None = None, source: str = ""
+) -> Generator[Progress, None, SegmentationResult]:
+    """`segment_brightfield` as a progress generator (stages, then cells)."""
+    params = params or SegmentationParams()
+    _check_image(image)
+    stage = "segmenting"
+    yield Progress(0, None, stage, "stain channel and field stop")
+    scene = _scene(image)
+    if isinstance(scene, str):
+        return _empty_result(image.shape[:2], params, scene)
+    yield Progress(0, None, stage, "nuclei, lobes and touching cells")
+    groups, rejected = _white_cell_groups(scene)
+    if not groups:
+        return _empty_result(image.shape[:2], params, _nothing_message(rejected))
+    yield Progress(0, len(groups), stage, "cells")
+    cells, small = _whole_cells(scene, groups)
+    if not cells:
+        return _empty_result(image.shape[:2], params, _nothing_message(rejected + small))
+    cells.sort(key=lambda item: (item[0].top, item[0].left))
+    result = _result(scene, cells, params, source)
+    yield Progress(len(cells), len(cells), stage, "cells")
+    return result
+
+
+def segment_auto(
+    image: np.ndarray, params: SegmentationParams | None = None, source: str = ""
+) -> SegmentationResult:
+    """Segment with the path the image needs (params.background, "auto": detect_background)."""
+    return drive(segment_auto_progress(image, params, source))
+
+
+def segment_auto_progress(
+    image: np.ndarray, params: SegmentationParams | None = None, source: str = ""
+) -> Generator[Progress, None, SegmentationResult]:
+    """`segment_auto` as a progress generator; the table's `mode` says which path ran."""
+    params = params or SegmentationParams()
+    _check_image(image)
+    guess = None
+    mode = params.background
+    if mode == "auto":
+        guess = detect_background(image)
+        mode = guess.mode
+    if mode == "dark":
+        result = yield from segment_image_progress(image, params, source)
+    else:
+        result = yield from segment_brightfield_progress(image, params, source)
+    if guess is not None and not guess.confident:
+        note = f"background guessed as {guess.mode}: {guess.reason}; set background explicitly"
+        result.message = f"{note}; {result.message}" if result.message else note
+    return result
+
+
+# --- whole-image steps --------------------------------------------------------------------------
+
+
+def _scene(image: np.ndarray) -> _Scene | str:
+    """Stain, field stop, scale and thresholds; a string says why there is nothing to find."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    stop = field_stop_mask(grey)
+    valid = ~stop & (grey >= _BLACK)
+    if valid.sum() < 64:
+        return "no cell found: the image is black (or all field stop), no bright-field smear"
+    stain = stain_channel(image)
+    hist = np.bincount(stain[valid], minlength=256)
+    if np.count_nonzero(hist) < 3:
+        return "no cell found: the image is uniform, nothing is stained"
+    high = _nucleus_threshold(hist)
+    shrink = 2 if min(grey.shape) >= 1000 else 1  # the scale needs no more pixels than this
+    radius, _ = red_cell_radius(grey[::shrink, ::shrink], valid[::shrink, ::shrink])
+    radius *= shrink
+    red_stain = float(_unstained_level(hist))
+    low = round((red_stain + high) / 2)
+    stain[~valid] = 0
+    return _Scene(image, stain, stop, radius, low, high, red_stain)
+
+
+def _nucleus_threshold(hist: np.ndarray) -> int:
+    """Otsu on the stain; where it took a large share (it split red cells from background), the
+    upper threshold of a three-class Otsu instead, so that only the nuclei stay above it; never
+    less than `_MIN_CONTRAST` above the red cells' level (a nucleus is clearly bluer)."""
+    otsu = _otsu(hist)
+    if hist[otsu + 1 :].sum() > _MOST_STAINED * hist.sum():
+        otsu = int(threshold_multiotsu(hist=hist, classes=3)[1])
+    return max(otsu, _unstained_level(hist) + _MIN_CONTRAST)
+
+
+def _unstained_level(hist: np.ndarray) -> int:
+    """Stain level of red cells and background: the median of the valid pixels, or a low
+    percentile where the median is itself nucleus (a white cell filling most of a crop: then
+    hardly a pixel is `_MIN_CONTRAST` bluer than the median)."""
+    cumulative = np.cumsum(hist)
+    median = int(np.searchsorted(cumulative, hist.sum() / 2))
+    if hist[median + _MIN_CONTRAST :].sum() >= 0.01 * hist.sum():
+        return median
+    return int(np.searchsorted(cumulative, _UNSTAINED_SHARE * hist.sum()))
+
+
+@dataclass
+class _Nucleus:
+    """One white cell's nucleus pixels (0/1) over a box whose corner is (top, left)."""
+
+    top: int
+    left: int
+    pixels: np.ndarray
+
+
+def _white_cell_groups(scene: _Scene) -> tuple[list[_Nucleus], list[str]]:
+    """Nucleus masks, one per white cell (lobes grouped, touching cells split), and rejections."""
+    nuclei = (scene.stain > scene.high).view(np.uint8)
+    speck = max(3, round(scene.radius / 5)) | 1
+    nuclei = cv2.morphologyEx(nuclei, cv2.MORPH_OPEN, _disc(speck))
+    grouped = _group_lobes(nuclei, scene.radius)
+    contours, _ = cv2.findContours(grouped, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    red_area = math.pi * scene.radius**2
+    groups: list[np.ndarray] = []
+    rejected: list[str] = []
+    for contour in contours:  # one outline per group (faster than labelling the whole image)
+        left, top, w, h = cv2.boundingRect(contour)
+        box = (slice(top, top + h), slice(left, left + w))
+        group = np.zeros((h, w), np.uint8)
+        cv2.drawContours(group, [contour - np.array([left, top], np.int32)], -1, 1, cv2.FILLED)
+        group &= grouped[box]
+        lobes = group & nuclei[box]
+        area = cv2.countNonZero(lobes)
+        if area < _MIN_NUCLEUS * red_area:
+            rejected.append("smaller than a white-cell nucleus (platelet or debris)")
+            continue
+        if not _clearly_purple(scene, scene.stain[box][lobes > 0]):
+            rejected.append("not bluer than the red cells")
+            continue
+        for part in _split_touching(lobes, group, scene.radius):
+            groups.append(_Nucleus(int(top), int(left), part))
+    return groups, rejected
+
+
+def _clearly_purple(scene: _Scene, stain: np.ndarray) -> bool:
+    """Whether nucleus pixels are bluer than red cells: on average well above the red cells'
+    level, and with a core (their bluest 5%) at least `_MIN_PEAK_CONTRAST` above it."""
+    mean_ok = float(np.mean(stain)) > scene.red_stain + 0.5 * (scene.high - scene.red_stain)
+    return mean_ok and float(np.percentile(stain, 95)) >= scene.red_stain + _MIN_PEAK_CONTRAST
+
+
+def _group_lobes(nuclei: np.ndarray, radius: float) -> np.ndarray:
+    """Nuclei closed over gaps up to about one red-cell radius (lobes of one cell join).
+
+    The closing runs on a copy shrunk so that the red-cell radius is about 4 pixels (a large
+    structuring element on the full image would dominate the run time), then is scaled back.
+    """
+    shrink = max(1.0, radius / 4.0)
+    if shrink == 1.0:
+        return cv2.morphologyEx(nuclei, cv2.MORPH_CLOSE, _disc(max(3, round(radius)) | 1))
+    height, width = nuclei.shape
+    small_size = (max(1, round(width / shrink)), max(1, round(height / shrink)))
+    small = cv2.resize(nuclei, small_size, interpolation=cv2.INTER_AREA)
+    small = cv2.morphologyEx((small > 0).view(np.uint8), cv2.MORPH_CLOSE, _disc(5))
+    grown = cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST)
+    return grown | nuclei
+
+
+def _split_touching(lobes: np.ndarray, group: np.ndarray, radius: float) -> list[np.ndarray]:
+    """Split a group holding several white cells (distance transform + watershed).
+
+    A compact group (solidity above 0.85) or one no larger than two big white-cell nuclei is
+    one cell. Otherwise the peaks of the group's distance transform at least a red-cell diameter
+    apart, each at least half a red-cell radius deep, seed a watershed.
+    """
+    area = cv2.countNonZero(group)
+    contours, _ = cv2.findContours(group, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull_area = cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea)))
+    if area <= 2 * math.pi * (1.6 * radius) ** 2 or area > 0.85 * max(hull_area, 1):
+        return [lobes]
+    distance = cv2.distanceTransform(group, cv2.DIST_L2, 5)
+    size = max(3, round(2 * radius)) | 1
+    peaks = (distance == cv2.dilate(distance, _disc(size))) & (distance >= 0.5 * radius)
+    markers, n_peaks = ndi.label(peaks)
+    if n_peaks < 2:
+        return [lobes]
+    parts = watershed(-distance, markers, mask=group > 0)
+    split = [(lobes & (parts == k)).view(np.uint8) for k in range(1, n_peaks + 1)]
+    return [part for part in split if cv2.countNonZero(part) > 0]
+
+
+# --- per-cell steps -----------------------------------------------------------------------------
+
+
+def _grow_cell(scene: _Scene, nucleus: _Nucleus) -> tuple[_Component, str]:
+    """The white cell around a nucleus group: nucleus plus stained cytoplasm, as a component."""
+    top, left = nucleus.top, nucleus.left
+    h, w = nucleus.pixels.shape
+    margin = max(2, round(scene.radius))
+    height, width = scene.stain.shape
+    y0, x0 = max(0, top - margin), max(0, left - margin)
+    y1, x1 = min(height, top + h + margin), min(width, left + w + margin)
+    core = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    n_rows, n_cols = nucleus.pixels.shape
+    core[
+        nucleus.top - y0 : nucleus.top - y0 + n_rows, nucleus.left - x0 : nucleus.left - x0 + n_cols
+    ] = nucleus.pixels
+    near = cv2.dilate(core, _disc(2 * margin + 1))
+    cytoplasm = (scene.stain[y0:y1, x0:x1] > scene.low).view(np.uint8) & near
+    cytoplasm = cv2.morphologyEx(cytoplasm, cv2.MORPH_OPEN, _disc(3))
+    cell = _component_touching(cytoplasm | core, core)
+    contours, _ = cv2.findContours(cell, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contour = np.vstack(contours) + np.array([x0, y0], np.int32)
+    c_left, c_top, c_w, c_h = cv2.boundingRect(contour)
+    pixels = np.zeros((c_h, c_w), np.uint8)
+    pixels[:] = cell[c_top - y0 : c_top - y0 + c_h, c_left - x0 : c_left - x0 + c_w]
+    component = _Component(
+        contour,
+        cv2.convexHull(contour),
+        c_top,
+        c_left,
+        c_top + c_h,
+        c_left + c_w,
+        pixels,
+        cv2.countNonZero(pixels),
+    )
+    n_lobes = cv2.connectedComponents(core)[0] - 1
+    lobes = f"{n_lobes} nucleus lobes grouped" if n_lobes > 1 else "one nucleus"
+    reason = f"purple nucleus ({lobes}), {cv2.countNonZero(core) / (math.pi * scene.radius**2):.1f}"
+    return component, reason + " red-cell areas"
+
+
+def _whole_cells(scene: _Scene, groups: list[_Nucleus]):
+    """Grown cells larger than a red cell; a cell mostly inside a bigger one's hull (a lobe left
+    out of the grouping) joins it. Returns the cells and the reasons for those dropped."""
+    grown = [_grow_cell(scene, group) for group in groups]
+    grown.sort(key=lambda item: -item[0].area)
+    red_area = math.pi * scene.radius**2
+    kept: list[tuple[_Component, str, np.ndarray]] = []
+    dropped: list[str] = []
+    for cell, reason in grown:
+        hull = _filled_hull(cell)
+        host = next((k for k in kept if _mostly_inside(cell, hull, k[0], k[2])), None)
+        if host is not None:
+            continue  # part of a bigger cell, already inside its hull and crop
+        cut = _is_cut(scene, cell, hull)  # only part of it is visible: half the size will do
+        if cv2.countNonZero(hull) < _MIN_CELL * red_area * (0.5 if cut else 1.0):
+            dropped.append("smaller than a red cell (platelet or debris)")
+            continue
+        kept.append((cell, reason, hull))
+    return [(cell, reason) for cell, reason, _ in kept], dropped
+
+
+def _is_cut(scene: _Scene, cell: _Component, hull: np.ndarray) -> bool:
+    """Whether the image border or the black field stop cuts the cell."""
+    height, width = scene.stain.shape
+    if cell.top == 0 or cell.left == 0 or cell.bottom == height or cell.right == width:
+        return True
+    return bool(scene.stop[cell.top : cell.bottom, cell.left : cell.right][hull > 0].any())
+
+
+def _mostly_inside(cell: _Component, hull: np.ndarray, big: _Component, big_hull) -> bool:
+    top, left = max(cell.top, big.top), max(cell.left, big.left)
+    bottom, right = min(cell.bottom, big.bottom), min(cell.right, big.right)
+    if top >= bottom or left >= right:
+        return False
+    mine = hull[top - cell.top : bottom - cell.top, left - cell.left : right - cell.left]
+    theirs = big_hull[top - big.top : bottom - big.top, left - big.left : right - big.left]
+    return cv2.countNonZero(mine & theirs) > 0.5 * cv2.countNonZero(hull)
+
+
+def _component_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The connected parts of `mask` that overlap `seed`, as 0/1 uint8."""
+    n, labels = cv2.connectedComponents(mask, connectivity=8)
+    keep = np.zeros(n, bool)
+    keep[np.unique(labels[seed > 0])] = True
+    keep[0] = False
+    return keep[labels].view(np.uint8)
+
+
+def _result(scene: _Scene, cells, params: SegmentationParams, source: str) -> SegmentationResult:
+    """Label image, table (mode "bright", keep_reason, touches_border) and crops."""
+    image = scene.image
+    height, width = image.shape[:2]
+    labels = np.zeros((height, width), np.int32)
+    table = empty_table(len(cells))
+    crops = np.zeros((len(cells), params.crop_size, params.crop_size, 3), np.uint8)
+    for row, (cell, reason) in enumerate(cells):
+        hull_mask = _filled_hull(cell)
+        box = (slice(cell.top, cell.bottom), slice(cell.left, cell.right))
+        np.copyto(labels[box], row + 1, where=hull_mask.view(bool))
+        _fill_row(table, row, image, cell, hull_mask)
+        table["touches_border"][row] = _is_cut(scene, cell, hull_mask)
+        table["keep_reason"][row] = reason
+        crops[row] = _crop(image, hull_mask, cell.box, params.crop_size)
+    table["cell_id"][:] = np.arange(1, len(cells) + 1)
+    table["source"][:] = source
+    table["mode"][:] = "bright"
+    return SegmentationResult(labels, table, crops, _sanity_message(table, scene))
+
+
+def _sanity_message(table, scene: _Scene) -> str:
+    """Plain words when the result looks wrong: one huge "cell", or far too many."""
+    height, width = scene.stain.shape
+    if int(table["hull_area"].max()) > 0.5 * height * width and table["hull_area"].size:
+        return (
+            "one cell covers most of the image: is this really a bright-field image with "
+            "stained white cells (or a close-up of one nucleus)?"
+        )
+    n_cells = len(table["cell_id"])
+    looks_like_crop = min(height, width) < 12 * scene.radius
+    if looks_like_crop and n_cells > _MANY_CELLS:
+        return (
+            f"{n_cells} white cells in an image the size of a single-cell crop: the stain or "
+            "the background was probably misread"
+        )
+    return ""
+
+
+def _nothing_message(rejected: list[str]) -> str:
+    if not rejected:
+        return "no white cell found: nothing in the image is stained purple like a nucleus"
+    reasons = sorted(set(rejected))
+    return f"no white cell found: {len(rejected)} purple region(s) rejected ({'; '.join(reasons)})"
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+
+def _otsu(hist: np.ndarray) -> int:
+    """Otsu threshold of a 256-bin histogram (pixels above it are the bright class)."""
+    levels = np.arange(hist.size, dtype=np.float64)
+    weight = np.cumsum(hist, dtype=np.float64)
+    total = weight[-1]
+    if total == 0:
+        return 0
+    mass = np.cumsum(hist * levels)
+    mean_low = mass / np.maximum(weight, 1)
+    mean_high = (mass[-1] - mass) / np.maximum(total - weight, 1)
+    between = weight * (total - weight) * (mean_low - mean_high) ** 2
+    return int(np.argmax(between))
+
+
+def _disc(size: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+
+
+def _thumbnail(image: np.ndarray, side: int) -> np.ndarray:
+    scale = side / max(image.shape[:2])
+    if scale >= 1:
+        return image
+    return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)

@@ -1,0 +1,318 @@
+"""Bright-field white-cell detection: generated smears (logic) and the real sample (truth)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from napari_allbag.io.images import read_image
+from napari_allbag.progress import Progress
+from napari_allbag.segmentation import (
+    TABLE_COLUMNS,
+    SegmentationParams,
+    empty_table,
+    segment_image,
+)
+from napari_allbag.segmentation.brightfield import (
+    _sanity_message,
+    _Scene,
+    detect_background,
+    red_cell_radius,
+    segment_auto,
+    segment_brightfield,
+    segment_brightfield_progress,
+    stain_channel,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+BACKGROUND = (236, 228, 220)
+RED_CELL = (214, 150, 162)
+NUCLEUS = (96, 48, 140)
+CYTOPLASM = (200, 176, 212)
+RED_RADIUS = 14
+
+
+def shared_data(name: str) -> Path:
+    """<repo>/../shared/data/<name>, else $ALLBAG_SHARED_DATA/<name>; skip where absent."""
+    candidates = [REPO_ROOT.parent / "shared" / "data" / name]
+    if "ALLBAG_SHARED_DATA" in os.environ:
+        candidates.append(Path(os.environ["ALLBAG_SHARED_DATA"]) / name)
+    for path in candidates:
+        if path.is_dir():
+            return path
+    pytest.skip(f"{name} not found beside the repository or under $ALLBAG_SHARED_DATA")
+
+
+def smear(size=(400, 500), seed=0, keep_clear=()):
+    """Pale background with non-overlapping pink red cells on a jittered grid, clear of the
+    (row, col, radius) discs in `keep_clear`; returns the image and the red-cell centres."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((*size, 3), np.uint8)
+    image[:] = BACKGROUND
+    centres = []
+    step = 3 * RED_RADIUS
+    for row in range(RED_RADIUS + 4, size[0] - RED_RADIUS - 4, step):
+        for col in range(RED_RADIUS + 4, size[1] - RED_RADIUS - 4, step):
+            r, c = row + rng.integers(-4, 5), col + rng.integers(-4, 5)
+            if any(np.hypot(r - kr, c - kc) < kd + RED_RADIUS + 4 for kr, kc, kd in keep_clear):
+                continue
+            cv2.circle(image, (int(c), int(r)), RED_RADIUS, RED_CELL, -1, cv2.LINE_AA)
+            centres.append((r, c))
+    noise = rng.normal(0, 2, image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8), centres
+
+
+def draw_white_cell(image, row, col, lobes=((0, 0, 13),), cell_radius=24):
+    cv2.circle(image, (col, row), cell_radius, CYTOPLASM, -1, cv2.LINE_AA)
+    for d_row, d_col, radius in lobes:
+        cv2.circle(image, (col + d_col, row + d_row), radius, NUCLEUS, -1, cv2.LINE_AA)
+
+
+def centres_of(result):
+    return list(zip(result.table["centroid_row"], result.table["centroid_col"], strict=True))
+
+
+def test_one_white_cell_among_red_cells_and_no_red_cell_returned():
+    image, red = smear(keep_clear=[(200, 250, 30)])
+    draw_white_cell(image, 200, 250)
+    result = segment_brightfield(image)
+    assert result.n_cells == 1, result.message
+    ((row, col),) = centres_of(result)
+    assert np.hypot(row - 200, col - 250) < 8
+    for found in centres_of(result):  # a red cell's centre is never a found cell's centre
+        assert min(np.hypot(found[0] - r, found[1] - c) for r, c in red) > RED_RADIUS
+    assert result.table["mode"][0] == "bright"
+    assert "nucleus" in result.table["keep_reason"][0]
+    assert not result.table["touches_border"][0]
+
+
+def test_a_field_of_red_cells_only_gives_no_cell_and_says_so():
+    image, _ = smear(seed=1)
+    result = segment_brightfield(image)
+    assert result.n_cells == 0
+    assert result.crops.shape == (0, 299, 299, 3)
+    assert "no white cell" in result.message
+
+
+def test_a_platelet_is_not_a_white_cell():
+    image, _ = smear(seed=2, keep_clear=[(200, 250, 20), (100, 100, 30)])
+    cv2.circle(image, (250, 200), 4, NUCLEUS, -1, cv2.LINE_AA)  # platelet: a small purple dot
+    draw_white_cell(image, 100, 100)
+    result = segment_brightfield(image)
+    assert result.n_cells == 1
+    ((row, col),) = centres_of(result)
+    assert np.hypot(row - 100, col - 100) < 8
+
+
+def test_nucleus_lobes_make_one_cell():
+    image, _ = smear(seed=3, keep_clear=[(200, 250, 32)])
+    lobes = ((-10, -11, 6), (-10, 11, 6), (11, 0, 6))  # a neutrophil's segmented nucleus
+    draw_white_cell(image, 200, 250, lobes=lobes, cell_radius=26)
+    result = segment_brightfield(image)
+    assert result.n_cells == 1
+    assert "lobes grouped" in result.table["keep_reason"][0]
+
+
+def test_two_white_cells_give_two_cells_and_a_border_cut_is_flagged():
+    image, _ = smear(seed=4, keep_clear=[(150, 150, 30), (150, 330, 30), (250, 0, 40)])
+    draw_white_cell(image, 150, 150)
+    draw_white_cell(image, 150, 330)
+    draw_white_cell(image, 250, 6)  # cut by the left border
+    result = segment_brightfield(image)
+    assert result.n_cells == 3
+    border = result.table["touches_border"]
+    assert border.sum() == 1
+    assert result.table["centroid_col"][border][0] < 30
+
+
+def test_crops_are_the_hull_on_black_centred_like_the_dark_path():
+    image, _ = smear(seed=5, keep_clear=[(200, 250, 30)])
+    draw_white_cell(image, 200, 250)
+    params = SegmentationParams(crop_size=64, background="bright")
+    result = segment_brightfield(image, params)
+    crop = result.crops[0]
+    assert crop.shape == (64, 64, 3)
+    assert crop[:3, :3].max() == 0 and crop[-3:, -3:].max() == 0  # outside the hull: black
+    centre = crop[28:36, 28:36].astype(int)
+    assert (centre[..., 2] - centre[..., 1]).mean() > 50  # the purple nucleus in the middle
+    assert tuple(result.table) == TABLE_COLUMNS
+
+
+def test_progress_generator_yields_events_and_returns_the_same_result():
+    image, _ = smear(seed=6, keep_clear=[(200, 250, 30)])
+    draw_white_cell(image, 200, 250)
+    work = segment_brightfield_progress(image)
+    events = []
+    while True:
+        try:
+            events.append(next(work))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert events and all(isinstance(event, Progress) for event in events)
+    assert np.array_equal(result.crops, segment_brightfield(image).crops)
+
+
+def test_stain_channel_ranks_nucleus_above_red_cell_and_background():
+    pixels = np.array([[NUCLEUS, RED_CELL, BACKGROUND, (0, 0, 0)]], np.uint8)
+    nucleus, red, background, black = stain_channel(pixels)[0]
+    assert nucleus > red and nucleus > background
+    assert black == 0
+
+
+def test_detect_background_on_generated_images():
+    bright, _ = smear(seed=7)
+    assert detect_background(bright).mode == "bright"
+    dark = np.zeros((200, 200, 3), np.uint8)
+    cv2.circle(dark, (100, 100), 40, (70, 40, 90), -1)
+    assert detect_background(dark).mode == "dark"
+    stop = bright.copy()  # a black circular field stop around the smear
+    ring = np.zeros(stop.shape[:2], np.uint8)
+    cv2.circle(ring, (250, 200), 210, 1, -1)
+    stop[ring == 0] = 0
+    guess = detect_background(stop)
+    assert guess.mode == "bright" and guess.confident
+
+
+def test_segment_auto_picks_the_path_and_keeps_the_dark_one_unchanged():
+    dark = np.zeros((200, 200, 3), np.uint8)
+    cv2.circle(dark, (100, 100), 40, (150, 110, 170), -1)
+    auto = segment_auto(dark)
+    assert np.array_equal(auto.crops, segment_image(dark).crops)
+    assert list(auto.table["mode"]) == ["dark"]
+    bright, _ = smear(seed=8, keep_clear=[(200, 250, 30)])
+    draw_white_cell(bright, 200, 250)
+    assert list(segment_auto(bright).table["mode"]) == ["bright"]
+    forced = segment_auto(bright, SegmentationParams(background="dark"))
+    assert set(forced.table["mode"]) <= {"dark"}
+
+
+def test_segment_auto_says_when_it_guessed():
+    dim = np.full((200, 200, 3), 60, np.uint8)  # neither black nor pale
+    cv2.circle(dim, (100, 100), 30, (90, 40, 120), -1)
+    result = segment_auto(dim)
+    assert "guessed" in result.message
+
+
+def test_one_cell_covering_the_image_is_reported_in_words():
+    image = np.zeros((200, 200, 3), np.uint8)
+    image[:] = BACKGROUND
+    cv2.circle(image, (100, 100), 95, CYTOPLASM, -1)
+    cv2.circle(image, (100, 100), 80, NUCLEUS, -1)
+    result = segment_brightfield(image)
+    assert result.n_cells == 1
+    assert "covers most of the image" in result.message
+
+
+def test_many_cells_in_a_crop_sized_image_is_reported_in_words():
+    table = empty_table(30)
+    table["cell_id"][:] = np.arange(1, 31)
+    table["hull_area"][:] = 50
+    stain = np.zeros((120, 120), np.uint8)
+    scene = _Scene(stain, stain, stain.astype(bool), 12.0, 0, 0, 0.0)
+    assert "30 white cells" in _sanity_message(table, scene)
+    assert _sanity_message(_rows(table, 3), scene) == ""
+
+
+def _rows(table, n):
+    return {name: column[:n] for name, column in table.items()}
+
+
+def test_background_parameter_is_validated_and_round_trips():
+    params = SegmentationParams(background="bright")
+    assert SegmentationParams.from_dict(params.to_dict()) == params
+    assert SegmentationParams.from_dict({"crop_size": 299}).background == "auto"
+    with pytest.raises(ValueError, match="background"):
+        SegmentationParams(background="grey")
+
+
+# --- the real images ----------------------------------------------------------------------------
+
+
+def _manifest(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "MANIFEST.tsv", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def test_real_background_detection():
+    bright = shared_data("brightfield_sample")
+    for row in _manifest(bright):
+        guess = detect_background(read_image(bright / row["relpath"]))
+        assert guess.mode == "bright", (row["relpath"], guess)
+    dark = shared_data("cnmc_sample")
+    for path in sorted(dark.glob("*/*.bmp")):
+        assert detect_background(read_image(path)).mode == "dark", path
+
+
+def test_real_cnmc_cells_get_the_same_crops_through_segment_auto():
+    dark = shared_data("cnmc_sample")
+    paths = sorted(dark.glob("*/*.bmp"))
+    assert len(paths) == 62
+    for path in paths[::4]:
+        image = read_image(path)
+        assert np.array_equal(segment_auto(image).crops, segment_image(image).crops), path
+
+
+def test_real_single_cell_crops_give_one_cell_and_the_platelet_none():
+    bright = shared_data("brightfield_sample")
+    rows = [row for row in _manifest(bright) if row["kind"] == "crops"]
+    one_cell = []
+    for row in rows:
+        result = segment_brightfield(read_image(bright / row["relpath"]))
+        if row["wbc_count"] == "0":
+            assert result.n_cells == 0 and "no white cell" in result.message, row["relpath"]
+        else:
+            one_cell.append(result.n_cells == 1)
+    assert np.mean(one_cell) >= 0.9, f"{sum(one_cell)}/{len(one_cell)} crops with one cell"
+
+
+def test_real_masked_images_return_no_cell_outside_the_white_cells():
+    bright = shared_data("brightfield_sample")
+    with open(bright / "MASKS.tsv", newline="") as handle:
+        masks = list(csv.DictReader(handle, delimiter="\t"))
+    for row in masks:
+        result = segment_brightfield(read_image(bright / row["image_relpath"]))
+        truth = cv2.imread(str(bright / row["mask_relpath"]), cv2.IMREAD_GRAYSCALE) > 64
+        for cell_id in result.table["cell_id"]:
+            hull = result.labels == cell_id
+            assert (hull & truth).sum() > 0.1 * hull.sum(), (row["image_relpath"], cell_id)
+
+
+LILAC = (196, 160, 214)  # a red cell a little bluer than the rest (stain overlap, lilac tint)
+
+
+def test_lilac_red_cells_without_a_purple_core_are_not_white_cells():
+    image, _ = smear(seed=9, keep_clear=[(100, 100, 30), (250, 300, 40)])
+    for d_row, d_col in ((0, 0), (0, 26), (22, 13)):  # a clump of three lilac red cells
+        cv2.circle(image, (300 + d_col, 250 + d_row), RED_RADIUS, LILAC, -1, cv2.LINE_AA)
+    result = segment_brightfield(image)
+    assert result.n_cells == 0, result.table["keep_reason"]
+    draw_white_cell(image, 100, 100)
+    result = segment_brightfield(image)
+    assert result.n_cells == 1
+    ((row, col),) = centres_of(result)
+    assert np.hypot(row - 100, col - 100) < 8
+
+
+def test_scale_of_a_dense_smear_whose_red_cells_all_touch():
+    image = np.zeros((420, 420, 3), np.uint8)
+    image[:] = BACKGROUND
+    rng = np.random.default_rng(10)
+    step = 2 * RED_RADIUS + 3
+    centres = range(RED_RADIUS + 2, 420 - RED_RADIUS, step)
+    for row in centres:
+        for col in centres:
+            cv2.circle(image, (col, row), RED_RADIUS, RED_CELL, -1, cv2.LINE_AA)
+            if col + step < 420 - RED_RADIUS:  # a narrow contact with the right neighbour
+                contact = col + step // 2
+                cv2.line(image, (contact - 3, row), (contact + 3, row), RED_CELL, 3)
+    image = np.clip(image + rng.normal(0, 2, image.shape), 0, 255).astype(np.uint8)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    radius, how = red_cell_radius(grey, np.ones(grey.shape, bool))
+    assert abs(radius - RED_RADIUS) < 0.2 * RED_RADIUS, how
