@@ -1,8 +1,13 @@
 """`napari-allbag segment INPUT... --out DIR`: segment image files, write crops and tables.
 
 Writes ``DIR/crops/<image stem>_cell<k>.png`` (stems that collide between inputs are told apart),
-``DIR/cells.csv`` (one row per cell) and ``DIR/errors.csv`` (files that could not be read, and
-why). Never writes into an input folder; refuses a non-empty DIR unless ``--overwrite``.
+``DIR/cells.csv`` (one row per cell, with the background mode each image got) and
+``DIR/errors.csv`` (files that could not be read, and why). Never writes into an input folder;
+refuses a non-empty DIR unless ``--overwrite``. Each image is segmented with the background mode
+``--background`` asks for (auto: the one the image needs); TIFFs above ``--tile-above``
+megapixels are segmented in overlapping tiles (after the others, tiles spread over the
+workers). The console says per image when the mode was guessed, no cell was found or the cells
+look wrong, and counts each in the summary.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
+from napari_allbag.cli.options import add_background_option, add_tiling_options
+from napari_allbag.io.images import IMAGE_EXTENSIONS, ImageReadError, find_images
 from napari_allbag.io.ordered_pool import ordered_map
 from napari_allbag.progress import Progress, drive_with_bar
 from napari_allbag.segmentation.dark import (
@@ -29,6 +35,7 @@ from napari_allbag.segmentation.dark import (
     default_workers,
     try_segment_file,
 )
+from napari_allbag.segmentation.feedback import FeedbackTally, ImageFeedback
 
 CELLS_COLUMNS = ("source", "cell_id", "crop") + tuple(
     name for name in TABLE_COLUMNS if name not in ("source", "cell_id")
@@ -42,9 +49,10 @@ def register(subparsers) -> None:
         "segment",
         help="segment cells in image files: crops, cells.csv, errors.csv",
         description=(
-            "Find every cell (Otsu threshold, erosion, convex hull) in the images given, and "
-            "write a square crop per cell plus a table of the cells. INPUT is files or folders "
-            "(searched recursively for BMP, PNG, JPEG and TIFF files)."
+            "Find every cell (Otsu threshold, erosion, convex hull; on bright-field images on a "
+            "stain channel, white cells only) in the images given, and write a square crop per "
+            "cell plus a table of the cells. INPUT is files or folders (searched recursively "
+            "for BMP, PNG, JPEG and TIFF files)."
         ),
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
@@ -88,6 +96,8 @@ def register(subparsers) -> None:
         action="store_true",
         help="keep only the largest cell of each image (C-NMC images hold one)",
     )
+    add_background_option(parser)
+    add_tiling_options(parser)
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -104,9 +114,11 @@ def run(args: argparse.Namespace) -> int:
             erosion_size=args.erosion_size,
             min_area=args.min_area,
             largest_only=args.largest_only,
+            background=args.background,
         )
         if args.workers is not None and args.workers < 1:
             raise ValueError("--workers must be at least 1")
+        tiling = _tiling(args)
         paths = find_images(args.inputs)
         if not paths:
             raise FileNotFoundError(
@@ -120,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = drive_with_bar(
-            segment_to_folder(paths, out_dir, params, args.workers), quiet=args.quiet
+            segment_to_folder(paths, out_dir, params, args.workers, tiling), quiet=args.quiet
         )
     except OSError as error:
         print(
@@ -132,8 +144,9 @@ def run(args: argparse.Namespace) -> int:
         f"{summary['cells']} cell(s) from {summary['segmented']} of {len(paths)} file(s) -> "
         f"{out_dir / 'cells.csv'}"
     )
-    if summary["empty"]:
-        print(f"{summary['empty']} image(s) had no cell", file=sys.stderr)
+    tally: FeedbackTally = summary["feedback"]
+    if tally.images:
+        print(tally.text(), file=sys.stderr if tally.warned else sys.stdout)
     if summary["failed"]:
         print(
             f"{summary['failed']} file(s) could not be read: see {out_dir / 'errors.csv'}",
@@ -147,24 +160,54 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Tiling:
+    """When a TIFF is segmented in tiles (above this many megapixels) and how large they are."""
+
+    above_megapixels: float = 36.0
+    tile: int = 2048
+
+
+def _tiling(args: argparse.Namespace) -> Tiling:
+    from napari_allbag.segmentation.tiles import DEFAULT_OVERLAP
+
+    if args.tile_above < 0:
+        raise ValueError(f"--tile-above must be 0 or more megapixels, got {args.tile_above}")
+    if args.tile_size <= DEFAULT_OVERLAP:
+        raise ValueError(
+            f"--tile-size must exceed the tiles' overlap ({DEFAULT_OVERLAP} px), "
+            f"got {args.tile_size}"
+        )
+    return Tiling(args.tile_above, args.tile_size)
+
+
 def segment_to_folder(
-    paths: list[Path], out_dir: Path, params: SegmentationParams, workers: int | None
-) -> Generator[Progress, None, dict[str, int]]:
-    """Segment `paths` into `out_dir` (crops/, cells.csv, errors.csv); return counts.
+    paths: list[Path],
+    out_dir: Path,
+    params: SegmentationParams,
+    workers: int | None,
+    tiling: Tiling | None = None,
+) -> Generator[Progress, None, dict]:
+    """Segment `paths` into `out_dir` (crops/, cells.csv, errors.csv); return counts and the
+    `FeedbackTally` (key "feedback").
 
     Workers segment and write their crops (PNG encoding is the slow part); this process writes
     the tables row by row into temporary files that are moved into place at the end, also when
     interrupted (Ctrl-C): they then list every file finished until then (the crops of the few
-    files that were in flight may be on disk without rows).
+    files that were in flight may be on disk without rows). Large TIFFs (see `Tiling`) come
+    after the others, each in tiles spread over the workers.
     """
     crops_dir = out_dir / "crops"
     crops_dir.mkdir(parents=True, exist_ok=True)
     stems = unique_stems(paths)
     workers = default_workers() if workers is None else workers
-    counts = {"segmented": 0, "failed": 0, "empty": 0, "cells": 0}
+    tiling = tiling or Tiling()
+    large = [path for path in paths if _is_large(path, tiling)]
+    small = [path for path in paths if path not in set(large)]
+    counts = {"segmented": 0, "failed": 0, "empty": 0, "cells": 0, "feedback": FeedbackTally()}
     outcomes = ordered_map(
         segment_and_save,
-        ((path, stems[path]) for path in paths),
+        ((path, stems[path]) for path in small),
         (params, crops_dir),
         workers,
         on_worker_death=lambda item, why: SavedCells(item[0], None, [], why),
@@ -174,39 +217,87 @@ def segment_to_folder(
         _AtomicCsv(out_dir / "errors.csv", ERRORS_COLUMNS) as errors_csv,
         closing(outcomes),
     ):  # stops the worker pool at once, also on Ctrl-C
-        yield Progress(
-            0,
-            len(paths),
-            "segmenting",
-            "starting" if workers == 1 else f"starting {workers} workers",
-        )
+        starting = "starting" if workers == 1 else f"starting {workers} workers"
+        yield Progress(0, len(paths), "segmenting", starting)
+        tables = (cells_csv, errors_csv)
         for done, saved in enumerate(outcomes, start=1):
-            if saved.error is not None:
-                counts["failed"] += 1
-                errors_csv.write_row([str(saved.path), saved.error])
-            else:
-                counts["segmented"] += 1
-                counts["empty"] += not saved.crop_names
-                counts["cells"] += len(saved.crop_names)
-                for row, name in enumerate(saved.crop_names):
-                    cells_csv.write_row(_cells_row(saved.table, row, saved.path, name))
-            yield Progress(
-                done,
-                len(paths),
-                "segmenting",
-                metrics={"cells": counts["cells"], "errors": counts["failed"]},
-            )
+            _record(saved, counts, tables)
+            yield _files_progress(done, len(paths), counts)
+        for done, path in enumerate(large, start=len(small) + 1):
+            job = (path, stems[path], params, crops_dir)
+            saved = yield from _segment_large_file(job, tiling, workers)
+            _record(saved, counts, tables)
+            yield _files_progress(done, len(paths), counts)
     return counts
+
+
+def _files_progress(done: int, total: int, counts: dict) -> Progress:
+    metrics = {"cells": counts["cells"], "errors": counts["failed"]}
+    return Progress(done, total, "segmenting", metrics=metrics)
+
+
+def _record(saved: SavedCells, counts: dict, tables: tuple[_AtomicCsv, _AtomicCsv]) -> None:
+    """Count one file's outcome, write its rows, and say what looks wrong with it."""
+    cells_csv, errors_csv = tables
+    if saved.error is not None:
+        counts["failed"] += 1
+        errors_csv.write_row([str(saved.path), saved.error])
+        return
+    counts["segmented"] += 1
+    counts["empty"] += not saved.crop_names
+    counts["cells"] += len(saved.crop_names)
+    for row, name in enumerate(saved.crop_names):
+        cells_csv.write_row(_cells_row(saved.table, row, saved.path, name))
+    if saved.feedback is not None:
+        counts["feedback"].add(saved.feedback)
+        say(saved.feedback.line(str(saved.path)))
+
+
+def say(line: str | None) -> None:
+    """One warning line on stderr, above any progress bar (nothing for None)."""
+    if line:
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {line}", file=sys.stderr)
+
+
+def _is_large(path: Path, tiling: Tiling) -> bool:
+    from napari_allbag.segmentation.tiles import needs_tiling, tiff_shape
+
+    shape = tiff_shape(path)
+    return shape is not None and needs_tiling(shape, tiling.above_megapixels)
+
+
+def _segment_large_file(
+    job: tuple[Path, str, SegmentationParams, Path], tiling: Tiling, workers: int
+) -> Generator[Progress, None, SavedCells]:
+    """One large TIFF in tiles (`tiles.segment_large`), its crops written here."""
+    from napari_allbag.segmentation.tiles import TileOptions, segment_large
+
+    path, stem, params, crops_dir = job
+    options = TileOptions(tile=tiling.tile, workers=workers, keep_labels=False)
+    try:
+        result = yield from segment_large(path, params, options, str(path))
+    except ImageReadError as error:
+        return SavedCells(path, None, [], error.reason)
+    except MemoryError:
+        return SavedCells(path, None, [], "out of memory while segmenting this image in tiles")
+    names = [f"{stem}_cell{int(cell_id)}.png" for cell_id in result.table["cell_id"]]
+    for name, crop in zip(names, result.crops, strict=True):
+        _write_png(crops_dir / name, crop)
+    return SavedCells(path, result.table, names, feedback=ImageFeedback.of(result))
 
 
 @dataclass
 class SavedCells:
-    """One file's outcome: its table and the crop files written, or why it failed."""
+    """One file's outcome: its table, the crop files written and what the console should say
+    about it, or why it failed."""
 
     path: Path
     table: dict[str, np.ndarray] | None
     crop_names: list[str]
     error: str | None = None
+    feedback: ImageFeedback | None = None
 
 
 def segment_and_save(
@@ -221,7 +312,7 @@ def segment_and_save(
     names = [f"{stem}_cell{int(cell_id)}.png" for cell_id in result.table["cell_id"]]
     for name, crop in zip(names, result.crops, strict=True):
         _write_png(crops_dir / name, crop)
-    return SavedCells(path, result.table, names)
+    return SavedCells(path, result.table, names, feedback=ImageFeedback.of(result))
 
 
 def unique_stems(paths: Iterable[Path]) -> dict[Path, str]:
