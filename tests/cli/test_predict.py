@@ -8,8 +8,9 @@ import cv2
 import pytest
 
 from napari_allbag.cli.main import main
-from napari_allbag.cli.predict import RESULT_COLUMNS, SUMMARY_COLUMNS
+from napari_allbag.cli.predict import SUMMARY_COLUMNS
 from napari_allbag.data.synthetic import make_field
+from napari_allbag.inference.columns import RESULT_COLUMNS
 from napari_allbag.segmentation.dark import SegmentationParams, segment_image
 from tests.model_factory import make_tiny_bundle
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from napari_allbag.data.synthetic import make_field
-from napari_allbag.inference.predict import predict_files, table_columns
+from napari_allbag.inference.pipeline import PipelineOptions, predict_files
+from napari_allbag.inference.predict import table_columns
 from napari_allbag.model.bundle import load_bundle
 from napari_allbag.progress import drive
 from napari_allbag.segmentation.dark import FileSegmentation, SegmentationParams, segment_image
@@ -67,7 +68,7 @@ def test_predict_files_streams_files_in_order_to_the_sink(bundle):
         predict_files(
             bundle,
             paths,
-            batch_size=3,
+            PipelineOptions(batch_size=3),
             sink=received.append,
             segment_stream=_fake_stream(files, closed),
         )
@@ -94,7 +95,7 @@ def test_predict_files_stops_its_feeder_when_cancelled(bundle):
     work = predict_files(
         bundle,
         [Path(n) for n in files],
-        batch_size=2,
+        PipelineOptions(batch_size=2),
         segment_stream=_fake_stream(files, closed),
     )
     next(work)
@@ -115,7 +116,7 @@ def test_predict_files_segments_real_images(bundle, tmp_path):
     cv2.imwrite(str(black), np.zeros((64, 64, 3), np.uint8))
     paths.append(black)
     received = []
-    run = drive(predict_files(bundle, paths, workers=1, sink=received.append))
+    run = drive(predict_files(bundle, paths, PipelineOptions(workers=1), sink=received.append))
     params = SegmentationParams.from_dict(bundle.meta["segmentation"])
     expected = segment_image(cv2.cvtColor(cv2.imread(str(paths[0])), cv2.COLOR_BGR2RGB), params)
     assert len(received[0].predictions) == expected.n_cells > 0

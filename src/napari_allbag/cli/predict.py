@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_allbag.cli.options import (
+    add_background_option,
     add_batch_size_option,
     add_device_option,
     add_workers_option,
     fail,
 )
 from napari_allbag.defaults import PREDICTION_COLUMNS
-from napari_allbag.inference.columns import CELL_COLUMNS, RESULT_COLUMNS
+from napari_allbag.inference import columns
 
 if TYPE_CHECKING:  # torch loads only when a prediction runs, so `--help` stays fast
     from napari_allbag.inference.predict import FilePredictions, PredictionRun
@@ -58,6 +59,7 @@ def register(subparsers) -> None:
         "--compile", action="store_true", help="torch.compile the ensemble (faster on large runs)"
     )
     add_workers_option(parser, "reading and segmenting images")
+    add_background_option(parser, default=None)
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --out / --summary if they exist"
     )
@@ -70,7 +72,7 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_allbag.inference.predict import predict_files
+    from napari_allbag.inference.pipeline import PipelineOptions, predict_files
     from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
     from napari_allbag.model.bundle import BundleError, load_bundle
     from napari_allbag.model.devices import DeviceError, select_device
@@ -104,16 +106,17 @@ def run(args: argparse.Namespace) -> int:
 
     for target in outputs:
         target.parent.mkdir(parents=True, exist_ok=True)
-    writer = _AtomicCsv(args.out, RESULT_COLUMNS)
+    writer = _AtomicCsv(args.out, columns.RESULT_COLUMNS)
+    options = PipelineOptions(
+        batch_size=args.batch_size,
+        device=device,
+        workers=args.workers,
+        compile=args.compile,
+        background=args.background,
+    )
     try:
         work = predict_files(
-            bundle,
-            paths,
-            batch_size=args.batch_size,
-            device=device,
-            workers=args.workers,
-            compile=args.compile,
-            sink=lambda result: _write_rows(writer, result),
+            bundle, paths, options, sink=lambda result: _write_rows(writer, result)
         )
         result: PredictionRun = drive_with_bar(work, quiet=args.quiet)
     except BaseException:
@@ -136,7 +139,9 @@ def _write_rows(writer: _AtomicCsv, result: FilePredictions) -> None:
     source = str(result.path)
     for row in range(len(result.predictions)):
         values: list[Any] = [source]
-        values += [_cell(table[name][row]) if name in table else "" for name in CELL_COLUMNS]
+        values += [
+            _cell(table[name][row]) if name in table else "" for name in columns.CELL_COLUMNS
+        ]
         values += [_cell(predictions[name][row]) for name in PREDICTION_COLUMNS]
         writer.write_row(values)
 
@@ -191,10 +196,27 @@ def _print_summary(result: PredictionRun, args: argparse.Namespace) -> None:
     )
     if args.summary:
         print(f"Per-file summary -> {args.summary}")
+    _print_segmentation_feedback(files)
     if result.errors:
         print(f"{len(result.errors)} file(s) could not be read and were skipped:", file=sys.stderr)
         for item in result.errors:
             print(f"  {item.path}: {item.error}", file=sys.stderr)
+
+
+def _print_segmentation_feedback(files: list) -> None:
+    """Per image: the mode guessed, no cell found, doubtful cells; then the counts."""
+    from napari_allbag.segmentation.feedback import FeedbackTally
+
+    tally = FeedbackTally()
+    for item in files:
+        if item.feedback is None:
+            continue
+        tally.add(item.feedback)
+        line = item.feedback.line(str(item.path))
+        if line:
+            print(f"warning: {line}", file=sys.stderr)
+    if tally.images:
+        print(tally.text(), file=sys.stderr if tally.warned else sys.stdout)
 
 
 class _AtomicCsv:

@@ -308,30 +308,30 @@ def true_classes(table: dict[str, np.ndarray], truth: list[dict[str, Any]]) -> l
 
 def _classify_field(bundle_path: Path, device) -> Generator[Progress, None, dict[str, Any]]:
     """Segment the sample field with the bundle's parameters and classify every cell."""
-    from napari_allbag.inference.classify import classify_crops
+    from napari_allbag.inference.pipeline import PipelineOptions, classify_image
     from napari_allbag.model.bundle import load_bundle
     from napari_allbag.model.devices import release_memory
-    from napari_allbag.segmentation.dark import segment_image_progress
 
     yield Progress(0, None, "sample field", "loading the bundle")
     bundle = load_bundle(bundle_path, device)
     image, truth = field_image()
     try:
-        segmented = yield from segment_image_progress(image, bundle.segmentation, FIELD_SOURCE)
-        predictions = yield from classify_crops(bundle, segmented.crops, device=device)
+        found = yield from classify_image(
+            bundle, image, PipelineOptions(device=device), FIELD_SOURCE
+        )
     finally:
         del bundle
         release_memory(device)
-    table = segmented.table
+    predictions = found.predictions
     return {
         "image": image,
-        "labels_image": segmented.labels,
-        "table": table,
+        "labels_image": found.labels,
+        "table": found.table,
         "predictions": predictions,
         "labels": [str(name) for name in predictions.label_names],
         "confidence": predictions.confidence,
-        "truth": true_classes(table, truth),
-        "message": segmented.message,
+        "truth": true_classes(found.table, truth),
+        "message": found.message,
     }
 
 
@@ -381,7 +381,7 @@ def demo_summary(result: DemoResult) -> dict[str, Any]:
         "device": result.device,
         "seconds": round(result.seconds, 1),
         "validation_weighted_f1": result.weighted_f1,
-        "validation_cells": result.report.get("cells"),
+        "validation_cells": result.report.get("n_cells"),
         "field": {
             "cells": result.cells,
             "n_all": result.n_all,
@@ -404,7 +404,7 @@ def format_summary(result: DemoResult) -> str:
         f"Demo finished in {result.seconds:.0f} s on {result.device} "
         f"({result.settings.backbone} at {result.settings.img_size} px, "
         f"{result.settings.epochs} epochs per stage).",
-        f"  Validation ({result.report.get('cells', '?')} synthetic cells of unseen subjects): "
+        f"  Validation ({result.report.get('n_cells', '?')} synthetic cells of unseen subjects): "
         f"weighted F1 of the ensemble {f1.get('ensemble', float('nan')):.2f} ({others})",
         f"  Sample field: {result.cells} cells found, {result.n_all} ALL, "
         f"{result.cells - result.n_all} HEM ({result.matches_truth} of {result.cells} match "

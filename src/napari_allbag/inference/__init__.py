@@ -1,18 +1,37 @@
-"""Classifying cells with a bundle: batched crops (`classify`), images streamed through
-segmentation and the ensemble (`predict`), the results table's columns (`columns`), and the
-overlay PNG (`overlay`).
+"""Classifying cells with a bundle: the one pipeline every front end calls (`pipeline`: load ->
+segment -> classify), batched crops (`classify`), files streamed through segmentation and the
+ensemble (`predict`), the results table's columns (`columns`), and the overlay PNG (`overlay`).
 
 May import: `io`, `data`, `segmentation`, `model`, `progress`, `defaults`. `classify` and
-`predict` import torch but no image or GUI library (benchmarks/gpu_bench.py relies on it).
+`predict` import torch but no image or GUI library (benchmarks/gpu_bench.py relies on it);
+`pipeline` imports the segmentation inside the functions that segment.
 """
 
 from napari_allbag._lazy import lazy_exports
 
 _EXPORTS = {
-    **dict.fromkeys(("CellPredictions", "EnsembleRunner", "classify_crops"), "classify"),
     **dict.fromkeys(
-        ("FileSummary", "FilePredictions", "PredictionRun", "predict_files", "table_columns"),
+        ("CellPredictions", "EnsembleRunner", "PendingBatch", "check_crops", "classify_crops"),
+        "classify",
+    ),
+    **dict.fromkeys(
+        ("FileSummary", "FilePredictions", "PredictionRun", "stream_predictions", "table_columns"),
         "predict",
+    ),
+    **dict.fromkeys(
+        (
+            "PipelineOptions",
+            "ImagePredictions",
+            "CachedPredictions",
+            "segmentation_params",
+            "classify_cells",
+            "classify_image",
+            "classify_labels",
+            "classify_segmented",
+            "classify_files_cached",
+            "predict_files",
+        ),
+        "pipeline",
     ),
     **dict.fromkeys(("CELL_COLUMNS", "RESULT_COLUMNS"), "columns"),
     **dict.fromkeys(("CellMark", "marks_from_table", "draw_overlay", "write_png"), "overlay"),

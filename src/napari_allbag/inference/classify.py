@@ -6,7 +6,8 @@ from pinned host memory with `non_blocking=True`, and are converted and normalis
 
 On a GPU, `EnsembleRunner.submit` uploads the next batch on a side stream while the previous one
 computes, and copies results back into pinned memory without blocking. Streaming whole files
-through the runner is `inference.predict`.
+through the runner is `inference.predict`; the front ends reach both through
+`inference.pipeline`.
 
 Imports torch, numpy and the package's pure modules only, so `benchmarks/gpu_bench.py` can use the
 engine on a torch-only machine.
@@ -81,7 +82,7 @@ class CellPredictions:
 # ----------------------------------------------------------------------------- the batch runner
 
 
-class _PendingBatch:
+class PendingBatch:
     """Probabilities on their way back from the device; `result()` waits for them."""
 
     def __init__(self, probs: torch.Tensor, count: int, event: Any = None, keep: Any = None):
@@ -140,7 +141,7 @@ class EnsembleRunner:
         tensor = torch.from_numpy(array)
         return tensor.pin_memory() if self.pin else tensor
 
-    def submit(self, batch: torch.Tensor) -> _PendingBatch:
+    def submit(self, batch: torch.Tensor) -> PendingBatch:
         """Start classifying a uint8 (B, S, S, 3) host batch; returns a handle to its result."""
         count = int(batch.shape[0])
         if self.compiled and count < self.batch_size:
@@ -164,19 +165,20 @@ class EnsembleRunner:
                 probs = self.model(pixels)
             probs = probs.float()
             if not self.cuda:
-                return _PendingBatch(probs.cpu(), count)
+                return PendingBatch(probs.cpu(), count)
             host = torch.empty(probs.shape, dtype=torch.float32, pin_memory=True)
             host.copy_(probs, non_blocking=True)
             event = torch.cuda.Event()
             event.record(compute)
-            return _PendingBatch(host, count, event, keep=batch)
+            return PendingBatch(host, count, event, keep=batch)
 
     def run(self, batch: torch.Tensor) -> np.ndarray:
         """Probabilities (B, 3, 2) float32 for a uint8 (B, S, S, 3) host batch (waits)."""
         return self.submit(batch).result()
 
 
-def _check_crops(crops: np.ndarray) -> np.ndarray:
+def check_crops(crops: np.ndarray) -> np.ndarray:
+    """`crops` as an (N, S, S, 3) uint8 array; a ValueError saying what is wrong otherwise."""
     crops = np.asarray(crops)
     if crops.ndim != 4 or crops.shape[-1] != 3:
         raise ValueError(f"crops must be (N, S, S, 3) RGB, got shape {crops.shape}")
@@ -193,7 +195,7 @@ def classify_crops(
     compile: bool = False,
 ) -> Generator[Progress, None, CellPredictions]:
     """Classify uint8 crops (N, S, S, 3) in batches; yields Progress, returns CellPredictions."""
-    crops = _check_crops(crops)
+    crops = check_crops(crops)
     total = int(crops.shape[0])
     if total == 0:
         return CellPredictions.empty()
@@ -201,7 +203,7 @@ def classify_crops(
     probs = np.empty((total, len(MODEL_NAMES), len(CLASS_NAMES)), np.float32)
     yield Progress(0, total, "classify", runner.description)
     start = time.perf_counter()
-    in_flight: deque[tuple[int, int, _PendingBatch]] = deque()
+    in_flight: deque[tuple[int, int, PendingBatch]] = deque()
 
     def collect() -> Progress:
         first, last, pending = in_flight.popleft()

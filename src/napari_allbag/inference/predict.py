@@ -6,8 +6,9 @@ classifies the previous batches (`inference.classify.EnsembleRunner`). Memory st
 whatever the number of cells; each file's rows go to a `sink` callback as soon as its last cell is
 classified, so 100,000 cells never sit in memory at once.
 
-Imports torch, numpy and the package's pure modules only (the segmentation is imported when
-`predict_files` runs), so `benchmarks/gpu_bench.py` can use the engine on a torch-only machine.
+`stream_predictions` is the engine; `inference.pipeline.predict_files` feeds it the files (the
+one entry point the front ends call). Imports torch, numpy and the package's pure modules only,
+so `benchmarks/gpu_bench.py` can use the engine on a torch-only machine.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,14 @@ from napari_allbag.inference.classify import (
     PIPELINE_DEPTH,
     CellPredictions,
     EnsembleRunner,
-    _check_crops,
-    _PendingBatch,
+    PendingBatch,
+    check_crops,
 )
 from napari_allbag.model.networks import CLASS_NAMES, MODEL_NAMES
 from napari_allbag.progress import Progress
+from napari_allbag.segmentation.feedback import ImageFeedback
 
-#: Batches waiting for the device in `predict_files` (bounds host memory).
+#: Batches waiting for the device in `stream_predictions` (bounds host memory).
 QUEUE_BATCHES = 3
 
 
@@ -48,6 +50,7 @@ class FileSummary:
     n_all: int = 0
     error: str | None = None
     message: str = ""
+    feedback: ImageFeedback | None = None  # mode, and what looks wrong (None for unreadable)
 
     @property
     def all_fraction(self) -> float | None:
@@ -63,11 +66,17 @@ class FilePredictions:
     predictions: CellPredictions
     error: str | None = None
     message: str = ""
+    feedback: ImageFeedback | None = None
 
     @property
     def summary(self) -> FileSummary:
         return FileSummary(
-            self.path, len(self.predictions), self.predictions.n_all, self.error, self.message
+            self.path,
+            len(self.predictions),
+            self.predictions.n_all,
+            self.error,
+            self.message,
+            self.feedback,
         )
 
 
@@ -123,6 +132,7 @@ class _FileStart:
     cells: int
     error: str | None
     message: str = ""
+    feedback: ImageFeedback | None = None
 
 
 @dataclass
@@ -139,10 +149,70 @@ class _Failure:
 _DONE = object()
 
 
-def _segmentation_stream(paths: Sequence[Path], params: Any, workers: int | None) -> Iterable[Any]:
-    from napari_allbag.segmentation.dark import iter_segment_files
+def _file_start(index: int, item: Any) -> tuple[_FileStart, np.ndarray | None]:
+    """A segmentation stream's item as a `_FileStart` marker, and its crops (None if none)."""
+    path = Path(getattr(item, "path", ""))
+    error = getattr(item, "error", None)
+    result = getattr(item, "result", None)
+    crops = getattr(result, "crops", None) if result is not None else None
+    if error is None and result is None:
+        error = "no segmentation result"
+    message = str(getattr(result, "message", "") or "")
+    feedback = ImageFeedback.of(result) if error is None else None
+    if error is not None or crops is None or len(crops) == 0:
+        table = table_columns(getattr(result, "table", None)) if error is None else {}
+        error = str(error) if error else None
+        return _FileStart(index, path, table, 0, error, message, feedback), None
+    crops = check_crops(crops)
+    table = table_columns(result.table)
+    return _FileStart(index, path, table, int(crops.shape[0]), None, message, feedback), crops
 
-    return iter_segment_files(paths, params, workers=workers, keep_labels=False)
+
+class _BatchPacker:
+    """Packs the crops of successive files into full uint8 batches of the runner's size."""
+
+    def __init__(self, runner: EnsembleRunner):
+        self.runner = runner
+        self.buffer: np.ndarray | None = None
+        self.filled = 0
+        self.owners: list[tuple[int, int, int]] = []
+
+    def pack(self, index: int, crops: np.ndarray) -> Iterator[_Batch]:
+        """The batches that file `index`'s crops fill (a part may wait for the next file)."""
+        size = self.runner.batch_size
+        row = 0
+        while row < crops.shape[0]:
+            if self.buffer is None:
+                self.buffer = np.empty((size, *crops.shape[1:]), np.uint8)
+            elif self.buffer.shape[1:] != crops.shape[1:]:  # another crop size: ship what we have
+                yield from self.flush()
+                continue
+            take = min(size - self.filled, crops.shape[0] - row)
+            self.buffer[self.filled : self.filled + take] = crops[row : row + take]
+            self.owners.append((index, row, take))
+            self.filled += take
+            row += take
+            if self.filled == size:
+                yield from self.flush()
+
+    def flush(self) -> Iterator[_Batch]:
+        """The partly filled batch, if any."""
+        if not self.filled:
+            return
+        batch = _Batch(self.runner.host_batch(self.buffer[: self.filled]), self.owners)
+        self.buffer, self.filled, self.owners = None, 0, []
+        yield batch
+
+
+def _put(out: queue.Queue, stop: threading.Event, item: Any) -> bool:
+    """Queue `item`, waiting while the queue is full; False once `stop` is set."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def _produce(
@@ -152,189 +222,151 @@ def _produce(
     stop: threading.Event,
 ) -> None:
     """Background thread: segmentation results -> _FileStart markers and full uint8 batches."""
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     iterator = iter(stream)
-    buffer: np.ndarray | None = None
-    filled = 0
-    owners: list[tuple[int, int, int]] = []
-
-    def flush() -> bool:
-        nonlocal buffer, filled, owners
-        if not filled:
-            return True
-        pixels = runner.host_batch(buffer[:filled])
-        ok = put(_Batch(pixels, owners))
-        buffer, filled, owners = None, 0, []
-        return ok
-
+    packer = _BatchPacker(runner)
     try:
         for index, item in enumerate(iterator):
             if stop.is_set():
                 return
-            path = Path(getattr(item, "path", ""))
-            error = getattr(item, "error", None)
-            result = getattr(item, "result", None)
-            crops = getattr(result, "crops", None) if result is not None else None
-            if error is None and result is None:
-                error = "no segmentation result"
-            message = str(getattr(result, "message", "") or "")
-            if error is not None or crops is None or len(crops) == 0:
-                table = table_columns(getattr(result, "table", None)) if error is None else {}
-                error = str(error) if error else None
-                if not put(_FileStart(index, path, table, 0, error, message)):
-                    return
-                continue
-            crops = _check_crops(crops)
-            table = table_columns(result.table)
-            if not put(_FileStart(index, path, table, int(crops.shape[0]), None, message)):
+            start, crops = _file_start(index, item)
+            if not _put(out, stop, start):
                 return
-            row = 0
-            while row < crops.shape[0]:
-                if buffer is None:
-                    buffer = np.empty((runner.batch_size, *crops.shape[1:]), np.uint8)
-                elif buffer.shape[1:] != crops.shape[1:]:  # another crop size: ship what we have
-                    if not flush():
-                        return
-                    continue
-                take = min(runner.batch_size - filled, crops.shape[0] - row)
-                buffer[filled : filled + take] = crops[row : row + take]
-                owners.append((index, row, take))
-                filled += take
-                row += take
-                if filled == runner.batch_size and not flush():
+            if crops is None:
+                continue
+            for batch in packer.pack(index, crops):
+                if not _put(out, stop, batch):
                     return
-        if flush():
-            put(_DONE)
+        if all(_put(out, stop, batch) for batch in packer.flush()):
+            _put(out, stop, _DONE)
     except BaseException as error:  # noqa: BLE001 - hand every failure to the consumer
-        put(_Failure(error))
+        _put(out, stop, _Failure(error))
     finally:
         close = getattr(iterator, "close", None)
         if close is not None:
             close()
 
 
-def predict_files(
-    bundle: Any,
-    paths: Sequence[str | Path],
-    batch_size: int | None = None,
-    device: str | torch.device | None = None,
-    workers: int | None = None,
-    compile: bool = False,
-    sink: Callable[[FilePredictions], None] | None = None,
-    params: Any = None,
-    segment_stream: Callable[[Sequence[Path], Any, int | None], Iterable[Any]] | None = None,
-) -> Generator[Progress, None, PredictionRun]:
-    """Segment and classify every cell of every image, streamed; yields Progress.
+class _Feeder:
+    """The producer thread and its bounded queue; leaving the `with` stops and joins it."""
 
-    `sink(FilePredictions)` receives each file's table and predictions, in input order, as soon
-    as its last cell is classified (unreadable files arrive with `error` set and no cells).
-    Returns a `PredictionRun` with per-file summaries. `params` overrides the bundle's
-    segmentation parameters; `segment_stream` replaces `segmentation.iter_segment_files`.
-    """
-    paths = [Path(p) for p in paths]
-    runner = EnsembleRunner(bundle, device, batch_size, compile)
-    params = params if params is not None else bundle.segmentation
-    stream = (segment_stream or _segmentation_stream)(paths, params, workers)
-    run = PredictionRun(device=runner.description)
-    total_files = len(paths)
-    start = time.perf_counter()
-    yield Progress(0, total_files, "predict", runner.description, {"cells": 0})
+    def __init__(self, stream: Iterable[Any], runner: EnsembleRunner):
+        self.out: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(
+            target=_produce,
+            args=(stream, runner, self.out, self.stop),
+            name="napari-allbag-predict-feeder",
+            daemon=True,
+        )
 
-    pending: OrderedDict[int, dict[str, Any]] = OrderedDict()
-    out: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
-    stop = threading.Event()
-    producer = threading.Thread(
-        target=_produce,
-        args=(stream, runner, out, stop),
-        name="napari-allbag-predict-feeder",
-        daemon=True,
-    )
-    producer.start()
-    cells_done = 0
+    def __enter__(self) -> _Feeder:
+        self.thread.start()
+        return self
 
-    def finish_ready() -> None:
-        while pending:
-            index, entry = next(iter(pending.items()))
-            if entry["done"] < entry["cells"]:
+    def items(self) -> Iterator[_FileStart | _Batch]:
+        """File markers and batches in order; re-raises the producer's failure."""
+        while True:
+            item = self.out.get()
+            if item is _DONE:
                 return
-            pending.popitem(last=False)
-            predictions = (
-                CellPredictions.from_probs(entry["probs"])
-                if entry["cells"]
-                else CellPredictions.empty()
-            )
-            file_result = FilePredictions(
-                entry["path"], entry["table"], predictions, entry["error"], entry["message"]
-            )
-            run.files.append(file_result.summary)
-            if sink is not None:
-                sink(file_result)
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
 
-    in_flight: deque[tuple[_PendingBatch, list[tuple[int, int, int]]]] = deque()
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop.set()
+        while self.thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self.out.get(timeout=0.05)
+        self.thread.join()
 
-    def collect_oldest() -> None:
-        nonlocal cells_done
-        handle, owners = in_flight.popleft()
+
+class _FileAssembler:
+    """Gathers each file's probabilities; hands finished files to the sink in input order."""
+
+    def __init__(self, run: PredictionRun, sink: Callable[[FilePredictions], None] | None):
+        self.run = run
+        self.sink = sink
+        self.pending: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self.cells_done = 0
+
+    def start(self, item: _FileStart) -> bool:
+        """Expect a file's cells; True when files finished (a file with no cell is done)."""
+        shape = (item.cells, len(MODEL_NAMES), len(CLASS_NAMES))
+        self.pending[item.index] = {"start": item, "done": 0, "probs": np.empty(shape, np.float32)}
+        return self.finish_ready() > 0
+
+    def collect(self, handle: PendingBatch, owners: list[tuple[int, int, int]]) -> None:
+        """Wait for one batch and file its probabilities under their files; finish those done."""
         probs = handle.result()
         offset = 0
         for index, row, count in owners:
-            entry = pending[index]
+            entry = self.pending[index]
             entry["probs"][row : row + count] = probs[offset : offset + count]
             entry["done"] += count
             offset += count
-        cells_done += offset
+        self.cells_done += offset
+        self.finish_ready()
+
+    def finish_ready(self) -> int:
+        """Send every leading file whose cells are all classified to the sink; how many."""
+        finished = 0
+        while self.pending:
+            entry = next(iter(self.pending.values()))
+            start = entry["start"]
+            if entry["done"] < start.cells:
+                break
+            self.pending.popitem(last=False)
+            predictions = (
+                CellPredictions.from_probs(entry["probs"])
+                if start.cells
+                else CellPredictions.empty()
+            )
+            result = FilePredictions(
+                start.path, start.table, predictions, start.error, start.message, start.feedback
+            )
+            self.run.files.append(result.summary)
+            if self.sink is not None:
+                self.sink(result)
+            finished += 1
+        return finished
+
+
+def stream_predictions(
+    runner: EnsembleRunner,
+    stream: Iterable[Any],
+    total_files: int,
+    sink: Callable[[FilePredictions], None] | None = None,
+) -> Generator[Progress, None, PredictionRun]:
+    """Classify the cells of a segmentation stream (FileSegmentation-like items) with `runner`.
+
+    A background thread packs crops into batches while this loop keeps `PIPELINE_DEPTH` batches
+    on the device; `sink` gets each file as soon as its last cell is classified.
+    """
+    run = PredictionRun(device=runner.description)
+    files = _FileAssembler(run, sink)
+    start = time.perf_counter()
 
     def progress() -> Progress:
         elapsed = max(time.perf_counter() - start, 1e-9)
-        metrics = {"cells": cells_done, "cells/s": cells_done / elapsed}
+        metrics = {"cells": files.cells_done, "cells/s": files.cells_done / elapsed}
         return Progress(len(run.files), total_files, "predict", runner.description, metrics)
 
-    try:
-        while True:
-            item = out.get()
-            if item is _DONE:
-                break
-            if isinstance(item, _Failure):
-                raise item.error
+    yield Progress(0, total_files, "predict", runner.description, {"cells": 0})
+    in_flight: deque[tuple[PendingBatch, list[tuple[int, int, int]]]] = deque()
+    with _Feeder(stream, runner) as feeder:
+        for item in feeder.items():
             if isinstance(item, _FileStart):
-                pending[item.index] = {
-                    "path": item.path,
-                    "table": item.table,
-                    "cells": item.cells,
-                    "error": item.error,
-                    "message": item.message,
-                    "done": 0,
-                    "probs": np.empty((item.cells, len(MODEL_NAMES), len(CLASS_NAMES)), np.float32),
-                }
-                files_before = len(run.files)
-                finish_ready()
-                if len(run.files) != files_before:
+                if files.start(item):
                     yield progress()
                 continue
             in_flight.append((runner.submit(item.pixels), item.owners))
             if len(in_flight) >= PIPELINE_DEPTH:
-                collect_oldest()
-                finish_ready()
+                files.collect(*in_flight.popleft())
                 yield progress()
         while in_flight:
-            collect_oldest()
-            finish_ready()
+            files.collect(*in_flight.popleft())
             yield progress()
-        finish_ready()
-    finally:
-        stop.set()
-        while producer.is_alive():
-            with contextlib.suppress(queue.Empty):
-                out.get(timeout=0.05)
-        producer.join()
+        files.finish_ready()
     run.seconds = time.perf_counter() - start
     return run

@@ -1,7 +1,8 @@
 """Cells out of images: the paper's dark-background segmentation (`dark`), white cells in
 bright-field smears and crops (`brightfield`, with `segment_auto` choosing the path per image),
-large images in overlapping tiles (`tiles`), crops of hand-edited label images (`recrop`), and
-the on-disk crop cache training and evaluation share (`crop_cache`).
+large images in overlapping tiles (`tiles`), crops of hand-edited label images (`recrop`), the
+on-disk crop cache training and evaluation share (`crop_cache`), and files segmented into a
+folder of crops and tables (`to_folder`, what `segment` runs).
 
 May import: `io`, `data`, `progress`, `defaults`.
 """
@@ -39,6 +40,7 @@ _EXPORTS = {
     ),
     "crops_from_labels": "recrop",
     **dict.fromkeys(("CropCache", "build_crop_cache", "default_cache_dir"), "crop_cache"),
+    **dict.fromkeys(("CELLS_COLUMNS", "segment_to_folder", "unique_stems"), "to_folder"),
     **dict.fromkeys(
         (
             "LargeImage",

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from napari_allbag.segmentation.dark import SegmentationResult
+if TYPE_CHECKING:  # loads OpenCV; `inference.predict` imports this module on torch-only hosts
+    from napari_allbag.segmentation.dark import SegmentationResult
 
 #: How the summary names each mode.
 MODE_WORDS = {"dark": "dark background", "bright": "bright-field", "": "unknown background"}
@@ -36,11 +38,20 @@ class ImageFeedback:
 
     @classmethod
     def of(cls, result: SegmentationResult) -> ImageFeedback:
-        mode = result.mode
-        if not mode and result.n_cells:
-            mode = str(result.table["mode"][0])
+        """From a `SegmentationResult` (or any object with its fields: a test's stand-in)."""
+        table = getattr(result, "table", None)
+        table = {} if table is None else table
+        n_cells = len(table["cell_id"]) if "cell_id" in table else 0
+        mode = getattr(result, "mode", "")
+        if not mode and n_cells and "mode" in table:
+            mode = str(table["mode"][0])
         return cls(
-            mode, result.auto, result.n_cells, result.guessed, result.doubtful, result.message
+            mode,
+            bool(getattr(result, "auto", False)),
+            n_cells,
+            getattr(result, "guessed", ""),
+            getattr(result, "doubtful", ""),
+            str(getattr(result, "message", "") or ""),
         )
 
     @property

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_allbag.progress import Progress
-from napari_allbag.widgets.worker import start_worker
+from napari_allbag.widgets.base import WorkerControls, show_error
 
 CELLS_LAYER = "cells"
 CROPS_LAYER = "cell crops"
@@ -74,21 +74,11 @@ class _Job:
     source: str
 
 
-@dataclass
-class _JobResult:
-    labels: np.ndarray
-    table: dict[str, np.ndarray]
-    predictions: Any  # inference.CellPredictions
-    message: str = ""
-    new_crops: np.ndarray | None = None  # when the cells were found afresh
-
-
-def _classify_job(holder: _ModelHolder, job: _Job) -> Generator[Progress, None, _JobResult]:
-    """Load the bundle (if needed), find or cut the crops, classify (runs in a worker thread)."""
-    from napari_allbag.inference.classify import classify_crops
+def _classify_job(holder: _ModelHolder, job: _Job) -> Generator[Progress, None, Any]:
+    """Load the bundle (if needed), then the one pipeline on the image or on the given cells
+    (runs in a worker thread); returns `inference.pipeline.ImagePredictions`."""
+    from napari_allbag.inference.pipeline import PipelineOptions, classify_image, classify_labels
     from napari_allbag.model.bundle import load_bundle
-    from napari_allbag.segmentation.dark import segment_image_progress
-    from napari_allbag.segmentation.recrop import crops_from_labels
 
     if holder.bundle is None or holder.path != job.bundle_path:
         yield Progress(0, None, "loading model", str(job.bundle_path))
@@ -96,30 +86,15 @@ def _classify_job(holder: _ModelHolder, job: _Job) -> Generator[Progress, None, 
         holder.bundle = load_bundle(job.bundle_path, job.device)
         holder.path = job.bundle_path
     bundle = holder.bundle
-    message = ""
     if job.labels is None:
-        result = yield from segment_image_progress(job.image, bundle.segmentation, job.source)
-        labels, table, crops, message = result.labels, result.table, result.crops, result.message
-    else:
-        labels, table = job.labels, dict(job.table or {})
-        ids = _cell_ids(table, labels)
-        table.setdefault("cell_id", ids)
-        if job.crops is not None:
-            crops = job.crops
-        else:
-            yield Progress(0, None, "cutting crops", f"{len(ids)} cells")
-            crops = crops_from_labels(job.image, labels, ids, bundle.crop_size)
-    predictions = yield from classify_crops(bundle, crops)
-    return _JobResult(labels, table, predictions, message, crops if job.labels is None else None)
+        return (yield from classify_image(bundle, job.image, PipelineOptions(), job.source))
+    return (yield from classify_labels(bundle, job.image, job.labels, job.table, job.crops))
 
 
 def _cell_ids(table: dict[str, Any], labels: np.ndarray) -> np.ndarray:
-    """Cell ids of the rows of a features table (napari's 'index', else 'cell_id', else labels)."""
-    for name in ("index", "cell_id"):
-        if name in table and len(table[name]):
-            return np.asarray(table[name], dtype=np.int64)
-    ids = np.unique(labels)
-    return ids[ids > 0].astype(np.int64)
+    from napari_allbag.inference.pipeline import cell_ids
+
+    return cell_ids(table, labels)
 
 
 class ClassifyWidget(QWidget):
@@ -132,8 +107,8 @@ class ClassifyWidget(QWidget):
 
         self.viewer = napari_viewer
         self._holder = _ModelHolder()
-        self._worker = None
         self._table: Any = None  # pandas DataFrame of the last result
+        self._found_afresh = False  # whether the running job segments the image itself
         self.device = select_device()
 
         self.bundle_edit = QLineEdit()
@@ -155,6 +130,13 @@ class ClassifyWidget(QWidget):
         self.summary.setWordWrap(True)
         self.export_button = QPushButton("Export CSV…")
         self.export_button.setEnabled(False)
+        self.controls = WorkerControls(
+            [self.run_button],
+            self.cancel_button,
+            self.progress,
+            on_progress=self._on_progress,
+            on_finished=self._on_finished,
+        )
 
         bundle_row = QHBoxLayout()
         bundle_row.addWidget(self.bundle_edit)
@@ -347,7 +329,7 @@ class ClassifyWidget(QWidget):
         """Start classifying in a background worker."""
         from napari_allbag.model.bundle import BundleError
 
-        if self._worker is not None:
+        if self.controls.is_running:
             return
         try:
             job = self._prepare_job()
@@ -355,35 +337,25 @@ class ClassifyWidget(QWidget):
             self._show_error(str(error))
             return
         self.status.setText("starting…")
-        self.progress.setRange(0, 0)
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self._worker = start_worker(
+        self._found_afresh = job.labels is None
+        self.controls.start(
             _classify_job,
             self._holder,
             job,
-            on_progress=self._on_progress,
             on_result=self._on_result,
             on_error=self._on_error,
             on_aborted=self._on_aborted,
-            on_finished=self._on_finished,
         )
 
     def cancel(self) -> None:
-        if self._worker is not None:
+        if self.controls.cancel():
             self.status.setText("cancelling…")
-            self._worker.quit()
 
     @property
     def is_running(self) -> bool:
-        return self._worker is not None
+        return self.controls.is_running
 
     def _on_progress(self, event: Progress) -> None:
-        if event.total:
-            self.progress.setRange(0, int(event.total))
-            self.progress.setValue(int(event.done))
-        else:
-            self.progress.setRange(0, 0)
         text = event.stage
         if event.message:
             text += f": {event.message}"
@@ -396,7 +368,7 @@ class ClassifyWidget(QWidget):
 
             self.device_label.setText(f"Device: {device_description(self._holder.bundle.device)}")
 
-    def _on_result(self, result: _JobResult) -> None:
+    def _on_result(self, result: Any) -> None:
         self._show_result(result)
 
     def _on_error(self, error: BaseException) -> None:
@@ -406,24 +378,17 @@ class ClassifyWidget(QWidget):
         self.status.setText("cancelled")
 
     def _on_finished(self) -> None:
-        self._worker = None
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if self._table is not None else 0)
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
 
     def _show_error(self, message: str) -> None:
         self.status.setText(f"<b>Error:</b> {message}")
-        try:
-            from napari.utils.notifications import show_error
-
-            show_error(f"Classify: {message}")
-        except Exception:  # noqa: BLE001 - a notification must never break the widget
-            pass
+        show_error("Classify", message)
 
     # ------------------------------------------------------------------ results
 
-    def _show_result(self, result: _JobResult) -> None:
+    def _show_result(self, result: Any) -> None:
+        """Show an `ImagePredictions`: cells coloured by class, the table, the summary."""
         import pandas as pd
 
         from napari_allbag.model.networks import CLASS_NAMES
@@ -462,9 +427,9 @@ class ClassifyWidget(QWidget):
                 result.labels, name=CELLS_LAYER, features=frame, colormap=colormap, **geometry
             )
         layer.opacity = max(layer.opacity, 0.6)
-        if result.new_crops is not None and CROPS_LAYER in self.viewer.layers:
+        if self._found_afresh and CROPS_LAYER in self.viewer.layers:
             # keep the Segment widget's crop stack in step with the cells it shows
-            self.viewer.layers[CROPS_LAYER].data = result.new_crops
+            self.viewer.layers[CROPS_LAYER].data = result.crops
         self._show_classes(frame, predictions, layer)
 
         cells = len(predictions)

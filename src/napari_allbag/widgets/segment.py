@@ -1,7 +1,7 @@
 """The Segment cells dock widget: pick an image layer and parameters, press Run.
 
-The work (`segmentation.segment_image_progress`) runs in a napari `thread_worker`, so the viewer
-stays responsive; its progress events drive the progress bar and Cancel stops it at the next
+The work (`segmentation.segment_image_progress`) runs in a napari `thread_worker` through
+`widgets.base.WorkerControls`, so the viewer stays responsive; its progress events drive the progress bar and Cancel stops it at the next
 event. The result goes into a Labels layer "cells" (features: the per-cell table) and an RGB
 image layer "cell crops" (the N x S x S x 3 stack), placed to the right of the image. Running
 again updates those two layers instead of adding new ones.
@@ -25,7 +25,7 @@ from napari_allbag.segmentation.dark import (
     SegmentationResult,
     segment_image_progress,
 )
-from napari_allbag.widgets.worker import start_worker
+from napari_allbag.widgets.base import WorkerControls
 
 CELLS_LAYER = "cells"
 CROPS_LAYER = "cell crops"
@@ -47,7 +47,6 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.worker = None
         self._cells_layer: Labels | None = None
         self._crops_layer: Image | None = None
         self._source_layer: Image | None = None
@@ -68,7 +67,13 @@ class SegmentWidget(QWidget):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         self.progress_bar = QProgressBar()
-        self.progress_bar.setVisible(False)
+        self.controls = WorkerControls(
+            [self.run_button],
+            self.cancel_button,
+            self.progress_bar,
+            on_progress=self._on_progress,
+            hide_bar=True,
+        )
         self.image_choice.tooltip = "the image layer to segment (the plane shown, for stacks)"
         self.erosion_size.tooltip = "side of the square erosion footprint; 0 or 1: no erosion"
         self.min_area.tooltip = "regions with fewer pixels are debris, not cells"
@@ -130,9 +135,14 @@ class SegmentWidget(QWidget):
 
     # --- running ----------------------------------------------------------------------------
 
+    @property
+    def worker(self):
+        """The running worker (None when idle)."""
+        return self.controls.worker
+
     def run(self) -> None:
         """Segment the chosen layer in a background worker."""
-        if self.worker is not None:
+        if self.controls.is_running:
             return
         layer = self.image_choice.value
         if layer is None:
@@ -147,28 +157,21 @@ class SegmentWidget(QWidget):
             show_warning(f"Segment cells: cannot use layer '{layer.name}': {error}")
             return
         self._source_layer = layer
-        self.run_button.enabled = False
-        self.cancel_button.enabled = True
-        self.progress_bar.setRange(0, 0)
-        self.progress_bar.setVisible(True)
         self.status.value = f"segmenting '{layer.name}'..."
-        self.worker = start_worker(
+        self.controls.start(
             segment_layer_data,
             data,
             self.params(),
             layer.name,
-            on_progress=self._on_progress,
             on_result=self._on_result,
             on_error=self._on_error,
             on_aborted=self._on_aborted,
-            on_finished=self._on_finished,
         )
 
     def cancel(self) -> None:
         """Stop the running segmentation at its next progress event."""
-        if self.worker is not None:
+        if self.controls.cancel():
             self.status.value = "cancelling..."
-            self.worker.quit()
 
     def _plane_shown(self, layer: Image) -> np.ndarray:
         """The 2-D image (H x W, or H x W x C for RGB) the viewer shows of `layer`."""
@@ -186,11 +189,6 @@ class SegmentWidget(QWidget):
         return data
 
     def _on_progress(self, event: Progress) -> None:
-        if event.total:
-            self.progress_bar.setRange(0, int(event.total))
-            self.progress_bar.setValue(int(event.done))
-        else:
-            self.progress_bar.setRange(0, 0)
         if event.message:
             self.status.value = event.message
 
@@ -213,12 +211,6 @@ class SegmentWidget(QWidget):
 
     def _on_aborted(self) -> None:
         self.status.value = "cancelled"
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
-        self.progress_bar.setVisible(False)
 
     # --- layers -----------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The Train dock widget: pick an annotated folder and a run folder, press Start.
 
-Training (`training.run.train`) runs in a napari worker thread, so the viewer stays responsive; its
+Training (`training.run.train`) runs in a napari worker thread (`widgets.base.WorkerControls`), so the viewer stays responsive; its
 progress events drive the stage label, the progress bar and live loss/accuracy curves (redrawn
 after every epoch). Cancel stops within one batch and keeps the last epoch's checkpoint; Resume
 continues a run folder. When training ends the validation report appears, and the new bundle goes
@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 
 from napari_allbag.model.networks import DEFAULT_BACKBONE
 from napari_allbag.progress import Progress
-from napari_allbag.widgets.worker import start_worker
+from napari_allbag.widgets.base import WorkerControls, show_error
 
 STAGE_NAMES = {
     "preprocess": "Preprocessing",
@@ -55,7 +55,6 @@ class TrainWidget(QWidget):
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self._worker = None
         self._work = None
         self._device = None
         self._rows: list[dict[str, Any]] = []
@@ -92,6 +91,13 @@ class TrainWidget(QWidget):
         self.report.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         self.report.setFont(QFont("monospace"))
         self.report.setMinimumHeight(140)
+        self.controls = WorkerControls(
+            [self.start_button, self.resume_button],
+            self.cancel_button,
+            self.progress,
+            on_progress=self._on_progress,
+            on_finished=self._on_finished,
+        )
 
         form = QFormLayout()
         form.addRow("Annotated folder", _row(self.data_edit, self.data_browse))
@@ -157,7 +163,7 @@ class TrainWidget(QWidget):
 
     @property
     def is_running(self) -> bool:
-        return self._worker is not None
+        return self.controls.is_running
 
     def start(self) -> bool:
         """Start a new run with the fields' settings; False (and a message) when it cannot."""
@@ -210,7 +216,7 @@ class TrainWidget(QWidget):
         from napari_allbag.model.devices import select_device
         from napari_allbag.training.run import train
 
-        if self._worker is not None:
+        if self.controls.is_running:
             return False
         try:
             self._device = select_device(config.device)
@@ -221,39 +227,23 @@ class TrainWidget(QWidget):
         self.last_error = None
         self.report.setPlainText("")
         self.stage_label.setText("starting…")
-        self.progress.setRange(0, 0)
-        self._set_running(True)
         self._work = train(config)
-        self._worker = start_worker(
+        return self.controls.start(
             _run_training,
             self._work,
-            on_progress=self._on_progress,
             on_result=self._on_result,
             on_error=self._on_error,
             on_aborted=self._on_aborted,
-            on_finished=self._on_finished,
         )
-        return True
 
     def cancel(self) -> None:
         """Stop at the next batch; the checkpoint of the last finished epoch stays."""
-        if self._worker is not None:
+        if self.controls.cancel():
             self.stage_label.setText("cancelling after this batch…")
-            self._worker.quit()
-
-    def _set_running(self, running: bool) -> None:
-        self.start_button.setEnabled(not running)
-        self.resume_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
 
     # ------------------------------------------------------------------ events
 
     def _on_progress(self, event: Progress) -> None:
-        if event.total:
-            self.progress.setRange(0, int(event.total))
-            self.progress.setValue(int(event.done))
-        else:
-            self.progress.setRange(0, 0)
         text = STAGE_NAMES.get(event.stage, event.stage)
         if event.message:
             text += f" — {event.message}"
@@ -314,23 +304,17 @@ class TrainWidget(QWidget):
     def _on_finished(self) -> None:
         from napari_allbag.model.devices import release_memory
 
-        work, self._work, self._worker = self._work, None, None
+        work, self._work = self._work, None
         if work is not None:
             work.close()  # runs the trainer's clean-up now (a cancelled worker leaves it paused)
         release_memory(self._device)
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if self.result is not None else 0)
-        self._set_running(False)
 
     def _show_error(self, message: str) -> None:
         self.last_error = message
         self.stage_label.setText(f"Error: {message}")
-        try:
-            from napari.utils.notifications import show_error
-
-            show_error(f"Train: {message}")
-        except Exception:  # noqa: BLE001 - a notification must never break the widget
-            pass
+        show_error("Train", message)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.cancel()

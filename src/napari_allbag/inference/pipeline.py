@@ -1,0 +1,224 @@
+"""The one classify pipeline: a loaded bundle -> segment -> classify, for every front end.
+
+The Classify widget, the demo, `evaluate` and `predict` all run the same steps through here:
+
+    classify_image(bundle, image, options)           one image: segment it, classify its cells
+    classify_labels(bundle, image, labels, table)    cells already found (a label image)
+    classify_segmented(bundle, segmented, options)   a `SegmentationResult` in, predictions out
+    classify_files_cached(bundle, paths, options)    files through the crop cache (evaluate)
+    predict_files(bundle, paths, options, sink)      files streamed, one sink call per file
+
+Each is a progress generator (yields `Progress`, returns its result). `PipelineOptions` holds the
+settings that travel together (batch size, device, workers, ...): a new setting of the pipeline
+becomes a field there, not a new parameter of every function.
+
+Imports torch and the package's pure modules; the segmentation (OpenCV) loads when a function
+that segments runs, so `inference.classify` users on a torch-only machine are unaffected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_allbag.inference.classify import CellPredictions, EnsembleRunner, classify_crops
+from napari_allbag.inference.predict import FilePredictions, PredictionRun, stream_predictions
+from napari_allbag.progress import Progress
+
+#: What `predict_files` segments with: (paths, params, workers) -> FileSegmentation-like items.
+SegmentStream = Callable[[Sequence[Path], Any, "int | None"], Iterable[Any]]
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How the pipeline runs; every field's default is the front ends' default.
+
+    batch_size: crops per ensemble batch (None: sized to the device).
+    device: where the ensemble runs (None: where the bundle was loaded).
+    workers: segmentation processes for files (None: the segmentation's default).
+    compile: `torch.compile` the ensemble (worth it on large runs).
+    segmentation: `SegmentationParams` replacing the bundle's (None: the bundle's own).
+    background: "auto", "dark" or "bright" replacing the segmentation's background mode (None:
+        the bundle's own, "auto" for bundles saved before the mode existed).
+    """
+
+    batch_size: int | None = None
+    device: Any = None
+    workers: int | None = None
+    compile: bool = False
+    segmentation: Any = None
+    background: str | None = None
+
+
+DEFAULT_OPTIONS = PipelineOptions()
+
+
+@dataclass
+class ImagePredictions:
+    """One image's cells (its `SegmentationResult`) and the ensemble's predictions for them."""
+
+    segmentation: Any  # segmentation.SegmentationResult
+    predictions: CellPredictions
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self.segmentation.labels
+
+    @property
+    def table(self) -> dict[str, Any]:
+        return self.segmentation.table
+
+    @property
+    def crops(self) -> np.ndarray:
+        return self.segmentation.crops
+
+    @property
+    def message(self) -> str:
+        return self.segmentation.message
+
+
+@dataclass
+class CachedPredictions:
+    """Files classified through the crop cache: the cache (rows, errors) and one row per file."""
+
+    cache: Any  # segmentation.CropCache
+    predictions: CellPredictions
+    params: Any  # the SegmentationParams used
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Indices of the files that gave a crop (rows of `predictions` that count)."""
+        return np.flatnonzero(self.cache.ok)
+
+
+def segmentation_params(bundle: Any, options: PipelineOptions = DEFAULT_OPTIONS) -> Any:
+    """The `SegmentationParams` the pipeline uses: the options' override, else the bundle's."""
+    params = options.segmentation if options.segmentation is not None else bundle.segmentation
+    if isinstance(params, dict):
+        from napari_allbag.segmentation.dark import SegmentationParams
+
+        params = SegmentationParams.from_dict(params)
+    if options.background is not None and options.background != params.background:
+        params = replace(params, background=options.background)
+    return params
+
+
+def make_runner(bundle: Any, options: PipelineOptions = DEFAULT_OPTIONS) -> EnsembleRunner:
+    """The `EnsembleRunner` for `bundle` with the options' device, batch size and compile."""
+    return EnsembleRunner(bundle, options.device, options.batch_size, options.compile)
+
+
+def classify_cells(
+    bundle: Any, crops: np.ndarray, options: PipelineOptions = DEFAULT_OPTIONS
+) -> Generator[Progress, None, CellPredictions]:
+    """Classify uint8 crops (N, S, S, 3) with the options' batch size, device and compile."""
+    return (
+        yield from classify_crops(
+            bundle, crops, options.batch_size, options.device, options.compile
+        )
+    )
+
+
+def classify_segmented(
+    bundle: Any, segmented: Any, options: PipelineOptions = DEFAULT_OPTIONS
+) -> Generator[Progress, None, ImagePredictions]:
+    """Classify the cells of a `SegmentationResult`; returns them with their predictions."""
+    predictions = yield from classify_cells(bundle, segmented.crops, options)
+    return ImagePredictions(segmented, predictions)
+
+
+def classify_image(
+    bundle: Any,
+    image: np.ndarray,
+    options: PipelineOptions = DEFAULT_OPTIONS,
+    source: str = "",
+) -> Generator[Progress, None, ImagePredictions]:
+    """Segment an RGB uint8 image with the bundle's (or the options') parameters and classify it."""
+    from napari_allbag.segmentation.brightfield import segment_auto_progress
+
+    params = segmentation_params(bundle, options)
+    segmented = yield from segment_auto_progress(image, params, source)
+    return (yield from classify_segmented(bundle, segmented, options))
+
+
+def cell_ids(table: dict[str, Any], labels: np.ndarray) -> np.ndarray:
+    """Cell ids of the rows of a cell table (napari's 'index', else 'cell_id', else the labels)."""
+    for name in ("index", "cell_id"):
+        if name in table and len(table[name]):
+            return np.asarray(table[name], dtype=np.int64)
+    ids = np.unique(labels)
+    return ids[ids > 0].astype(np.int64)
+
+
+def classify_labels(
+    bundle: Any,
+    image: np.ndarray | None,
+    labels: np.ndarray,
+    table: dict[str, Any] | None = None,
+    crops: np.ndarray | None = None,
+    options: PipelineOptions = DEFAULT_OPTIONS,
+) -> Generator[Progress, None, ImagePredictions]:
+    """Classify cells already found: a label image (and its table); `crops` when they match,
+    otherwise they are cut again from `image` at the bundle's crop size."""
+    from napari_allbag.segmentation.dark import SegmentationResult
+    from napari_allbag.segmentation.recrop import crops_from_labels
+
+    table = dict(table or {})
+    ids = cell_ids(table, labels)
+    table.setdefault("cell_id", ids)
+    if crops is None:
+        if image is None:
+            raise ValueError("an image is needed to cut the cells' crops from")
+        yield Progress(0, None, "cutting crops", f"{len(ids)} cells")
+        crops = crops_from_labels(image, labels, ids, bundle.crop_size)
+    segmented = SegmentationResult(labels, table, crops)
+    return (yield from classify_segmented(bundle, segmented, options))
+
+
+def classify_files_cached(
+    bundle: Any,
+    paths: Sequence[str | os.PathLike],
+    options: PipelineOptions = DEFAULT_OPTIONS,
+    cache_dir: str | os.PathLike | None = None,
+) -> Generator[Progress, None, CachedPredictions]:
+    """One crop per file through the on-disk crop cache (shared with training), classified."""
+    from napari_allbag.segmentation.crop_cache import build_crop_cache
+    from napari_allbag.segmentation.dark import default_workers
+
+    params = segmentation_params(bundle, options)
+    workers = default_workers() if options.workers is None else options.workers
+    cache = yield from build_crop_cache(paths, params, cache_dir, workers)
+    predictions = yield from classify_cells(bundle, cache.crops, options)
+    return CachedPredictions(cache, predictions, params)
+
+
+def _segmentation_stream(paths: Sequence[Path], params: Any, workers: int | None) -> Iterable[Any]:
+    from napari_allbag.segmentation.dark import iter_segment_files
+
+    return iter_segment_files(paths, params, workers=workers, keep_labels=False)
+
+
+def predict_files(
+    bundle: Any,
+    paths: Sequence[str | os.PathLike],
+    options: PipelineOptions = DEFAULT_OPTIONS,
+    sink: Callable[[FilePredictions], None] | None = None,
+    segment_stream: SegmentStream | None = None,
+) -> Generator[Progress, None, PredictionRun]:
+    """Segment and classify every cell of every image, streamed; yields Progress.
+
+    `sink(FilePredictions)` receives each file's table and predictions, in input order, as soon
+    as its last cell is classified (unreadable files arrive with `error` set and no cells).
+    Returns a `PredictionRun` with per-file summaries. `segment_stream` replaces
+    `segmentation.iter_segment_files` (tests feed prepared results through it).
+    """
+    paths = [Path(p) for p in paths]
+    runner = make_runner(bundle, options)
+    params = segmentation_params(bundle, options)
+    stream = (segment_stream or _segmentation_stream)(paths, params, options.workers)
+    return (yield from stream_predictions(runner, stream, len(paths), sink))
