@@ -24,7 +24,9 @@ from napari_allbag.cli.options import (
     add_batch_size_option,
     add_cache_dir_option,
     add_device_option,
+    add_engine_option,
     add_workers_option,
+    checked_engine,
     fail,
 )
 
@@ -55,6 +57,7 @@ def register(subparsers) -> None:
     )
     add_device_option(parser)
     add_batch_size_option(parser)
+    add_engine_option(parser)
     add_workers_option(parser, "segmenting images")
     add_cache_dir_option(parser)
     add_background_option(parser, default=None)
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_allbag.data.annotations import AnnotationError, scan_annotated_folder
     from napari_allbag.evaluation.evaluate import evaluate_folder
     from napari_allbag.evaluation.report import format_report
+    from napari_allbag.inference.engines import EngineError
     from napari_allbag.inference.pipeline import PipelineOptions
     from napari_allbag.model.bundle import BundleError, load_bundle
     from napari_allbag.model.devices import DeviceError, select_device
@@ -105,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(error))
     try:
         device = select_device(args.device)
+        engine = checked_engine(args.engine, device)
         bundle = load_bundle(args.bundle, device)
-    except (BundleError, DeviceError) as error:
+    except (BundleError, DeviceError, EngineError) as error:
         return _fail(str(error))
 
     started = time.perf_counter()
@@ -115,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         workers=args.workers,
         background=args.background,
+        engine=engine,
     )
     report = drive_with_bar(
         evaluate_folder(bundle, annotated, options, args.cache_dir), quiet=args.quiet

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from napari_allbag.defaults import BACKGROUND_HELP, BACKGROUND_MODES
 
@@ -82,3 +83,23 @@ def add_tiling_options(parser: argparse.ArgumentParser) -> None:
         metavar="PX",
         help=f"side of the tiles (default {DEFAULT_TILE}; they overlap by 256 px)",
     )
+
+
+def add_engine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        help="auto, torch, onnxruntime or openvino (default auto: the fastest installed on the "
+        'CPU, torch on a GPU; pip install "napari-allbag[fast-cpu]" for ONNX Runtime)',
+    )
+
+
+def checked_engine(engine: str, device: Any, compile: bool = False) -> str:
+    """The engine name to run with, checked now (an unknown or missing engine fails before any
+    work; raises `inference.engines.EngineError`); `compile` means torch."""
+    from napari_allbag.inference.engines import EngineError, resolve_engine
+
+    if compile and str(engine).lower() not in ("auto", "torch"):
+        raise EngineError(f"--compile applies to --engine torch only, not {engine}")
+    resolve_engine(engine, device)
+    return "torch" if compile else engine

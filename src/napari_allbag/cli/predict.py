@@ -22,7 +22,9 @@ from napari_allbag.cli.options import (
     add_background_option,
     add_batch_size_option,
     add_device_option,
+    add_engine_option,
     add_workers_option,
+    checked_engine,
     fail,
 )
 from napari_allbag.defaults import PREDICTION_COLUMNS
@@ -58,6 +60,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the ensemble (faster on large runs)"
     )
+    add_engine_option(parser)
     add_workers_option(parser, "reading and segmenting images")
     add_background_option(parser, default=None)
     parser.add_argument(
@@ -72,6 +75,7 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_allbag.inference.engines import EngineError
     from napari_allbag.inference.pipeline import PipelineOptions, predict_files
     from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
     from napari_allbag.model.bundle import BundleError, load_bundle
@@ -100,8 +104,9 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         device = select_device(args.device)
+        engine = checked_engine(args.engine, device, args.compile)
         bundle = load_bundle(args.bundle, device)
-    except (BundleError, DeviceError) as error:
+    except (BundleError, DeviceError, EngineError) as error:
         return _fail(str(error))
 
     for target in outputs:
@@ -113,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         compile=args.compile,
         background=args.background,
+        engine=engine,
     )
     try:
         work = predict_files(

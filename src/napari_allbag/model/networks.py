@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from napari_allbag.model import triton_loader  # noqa: F401 - must precede timm: see that module
+
+# isort: split
 import timm
 import torch
 import torch.nn.functional as F
