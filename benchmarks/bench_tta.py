@@ -27,8 +27,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from napari_allbag.models import build_ensemble, resolve_backbone  # noqa: E402
-from napari_allbag.tta import classify_tta  # noqa: E402
+from napari_allbag.inference.tta import classify_tta  # noqa: E402
+from napari_allbag.model.networks import build_ensemble, resolve_backbone  # noqa: E402
 
 #: (backbone, image size, cells = images per call, timed iterations)
 CONFIGS = (("resnet10t", 64, 64, 5), ("resnet10t", 128, 64, 3))

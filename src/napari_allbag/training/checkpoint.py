@@ -20,35 +20,13 @@ from typing import Any
 
 import torch
 
+from napari_allbag.io.atomic import FILE_MODE, write_bytes_atomic, write_text_atomic  # noqa: F401
+
 CHECKPOINT_FORMAT = 1
-#: Permissions of written files (mkstemp makes them private; outputs are ordinary files).
-FILE_MODE = 0o644
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read (damaged or from another run); the message says which."""
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, FILE_MODE)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 `text` to `path` atomically."""
-    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from napari_allbag.ensemble_rules import (
+from napari_allbag.model.networks import decide
+from napari_allbag.model.rules import (
     RULES,
     decide_rule,
     decide_threshold,
     model_labels,
     rule_p_all,
 )
-from napari_allbag.models import decide
 
 # Rows: (model-A, model-B, combined), each (P(HEM), P(ALL)).
 PROBS = np.array(
@@ -56,6 +57,21 @@ def test_max_rule_equals_models_decide_where_nothing_ties():
     want_labels, want_confidence = decide(probs)
     assert labels.tolist() == want_labels.tolist()
     assert confidence == pytest.approx(want_confidence)
+
+
+def test_decide_sends_exact_ties_to_all_like_the_max_rule():
+    # Row 3: HEM 0.75 (model-A) ties ALL 0.75 (model-B); a tie inside one model too.
+    tied = np.concatenate([PROBS, [[[0.5, 0.5], [0.6, 0.4], [0.6, 0.4]]]])
+    want_labels, want_confidence, _ = decide_rule(tied, "max")
+    assert want_labels[3] == 1 and want_labels[5] == 0
+    within = np.array([[[0.7, 0.7], [0.2, 0.3], [0.1, 0.6]]])  # one model's own tie
+    assert decide(within)[0].tolist() == [1]
+    labels, confidence = decide(tied)
+    assert labels.tolist() == want_labels.tolist()
+    assert confidence == pytest.approx(want_confidence)
+    torch_labels, torch_confidence = decide(torch.from_numpy(tied).float())
+    assert torch_labels.tolist() == want_labels.tolist()
+    assert torch_confidence.numpy() == pytest.approx(want_confidence, abs=1e-6)
 
 
 @pytest.mark.parametrize("rule", RULES)

@@ -18,7 +18,7 @@ from collections.abc import Generator
 import numpy as np
 import torch
 
-from napari_allbag.ensemble_rules import DEFAULT_RULE, rule_p_all
+from napari_allbag.model.rules import DEFAULT_RULE, rule_p_all
 from napari_allbag.progress import Progress, drive
 
 N_VIEWS = 8
@@ -94,10 +94,10 @@ def classify_tta(
     """Mean probabilities (N, 3, 2) over the 8 dihedral views, and the spread (N,) per cell.
 
     `ensemble` maps a uint8 NHWC batch on its own device to probabilities (B, 3, 2) (a
-    `models.Ensemble`); `crops` are uint8 (N, S, S, 3). At most `batch_size` images go through the
+    `model.networks.Ensemble`); `crops` are uint8 (N, S, S, 3). At most `batch_size` images go through the
     ensemble at once (the 8 views of batch_size // 8 cells). The spread is the standard deviation,
-    across the 8 views, of the ensemble's P(ALL) under `rule` (`ensemble_rules.rule_p_all`): the
+    across the 8 views, of the ensemble's P(ALL) under `rule` (`model.rules.rule_p_all`): the
     orientation dependence of the very number the user is shown. Decide on the mean probabilities
-    with `ensemble_rules.decide_rule`.
+    with `model.rules.decide_rule`.
     """
     return drive(iter_classify_tta(ensemble, crops, batch_size, rule))

@@ -69,7 +69,7 @@ def review_flags(
     """`(flag, reason)` per cell: flag bool (N,), reason str (N,) (object array, "" if unflagged).
 
     `p_all` (N,) is the ensemble's P(ALL); `model_labels` (N, models) each model's label (e.g.
-    `ensemble_rules.model_labels`); `spread` (N,) the TTA spread; `touches_border` (N,) bool.
+    `model.rules.model_labels`); `spread` (N,) the TTA spread; `touches_border` (N,) bool.
     Inputs left at None are not checked.
     """
     p_all = np.asarray(p_all, dtype=np.float64).reshape(-1)

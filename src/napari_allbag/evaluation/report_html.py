@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from napari_allbag.checkpoint import write_text_atomic
+from napari_allbag.io.atomic import write_text_atomic
 
 REPORT_NAME = "report.html"
 #: Figure captions by name (figures of other names are shown under their own name).

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from model_factory import make_tiny_models
-from napari_allbag.models import Ensemble, Preprocess
+from napari_allbag.inference.tta import classify_tta, dihedral_views, iter_classify_tta
+from napari_allbag.model.networks import Ensemble, Preprocess
 from napari_allbag.progress import Progress
-from napari_allbag.tta import classify_tta, dihedral_views, iter_classify_tta
+from tests.model_factory import make_tiny_models
 
 SIZE = 48
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_allbag.calibration import (
+from napari_allbag.model.calibration import (
     TEMPERATURE_BOUNDS,
     ReliabilityBins,
     apply_temperature,

@@ -19,9 +19,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from napari_allbag.calibration import ECE_BINS, reliability_bins
-from napari_allbag.checkpoint import write_bytes_atomic
-from napari_allbag.per_subject import per_subject_rows
+from napari_allbag.evaluation.per_subject import per_subject_rows
+from napari_allbag.io.atomic import write_bytes_atomic
+from napari_allbag.model.calibration import ECE_BINS, reliability_bins
 
 CLASS_NAMES = ("hem", "all")
 DPI = 110
@@ -56,7 +56,7 @@ def _png(figure: Figure) -> bytes:
 
 def confusion_png(y_true, y_pred, title: str = "Confusion matrix (ensemble)") -> bytes:
     """Counts and row shares, rows the true class, columns the predicted one."""
-    from napari_allbag.metrics import confusion_matrix
+    from napari_allbag.evaluation.metrics import confusion_matrix
 
     matrix = confusion_matrix(np.asarray(y_true, int), np.asarray(y_pred, int), len(CLASS_NAMES))
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)

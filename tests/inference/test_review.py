@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_allbag.ensemble_rules import model_labels
-from napari_allbag.review import ReviewPolicy, review_flags
+from napari_allbag.inference.review import ReviewPolicy, review_flags
+from napari_allbag.model.rules import model_labels
 
 
 def test_every_reason_and_their_order():

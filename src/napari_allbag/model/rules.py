@@ -1,7 +1,7 @@
 """Ways to turn the three models' probabilities into one label, one confidence and one P(ALL).
 
 Input everywhere: probabilities (N, 3, 2) in the order model-A, model-B, combined (dim 1) and
-CLASS_NAMES = ("hem", "all") (dim 2), as `models.Ensemble` returns them.
+CLASS_NAMES = ("hem", "all") (dim 2), as `model.networks.Ensemble` returns them.
 
 Rules (the authors' code carries all four; the paper's text uses "max"):
 
@@ -77,7 +77,7 @@ def decide_rule(probs, rule: str = DEFAULT_RULE) -> tuple[np.ndarray, np.ndarray
     """`(labels, confidence, p_all)` per cell under `rule`, all shaped (N,).
 
     labels are int64 class indices (1 = ALL); confidence is the probability of the chosen label
-    (for "max" the winning one of the six, as `models.decide` reports it); p_all float64.
+    (for "max" the winning one of the six, as `model.networks.decide` reports it); p_all float64.
     """
     p_all = rule_p_all(probs, rule)
     labels = decide_threshold(p_all, 0.5)

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from napari_allbag.calibration import apply_temperature, fit_temperature
-from napari_allbag.per_subject import SUBJECT_COLUMNS, per_subject_rows
-from napari_allbag.report_figures import (
+from napari_allbag.evaluation.figures import (
     ReportData,
     confusion_png,
     per_subject_png,
@@ -21,13 +19,15 @@ from napari_allbag.report_figures import (
     roc_png,
     write_figures,
 )
-from napari_allbag.report_html import (
+from napari_allbag.evaluation.per_subject import SUBJECT_COLUMNS, per_subject_rows
+from napari_allbag.evaluation.report_html import (
     REPORT_NAME,
     build_report_html,
     html_table,
     run_metadata,
     write_report_html,
 )
+from napari_allbag.model.calibration import apply_temperature, fit_temperature
 
 
 def _decode(png: bytes) -> np.ndarray:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_allbag.models import MODEL_NAMES, Ensemble
+from napari_allbag.model.networks import MODEL_NAMES, Ensemble
 
 #: Cells per backbone pass unless told otherwise.
 DEFAULT_BATCH = 16
@@ -126,7 +126,7 @@ def grad_cam(
     """Grad-CAM heatmaps (N, H, W) float32 in 0..1 at crop size, for `target_class` (1 = ALL).
 
     `model` is a `Stage1Model` (model-A or model-B) or a timm classifier; `crops` uint8 NHWC;
-    `preprocess` a `models.Preprocess` (on the model's device) that turns them into its input.
+    `preprocess` a `model.networks.Preprocess` (on the model's device) that turns them into its input.
     """
     crops = _check_crops(crops)
     with _eval_mode(model):

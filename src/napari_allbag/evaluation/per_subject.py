@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_allbag.metrics import per_subject_accuracy
+from napari_allbag.evaluation.metrics import per_subject_accuracy
 
 ALL = 1
 #: Columns of a per-subject row, in the order tables show them.

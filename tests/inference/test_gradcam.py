@@ -7,9 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from model_factory import make_tiny_models
-from napari_allbag.gradcam import ensemble_grad_cam, grad_cam, overlay_heatmap
-from napari_allbag.models import (
+from napari_allbag.inference.gradcam import ensemble_grad_cam, grad_cam, overlay_heatmap
+from napari_allbag.model.networks import (
     BackboneConfig,
     Ensemble,
     Preprocess,
@@ -17,6 +16,7 @@ from napari_allbag.models import (
     create_backbone,
     resolve_backbone,
 )
+from tests.model_factory import make_tiny_models
 
 SIZE = 32
 
