@@ -75,7 +75,8 @@ def text_path(json_path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from napari_allbag.data.annotations import AnnotationError, scan_annotated_folder
-    from napari_allbag.evaluation.evaluate import evaluate_folder, format_evaluation
+    from napari_allbag.evaluation.evaluate import evaluate_folder
+    from napari_allbag.evaluation.report import format_report
     from napari_allbag.inference.pipeline import PipelineOptions
     from napari_allbag.model.bundle import BundleError, load_bundle
     from napari_allbag.model.devices import DeviceError, select_device
@@ -110,11 +111,11 @@ def run(args: argparse.Namespace) -> int:
     report = drive_with_bar(
         evaluate_folder(bundle, annotated, options, args.cache_dir), quiet=args.quiet
     )
-    report["seconds"] = round(time.perf_counter() - started, 3)
+    report["context"]["seconds"] = round(time.perf_counter() - started, 3)
+    text = format_report(report)
     if report["n_cells"] == 0:
-        print(format_evaluation(report))
+        print(text)
         return _fail(f"no cell in {args.data_dir} could be segmented; nothing to evaluate")
-    text = format_evaluation(report)
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

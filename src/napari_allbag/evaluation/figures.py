@@ -56,7 +56,7 @@ def _png(figure: Figure) -> bytes:
 
 def confusion_png(y_true, y_pred, title: str = "Confusion matrix (ensemble)") -> bytes:
     """Counts and row shares, rows the true class, columns the predicted one."""
-    from napari_allbag.evaluation.metrics import confusion_matrix
+    from napari_allbag.evaluation.report import confusion_matrix
 
     matrix = confusion_matrix(np.asarray(y_true, int), np.asarray(y_pred, int), len(CLASS_NAMES))
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)

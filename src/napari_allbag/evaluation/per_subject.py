@@ -4,7 +4,7 @@ A C-NMC subject (patient) is either ALL or healthy, so "how many of this patient
 catch" is the figure a haematologist asks for first; for a healthy subject it is not defined
 (None), and its accuracy is the specificity on that subject.
 
-Imports numpy and the package's metrics module only.
+Imports numpy and the package's report module only.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_allbag.evaluation.metrics import per_subject_accuracy
+from napari_allbag.evaluation.report import per_subject_accuracy
 
 ALL = 1
 #: Columns of a per-subject row, in the order tables show them.
