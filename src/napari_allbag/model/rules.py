@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
-RULES = ("max", "mean", "agree", "combined")
+from napari_allbag.defaults import ENSEMBLE_RULES
+
+RULES = ENSEMBLE_RULES
 DEFAULT_RULE = "max"
 #: Index of ALL along the class axis (CLASS_NAMES = ("hem", "all")).
 ALL = 1
