@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +20,9 @@ from napari_allbag.cli.options import (
     add_batch_size_option,
     add_cache_dir_option,
     add_device_option,
+    add_engine_option,
     add_workers_option,
+    checked_engine,
     fail,
 )
 
@@ -53,6 +53,7 @@ def register(subparsers) -> None:
     )
     add_device_option(parser)
     add_batch_size_option(parser)
+    add_engine_option(parser)
     add_workers_option(parser, "segmenting images")
     add_cache_dir_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -77,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     from napari_allbag.data.annotations import AnnotationError, scan_annotated_folder
     from napari_allbag.evaluation.evaluate import evaluate_folder
     from napari_allbag.evaluation.report import format_report
+    from napari_allbag.inference.engines import EngineError
     from napari_allbag.inference.pipeline import PipelineOptions
+    from napari_allbag.io.atomic import write_text_atomic
     from napari_allbag.model.bundle import BundleError, load_bundle
     from napari_allbag.model.devices import DeviceError, select_device
     from napari_allbag.progress import drive_with_bar
@@ -102,12 +105,15 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(error))
     try:
         device = select_device(args.device)
+        engine = checked_engine(args.engine, device)
         bundle = load_bundle(args.bundle, device)
-    except (BundleError, DeviceError) as error:
+    except (BundleError, DeviceError, EngineError) as error:
         return _fail(str(error))
 
     started = time.perf_counter()
-    options = PipelineOptions(batch_size=args.batch_size, device=device, workers=args.workers)
+    options = PipelineOptions(
+        batch_size=args.batch_size, device=device, workers=args.workers, engine=engine
+    )
     report = drive_with_bar(
         evaluate_folder(bundle, annotated, options, args.cache_dir), quiet=args.quiet
     )
@@ -119,21 +125,7 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.out, json.dumps(report, indent=2) + "\n")
-        write_atomic(text_path(args.out), text + "\n")
+        write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+        write_text_atomic(text_path(args.out), text + "\n")
         print(f"\nReport written to {args.out} and {text_path(args.out)}")
     return 0
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder (never half a file)."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

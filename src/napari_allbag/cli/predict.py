@@ -11,21 +11,21 @@ the reason and skipped.
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import sys
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_allbag.cli.options import (
     add_batch_size_option,
     add_device_option,
+    add_engine_option,
     add_workers_option,
+    checked_engine,
     fail,
 )
 from napari_allbag.defaults import PREDICTION_COLUMNS
 from napari_allbag.inference import columns
+from napari_allbag.io.atomic import AtomicCsv
 
 if TYPE_CHECKING:  # torch loads only when a prediction runs, so `--help` stays fast
     from napari_allbag.inference.predict import FilePredictions, PredictionRun
@@ -57,6 +57,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the ensemble (faster on large runs)"
     )
+    add_engine_option(parser)
     add_workers_option(parser, "reading and segmenting images")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --out / --summary if they exist"
@@ -70,6 +71,7 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_allbag.inference.engines import EngineError
     from napari_allbag.inference.pipeline import PipelineOptions, predict_files
     from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
     from napari_allbag.model.bundle import BundleError, load_bundle
@@ -98,15 +100,20 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         device = select_device(args.device)
+        engine = checked_engine(args.engine, device, args.compile)
         bundle = load_bundle(args.bundle, device)
-    except (BundleError, DeviceError) as error:
+    except (BundleError, DeviceError, EngineError) as error:
         return _fail(str(error))
 
     for target in outputs:
         target.parent.mkdir(parents=True, exist_ok=True)
-    writer = _AtomicCsv(args.out, columns.RESULT_COLUMNS)
+    writer = AtomicCsv(args.out, columns.RESULT_COLUMNS)
     options = PipelineOptions(
-        batch_size=args.batch_size, device=device, workers=args.workers, compile=args.compile
+        batch_size=args.batch_size,
+        device=device,
+        workers=args.workers,
+        compile=args.compile,
+        engine=engine,
     )
     try:
         work = predict_files(
@@ -125,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.cells or len(result.errors) < len(result.files) else 1
 
 
-def _write_rows(writer: _AtomicCsv, result: FilePredictions) -> None:
+def _write_rows(writer: AtomicCsv, result: FilePredictions) -> None:
     if result.error or not len(result.predictions):
         return
     table = result.table
@@ -149,7 +156,7 @@ def _cell(value: Any) -> Any:
 
 
 def _write_summary(path: Path, result: PredictionRun) -> None:
-    writer = _AtomicCsv(path, SUMMARY_COLUMNS)
+    writer = AtomicCsv(path, SUMMARY_COLUMNS)
     try:
         for item in result.files:
             fraction = item.all_fraction
@@ -194,37 +201,3 @@ def _print_summary(result: PredictionRun, args: argparse.Namespace) -> None:
         print(f"{len(result.errors)} file(s) could not be read and were skipped:", file=sys.stderr)
         for item in result.errors:
             print(f"  {item.path}: {item.error}", file=sys.stderr)
-
-
-class _AtomicCsv:
-    """A CSV written row by row into a temp file beside `path`, moved into place on commit."""
-
-    def __init__(self, path: Path, header: tuple[str, ...]):
-        self.path = Path(path)
-        self.temp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        # os.open with 0o666 lets the umask decide the permissions, as for any new file
-        handle = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        self.file = os.fdopen(handle, "w", newline="", encoding="utf-8")
-        self.writer = csv.writer(self.file)
-        self.writer.writerow(header)
-        self.rows = 0
-
-    def write_row(self, values: list[Any]) -> None:
-        self.writer.writerow(values)
-        self.rows += 1
-
-    def commit(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.temp, self.path)
-
-    def abandon(self, keep: bool = True) -> Path | None:
-        """Stop writing; keep the rows so far as `<path>.partial` (if any), else delete."""
-        self.file.close()
-        if keep and self.rows:
-            partial = self.path.with_name(self.path.name + ".partial")
-            os.replace(self.temp, partial)
-            return partial
-        self.temp.unlink(missing_ok=True)
-        return None
