@@ -1,4 +1,4 @@
-"""log.csv round trip and the training-curve PNG (Agg, no pyplot)."""
+"""log.csv round trip and the training-curve PNG (Agg, no pyplot), written by rank 0 only."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import io
 
 import numpy as np
 
-from napari_allbag.training.curves import LOG_COLUMNS, read_log, render_curves_png, write_log
+from napari_allbag.training.config import RunPaths
+from napari_allbag.training.curves import (
+    LOG_COLUMNS,
+    read_log,
+    render_curves_png,
+    save_curves,
+    write_log,
+)
 
 
 def _rows():
@@ -49,3 +56,25 @@ def test_curves_png_has_a_panel_row_per_stage(tmp_path):
     assert image[..., :3].std() > 0.05  # something was drawn
     empty = imread(io.BytesIO(render_curves_png([])))
     assert empty.size > 0
+
+
+def test_curves_are_drawn_by_the_main_process_only(tmp_path):
+    paths = RunPaths(tmp_path)
+    history = [
+        {
+            "stage": "stage1-A",
+            "epoch": e,
+            "loss": 1 / e,
+            "val_loss": 1.2 / e,
+            "accuracy": 0.5,
+            "val_accuracy": 0.5,
+            "lr": 1e-3,
+        }
+        for e in (1, 2, 3)
+    ]
+    save_curves(False, paths.curves, history)
+    assert not paths.curves.exists()
+    save_curves(True, paths.curves, [])
+    assert not paths.curves.exists()
+    save_curves(True, paths.curves, history)
+    assert paths.curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_allbag.training.checkpoint import write_bytes_atomic, write_text_atomic
+from napari_allbag.io.atomic import write_bytes_atomic, write_text_atomic
 
 LOG_COLUMNS = ("stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 STAGE_TITLES = {"stage1-A": "model-A (set A)", "stage1-B": "model-B (set B)", "stage2": "combined"}
@@ -82,6 +82,12 @@ def draw_curves(figure: Any, rows: Sequence[dict[str, Any]]) -> None:
             if row_index == 0 and col == 0:
                 axis.legend(fontsize=7)
     figure.tight_layout()
+
+
+def save_curves(main: bool, path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write `curves.png` of `rows` from the main process, once there is a finished epoch."""
+    if main and rows:
+        render_curves_png(rows, path)
 
 
 def render_curves_png(

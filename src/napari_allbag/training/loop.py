@@ -33,8 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_allbag.io.schema import validate_stage_state
 from napari_allbag.progress import Progress
 from napari_allbag.training.checkpoint import (
+    CheckpointError,
     load_checkpoint,
     optimizer_from_flat,
     optimizer_to_flat,
@@ -364,6 +366,8 @@ class _StageTraining:
     def resume(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> bool:
         """Continue from a checkpoint; True when the stage had finished (best weights loaded)."""
         model = self.spec.model
+        where = self.settings.checkpoint_dir / f"{self.spec.name}.json"
+        validate_stage_state(state, where, CheckpointError)
         self.history = list(state["history"])
         self.schedule = PlateauSchedule.from_dict(state["schedule"])
         best = unprefixed("best", tensors)

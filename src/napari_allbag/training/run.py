@@ -33,6 +33,7 @@ import torch
 from napari_allbag.data.annotations import AnnotationError
 from napari_allbag.data.bagging import describe_subsets
 from napari_allbag.evaluation.report import build_report, format_report
+from napari_allbag.io.atomic import write_json_atomic, write_text_atomic
 from napari_allbag.model.bundle import BundleError, save_bundle
 from napari_allbag.model.devices import DeviceError, release_memory, select_device
 from napari_allbag.model.networks import (
@@ -44,6 +45,7 @@ from napari_allbag.model.networks import (
     UnknownBackboneError,
     resolve_backbone,
 )
+from napari_allbag.model.trust import format_calibration
 from napari_allbag.progress import Progress
 from napari_allbag.training.batches import CropFeeder, CropSource, FeatureBatches
 from napari_allbag.training.build import (
@@ -54,7 +56,7 @@ from napari_allbag.training.build import (
     stage1_skeleton,
     without_sync_batchnorm,
 )
-from napari_allbag.training.checkpoint import write_json_atomic, write_text_atomic
+from napari_allbag.training.checkpoint import CheckpointError
 from napari_allbag.training.config import (
     RunPaths,
     TrainConfig,
@@ -62,7 +64,7 @@ from napari_allbag.training.config import (
     prepare_run,
     save_run_config,
 )
-from napari_allbag.training.curves import render_curves_png, write_log
+from napari_allbag.training.curves import save_curves, write_log
 from napari_allbag.training.distributed import (
     Distributed,
     DistributedError,
@@ -78,7 +80,7 @@ from napari_allbag.training.loop import (
     fit_stage,
     order_seed,
 )
-from napari_allbag.training.outputs import bundle_meta
+from napari_allbag.training.outputs import bundle_meta, calibration_fields
 from napari_allbag.training.prepare import (
     bagging_sets,
     data_from_json,
@@ -100,6 +102,15 @@ from napari_allbag.training.stage2 import cached_features, ensemble_probs, probs
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "train", "STAGES"]
 
 STAGES = ("preprocess", "stage1-A", "stage1-B", "features", "stage2", "report")
+
+#: Failures a user can act on (the data, the backbone, a bundle or checkpoint): a `TrainingError`.
+USER_ERRORS = (
+    AnnotationError,
+    UnknownBackboneError,
+    BackboneWeightsError,
+    BundleError,
+    CheckpointError,
+)
 
 
 @dataclass
@@ -125,18 +136,7 @@ def train(
     for a single process.
     """
     dist = dist if dist is not None else Distributed.single()
-    if dist.is_distributed:
-        config = replace(config, rank=dist.rank, world_size=dist.world_size)
-        device = dist.device
-    else:
-        try:
-            device = select_device(config.device)
-        except DeviceError as error:
-            raise TrainingError(str(error)) from error
-    try:
-        resolve_backbone(config.backbone, config.img_size)
-    except UnknownBackboneError as error:
-        raise TrainingError(str(error)) from error
+    config, device = _place(config, dist)
     try:
         config, notes = dist.share(
             lambda: _settle_config(config, device, dist.world_size),
@@ -165,7 +165,7 @@ def train(
             f"smaller batch: napari-allbag train {config.data_dir} --out {config.out_dir} --resume "
             f"--batch-size {smaller} (in the widget: a new run with batch size {smaller})."
         ) from error
-    except (AnnotationError, UnknownBackboneError, BackboneWeightsError, BundleError) as error:
+    except USER_ERRORS as error:
         raise TrainingError(str(error)) from error
     except Exception as error:
         if dist.is_distributed and is_distributed_failure(error):
@@ -173,6 +173,23 @@ def train(
         raise
     finally:
         release_memory(device)
+
+
+def _place(config: TrainConfig, dist: Distributed) -> tuple[TrainConfig, torch.device]:
+    """This process's settings and device (a `TrainingError` for an unknown device or backbone)."""
+    if dist.is_distributed:
+        config = replace(config, rank=dist.rank, world_size=dist.world_size)
+        device = dist.device
+    else:
+        try:
+            device = select_device(config.device)
+        except DeviceError as error:
+            raise TrainingError(str(error)) from error
+    try:
+        resolve_backbone(config.backbone, config.img_size)
+    except UnknownBackboneError as error:
+        raise TrainingError(str(error)) from error
+    return config, device
 
 
 def _settle_config(
@@ -301,7 +318,7 @@ class TrainingRun:
             for name, (_, outcome) in found.items():
                 self.outcomes[name] = outcome
                 self.history += outcome.history
-            self.save_curves()
+            save_curves(self.main, self.paths.curves, self.history)
             if self.main:
                 write_log(self.paths.log, self.history)
             return
@@ -311,7 +328,7 @@ class TrainingRun:
             found = yield from self.fit_stage1(name, self.dist, self.val_feeder)
             self.models[name], self.outcomes[name] = found
             self.history += self.outcomes[name].history
-            self.save_curves()
+            save_curves(self.main, self.paths.curves, self.history)
 
     def stage1_side_by_side(
         self,
@@ -454,20 +471,8 @@ class TrainingRun:
         `share` lets the other ranks wait for rank 0 and fail with it (one process: a call).
         """
         self.stage = "report"
-        data = self.data
         yield Progress(0, 3, "report", "validation report")
-        self.report = build_report(
-            "validation",
-            data.labels[data.val],
-            self.probs,
-            files=[data.files[i] for i in data.val],
-            subjects=[data.subjects[i] for i in data.val],
-            context={
-                "split": data.split_note,
-                "best_epochs": {name: o.best_epoch for name, o in self.outcomes.items()},
-            },
-        )
-        self.report_text = format_report(self.report) + "\n"
+        self.validation_report()
         self.dist.share(self.write_report, where="writing the report (rank 0)")
         yield Progress(1, 3, "report", "saving the model bundle", {"text": self.report_text})
         self.dist.share(self.write_bundle, where="saving the model bundle (rank 0)")
@@ -485,6 +490,26 @@ class TrainingRun:
             notes=self.notes,
         )
 
+    def validation_report(self) -> None:
+        """Table 1 on the validation cells, and the calibration fitted on them (`trust`)."""
+        data = self.data
+        self.report = build_report(
+            "validation",
+            data.labels[data.val],
+            self.probs,
+            files=[data.files[i] for i in data.val],
+            subjects=[data.subjects[i] for i in data.val],
+            context={
+                "split": data.split_note,
+                "best_epochs": {name: o.best_epoch for name, o in self.outcomes.items()},
+            },
+        )
+        self.trust = calibration_fields(self.config, data, self.probs)
+        self.report["context"]["calibration"] = self.trust["calibration"]
+        self.report["context"]["decision"] = self.trust["decision"]
+        calibration = format_calibration(self.trust)
+        self.report_text = format_report(self.report) + "\n\n" + calibration + "\n"
+
     def write_report(self) -> None:
         if self.main:
             write_json_atomic(self.paths.report_json, self.report)
@@ -495,6 +520,7 @@ class TrainingRun:
         if self.main:
             paths, outcomes = self.paths, self.outcomes
             meta = bundle_meta(self.config, self.backbone, self.data, outcomes, self.report)
+            meta = {**meta, **self.trust}
             overwrite = (paths.bundle / "bundle.json").is_file()
             model_a, model_b = self.models["stage1-A"], self.models["stage1-B"]
             save_bundle(
@@ -502,12 +528,7 @@ class TrainingRun:
             )
 
     def write_curves(self) -> None:
-        self.save_curves()
+        save_curves(self.main, self.paths.curves, self.history)
         if self.main:
             finished = {"finished": True, "stages": list(STAGES)}
             write_json_atomic(self.paths.root / "run.json", finished)
-
-    def save_curves(self) -> None:
-        """`curves.png` from the history so far (rank 0, once there is an epoch)."""
-        if self.main and self.history:
-            render_curves_png(self.history, self.paths.curves)
