@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 from napari_allbag.cli.options import (
+    add_background_option,
     add_batch_size_option,
     add_cache_dir_option,
     add_device_option,
@@ -58,6 +58,7 @@ def register(subparsers) -> None:
     add_engine_option(parser)
     add_workers_option(parser, "segmenting images")
     add_cache_dir_option(parser)
+    add_background_option(parser, default=None)
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_allbag.evaluation.report import format_report
     from napari_allbag.inference.engines import EngineError
     from napari_allbag.inference.pipeline import PipelineOptions
+    from napari_allbag.io.atomic import write_text_atomic
     from napari_allbag.model.bundle import BundleError, load_bundle
     from napari_allbag.model.devices import DeviceError, select_device
     from napari_allbag.progress import drive_with_bar
@@ -113,12 +115,17 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     options = PipelineOptions(
-        batch_size=args.batch_size, device=device, workers=args.workers, engine=engine
+        batch_size=args.batch_size,
+        device=device,
+        workers=args.workers,
+        background=args.background,
+        engine=engine,
     )
     report = drive_with_bar(
         evaluate_folder(bundle, annotated, options, args.cache_dir), quiet=args.quiet
     )
     report["context"]["seconds"] = round(time.perf_counter() - started, 3)
+    _print_segmentation_feedback(report["context"])
     text = format_report(report)
     if report["n_cells"] == 0:
         print(text)
@@ -126,21 +133,16 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.out, json.dumps(report, indent=2) + "\n")
-        write_atomic(text_path(args.out), text + "\n")
+        write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+        write_text_atomic(text_path(args.out), text + "\n")
         print(f"\nReport written to {args.out} and {text_path(args.out)}")
     return 0
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder (never half a file)."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def _print_segmentation_feedback(context: dict) -> None:
+    """Per-image segmentation warnings, then their summary line (stderr when any)."""
+    warnings = context.get("segmentation_warnings") or []
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if context.get("segmentation_summary"):
+        print(context["segmentation_summary"], file=sys.stderr if warnings else sys.stdout)

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 
 from napari_allbag import __version__
+from napari_allbag.io.atomic import OutputError, replace_atomic
+from napari_allbag.io.schema import check_finite_tensors, validate_bundle_meta
 from napari_allbag.model.networks import (
     CLASS_NAMES,
     BackboneConfig,
@@ -43,9 +45,12 @@ from napari_allbag.model.networks import (
     create_backbone,
     resolve_backbone,
 )
+from napari_allbag.model.trust import TrustSettings, trust_from_meta
 
 #: Bumped when a bundle written by this version could not be read by an older one.
-FORMAT_VERSION = 1
+#: 2: temperatures, the default rule, the sensitivity threshold and the subjects (`model.trust`);
+#: an older reader would drop them silently. Format-1 bundles load and predict as before.
+FORMAT_VERSION = 2
 META_FILE = "bundle.json"
 MODEL_A_FILE = "model_a.safetensors"
 MODEL_B_FILE = "model_b.safetensors"
@@ -72,6 +77,11 @@ class LoadedBundle:
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.meta.get("class_names", CLASS_NAMES))
+
+    @property
+    def trust(self) -> TrustSettings:
+        """Temperatures, default rule, threshold and subjects (format 1: the defaults)."""
+        return trust_from_meta(self.meta)
 
     @property
     def crop_size(self) -> int:
@@ -206,8 +216,9 @@ def save_bundle(
     )
     try:
         text = json.dumps(document, indent=2, default=_json_default)
+        trust_from_meta(json.loads(text))
     except (TypeError, ValueError) as error:
-        raise BundleError(f"bundle metadata is not JSON-able: {error}") from error
+        raise BundleError(f"bundle metadata is not JSON-able or invalid: {error}") from error
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     temp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -228,6 +239,9 @@ def save_bundle(
         os.chmod(temp, mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH if mode & 0o044 else 0o700)
         _fsync(temp)
         _move_into_place(temp, out_dir, overwrite)
+    except OSError as error:  # disk full, read-only: one message, no partial folder left
+        shutil.rmtree(temp, ignore_errors=True)
+        raise OutputError(out_dir, error) from error
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -269,18 +283,18 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
 def _move_into_place(temp: Path, out_dir: Path, overwrite: bool) -> None:
     _check_target(out_dir, overwrite)
     if not out_dir.exists():
-        os.replace(temp, out_dir)
+        replace_atomic(temp, out_dir)
         return
     if not any(out_dir.iterdir()):
         out_dir.rmdir()
-        os.replace(temp, out_dir)
+        replace_atomic(temp, out_dir)
         return
     old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(out_dir, old)
+    replace_atomic(out_dir, old)
     try:
-        os.replace(temp, out_dir)
+        replace_atomic(temp, out_dir)
     except BaseException:
-        os.replace(old, out_dir)
+        replace_atomic(old, out_dir)
         raise
     shutil.rmtree(old, ignore_errors=True)
 
@@ -313,7 +327,7 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
         )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
         raise BundleError(
             f"{meta_path} cannot be read as JSON ({error}). The bundle is damaged: train or copy it again."
         ) from error
@@ -331,6 +345,7 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
             f"this version {__version__} reads format {FORMAT_VERSION} and older). Upgrade "
             "napari-allbag (pip install -U napari-allbag) to load it."
         )
+    validate_bundle_meta(meta, meta_path, error=BundleError)  # bounded before anything is built
     class_names = tuple(meta.get("class_names", CLASS_NAMES))
     if class_names != CLASS_NAMES:
         raise BundleError(
@@ -339,6 +354,13 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
         )
     if not isinstance(meta.get("backbone"), dict) or "name" not in meta["backbone"]:
         raise BundleError(f"{meta_path} does not say which backbone it uses ('backbone.name').")
+    try:
+        trust_from_meta(meta)
+    except ValueError as error:
+        raise BundleError(
+            f"{meta_path}: {error}. The calibration fields are damaged: train the bundle again, "
+            "or delete the 'calibration', 'decision' and 'subjects' fields to use it uncalibrated."
+        ) from error
     return meta
 
 
@@ -388,9 +410,11 @@ def _read_weights(folder: Path, name: str) -> dict[str, torch.Tensor]:
             f"{path} is not a safetensors file (damaged or truncated). Copy the bundle again."
         )
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise BundleError(f"{path} cannot be read ({error}). Copy the bundle again.") from error
+    check_finite_tensors(tensors, path, error=BundleError)
+    return tensors
 
 
 def _check_state(

@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from napari_allbag.defaults import DEFAULT_TARGET_SENSITIVITY, ENSEMBLE_RULES
+from napari_allbag.io.atomic import write_json_atomic
+from napari_allbag.io.schema import MAX_CROP_SIZE, MIN_CROP_SIZE
 from napari_allbag.model.networks import DEFAULT_BACKBONE
-from napari_allbag.training.checkpoint import write_json_atomic
 
 #: Settings that do not change the trained weights, so a resumed run may change them.
 RUNTIME_FIELDS = (
@@ -52,6 +54,8 @@ class TrainConfig:
     sync_batchnorm: "auto" (SyncBatchNorm on GPUs when each process's batch is below 32),
     "on" or "off"; parallel_models: train model-A and model-B at the same time, each on half of
     the processes (see docs/distributed.md).
+    target_sensitivity: the ALL sensitivity the stored threshold keeps on the validation split;
+    rule: the ensemble rule the bundle uses by default ("max", the paper's; see `model.rules`).
     compile: run the backbones through `torch.compile` while training (fewer, fused kernels: on
     a GPU the eager step is bound by Python's kernel launches at batch 64; costs a compilation
     per input shape at the start of a stage).
@@ -84,6 +88,8 @@ class TrainConfig:
     world_size: int = 1
     sync_batchnorm: str = "auto"
     parallel_models: bool = False
+    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY
+    rule: str = "max"
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -105,13 +111,19 @@ class TrainConfig:
             problems.append(f"class_weights need two positive values (got {self.class_weights})")
         if not 0 < self.val_fraction < 1:
             problems.append(f"val_fraction must be between 0 and 1 (got {self.val_fraction})")
-        if self.crop_size < 8:
-            problems.append(f"crop size must be at least 8 pixels (got {self.crop_size})")
+        if not MIN_CROP_SIZE <= self.crop_size <= MAX_CROP_SIZE:  # a bundle's bounds (io/schema.py)
+            problems.append(
+                f"crop size must be {MIN_CROP_SIZE} to {MAX_CROP_SIZE} pixels (got {self.crop_size})"
+            )
         if self.sync_batchnorm not in SYNC_BATCHNORM_CHOICES:
             problems.append(
                 f"sync_batchnorm must be one of {', '.join(SYNC_BATCHNORM_CHOICES)} "
                 f"(got {self.sync_batchnorm!r})"
             )
+        if not 0 < self.target_sensitivity <= 1:
+            problems.append(f"target sensitivity must be in (0, 1] (got {self.target_sensitivity})")
+        if self.rule not in ENSEMBLE_RULES:
+            problems.append(f"rule must be one of {', '.join(ENSEMBLE_RULES)} (got {self.rule!r})")
         if self.world_size < 1 or self.rank < 0:
             problems.append(f"invalid rank {self.rank} / world size {self.world_size}")
         if problems:
@@ -193,7 +205,7 @@ def load_run_config(out_dir: str | Path) -> TrainConfig:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return TrainConfig.from_dict(data["config"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         raise TrainingError(
             f"{path} cannot be read ({error}); the run folder is damaged."
         ) from error

@@ -32,6 +32,7 @@ import torch
 from napari_allbag.data.annotations import AnnotationError
 from napari_allbag.data.bagging import describe_subsets
 from napari_allbag.evaluation.report import build_report, format_report
+from napari_allbag.io.atomic import write_json_atomic, write_text_atomic
 from napari_allbag.model.bundle import BundleError, save_bundle
 from napari_allbag.model.devices import DeviceError, release_memory, select_device
 from napari_allbag.model.networks import (
@@ -43,6 +44,7 @@ from napari_allbag.model.networks import (
     UnknownBackboneError,
     resolve_backbone,
 )
+from napari_allbag.model.trust import format_calibration
 from napari_allbag.progress import Progress
 from napari_allbag.training.batches import CropFeeder, FeatureBatches
 from napari_allbag.training.build import (
@@ -53,7 +55,7 @@ from napari_allbag.training.build import (
     stage1_skeleton,
     without_sync_batchnorm,
 )
-from napari_allbag.training.checkpoint import write_json_atomic, write_text_atomic
+from napari_allbag.training.checkpoint import CheckpointError
 from napari_allbag.training.config import (
     RunPaths,
     TrainConfig,
@@ -77,7 +79,7 @@ from napari_allbag.training.loop import (
     fit_stage,
     order_seed,
 )
-from napari_allbag.training.outputs import bundle_meta, draw_curves
+from napari_allbag.training.outputs import bundle_meta, calibration_fields, draw_curves
 from napari_allbag.training.prepare import (
     bagging_sets,
     data_from_json,
@@ -164,7 +166,13 @@ def train(
             f"smaller batch: napari-allbag train {config.data_dir} --out {config.out_dir} --resume "
             f"--batch-size {smaller} (in the widget: a new run with batch size {smaller})."
         ) from error
-    except (AnnotationError, UnknownBackboneError, BackboneWeightsError, BundleError) as error:
+    except (
+        AnnotationError,
+        UnknownBackboneError,
+        BackboneWeightsError,
+        BundleError,
+        CheckpointError,
+    ) as error:
         raise TrainingError(str(error)) from error
     except Exception as error:
         if dist.is_distributed and is_distributed_failure(error):
@@ -454,7 +462,10 @@ def _train(
             "best_epochs": {name: o.best_epoch for name, o in outcomes.items()},
         },
     )
-    report_text = format_report(report) + "\n"
+    trust = calibration_fields(config, data, probs)
+    report["context"]["calibration"] = trust["calibration"]
+    report["context"]["decision"] = trust["decision"]
+    report_text = format_report(report) + "\n\n" + format_calibration(trust) + "\n"
 
     # Rank 0 writes; `share` lets the others wait for it and fail with it (one process: a call).
     def write_report() -> None:
@@ -465,7 +476,7 @@ def _train(
 
     def write_bundle() -> None:
         if main:
-            meta = bundle_meta(config, backbone, data, outcomes, report)
+            meta = {**bundle_meta(config, backbone, data, outcomes, report), **trust}
             overwrite = (paths.bundle / "bundle.json").is_file()
             save_bundle(paths.bundle, model_a, model_b, head_for_bundle, meta, overwrite=overwrite)
 
