@@ -16,11 +16,13 @@ if [ "$SMOKE" = 1 ]; then
   SMOKE_ARGS=(--smoke --device cpu)
   E2E_ARGS=(--smoke)
   PYTEST_ARGS=(-k "cuda or gpu")  # collect the CUDA tests only (they skip without a GPU)
+  PYTEST_LIMIT=600                # importing torch and timm on a busy CPU machine is slow
   echo "smoke run on the CPU: no GPU figures" | tee "$OUT/gpu.txt"
 else
   SMOKE_ARGS=()
   E2E_ARGS=()
   PYTEST_ARGS=()
+  PYTEST_LIMIT=120
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 fi
 
@@ -33,7 +35,7 @@ step() {  # step NAME SECONDS COMMAND...
 }
 
 # CUDA-only unit tests (device selection, autocast dtype, the inference engine on the GPU).
-step pytest_cuda 120 python3 -m pytest -q -p no:cacheprovider tests/model/test_devices.py \
+step pytest_cuda "$PYTEST_LIMIT" python3 -m pytest -q -p no:cacheprovider tests/model/test_devices.py \
   tests/model/test_networks.py tests/model/test_bundle.py tests/inference/test_classify.py \
   tests/inference/test_predict.py tests/inference/test_engines.py "${PYTEST_ARGS[@]}"
 # Ensemble inference (target >= 2,000 cells/s at batch 256), stage-1 training (target >= 1,000

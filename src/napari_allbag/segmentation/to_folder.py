@@ -28,9 +28,9 @@ from napari_allbag.io.images import ImageReadError
 from napari_allbag.io.ordered_pool import ordered_map
 from napari_allbag.progress import Progress
 from napari_allbag.segmentation.dark import (
+    FILES_PER_TASK,
     TABLE_COLUMNS,
     SegmentationParams,
-    FILES_PER_TASK,
     default_workers,
     try_segment_file,
 )
