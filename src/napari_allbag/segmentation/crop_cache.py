@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_allbag.io.atomic import replace_atomic
 from napari_allbag.progress import Progress
 from napari_allbag.segmentation.dark import SegmentationParams, iter_segment_files
 
@@ -386,10 +387,10 @@ def _move_into_place(temp: Path, folder: Path) -> None:
             shutil.rmtree(temp, ignore_errors=True)
             return
         trash = folder.with_name(f"{TEMP_PREFIX}{socket.gethostname()}-0-old{uuid.uuid4().hex[:6]}")
-        os.replace(folder, trash)
+        replace_atomic(folder, trash)
         shutil.rmtree(trash, ignore_errors=True)
     try:
-        os.replace(temp, folder)
+        replace_atomic(temp, folder)
     except OSError:
         # Another process finished the same set first: theirs is as good as ours.
         if _read_index(folder) is None:

@@ -10,7 +10,6 @@ May import: `io`, `data`, `progress`, `defaults` and its own subpackage.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections import defaultdict
 from collections.abc import Generator, Iterable
@@ -21,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from napari_allbag.io.atomic import AtomicCsv, write_bytes_atomic
 from napari_allbag.io.ordered_pool import ordered_map
 from napari_allbag.progress import Progress
 from napari_allbag.segmentation.dark import (
@@ -59,8 +59,8 @@ def segment_to_folder(
         on_worker_death=lambda item, why: SavedCells(item[0], None, [], why),
     )
     with (
-        _AtomicCsv(out_dir / "cells.csv", CELLS_COLUMNS) as cells_csv,
-        _AtomicCsv(out_dir / "errors.csv", ERRORS_COLUMNS) as errors_csv,
+        AtomicCsv(out_dir / "cells.csv", CELLS_COLUMNS, on_error="commit") as cells_csv,
+        AtomicCsv(out_dir / "errors.csv", ERRORS_COLUMNS, on_error="commit") as errors_csv,
         closing(outcomes),
     ):  # stops the worker pool at once, also on Ctrl-C
         yield Progress(
@@ -168,27 +168,4 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:  # pragma: no cover - encoding a uint8 RGB array does not fail
         raise OSError(f"{path}: PNG encoding failed")
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(encoded.tobytes())
-    os.replace(temporary, path)
-
-
-class _AtomicCsv:
-    """A CSV written to a hidden temporary file and moved into place when closed."""
-
-    def __init__(self, path: Path, header: Iterable[str]):
-        self.path = path
-        self.temporary = path.with_name(f".{path.name}.tmp")
-        self._file = open(self.temporary, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        self._writer = csv.writer(self._file)
-        self._writer.writerow(list(header))
-
-    def write_row(self, row: list) -> None:
-        self._writer.writerow(row)
-
-    def __enter__(self) -> _AtomicCsv:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._file.close()
-        os.replace(self.temporary, self.path)
+    write_bytes_atomic(path, encoded.tobytes(), mode=None, sync=False)

@@ -5,7 +5,7 @@ A checkpoint named `<stem>` is two files in one folder:
     <stem>.json                      epoch counters, schedule, history, optimizer scalars, ...
     <stem>.<serial>.safetensors      model / best-model / optimizer tensors
 
-The JSON names its tensor file and is replaced last (`os.replace`), so it is the commit point: a
+The JSON names its tensor file and is replaced last (`io.atomic`), so it is the commit point: a
 crash or power cut at any moment leaves either the previous checkpoint or the new one, both whole.
 The tensor file of the previous checkpoint is deleted only after the new JSON is in place.
 """
@@ -13,66 +13,27 @@ The tensor file of the previous checkpoint is deleted only after the new JSON is
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from napari_allbag.io.atomic import atomic_path, write_json_atomic
+from napari_allbag.io.schema import validate_checkpoint
+
 CHECKPOINT_FORMAT = 1
-#: Permissions of written files (mkstemp makes them private; outputs are ordinary files).
-FILE_MODE = 0o644
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read (damaged or from another run); the message says which."""
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, FILE_MODE)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 `text` to `path` atomically."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """JSON-dump `data` to `path` atomically (indented, so people can read it)."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
 def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Save a flat dict of tensors as safetensors, atomically (copied to CPU, contiguous)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(_plain(tensors), temp)
-        with open(temp, "rb") as out:
-            os.fsync(out.fileno())
-        os.chmod(temp, FILE_MODE)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp:
+        save_file(_plain(tensors), str(temp))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -89,18 +50,6 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def _plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # clone: safetensors refuses tensors that share memory; the copy also detaches from training
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -133,11 +82,11 @@ def load_checkpoint(
         return None
     try:
         document = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: absurd nesting
         raise CheckpointError(f"{json_path} cannot be read as JSON ({error}).") from error
     if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{json_path} is not a napari-allbag checkpoint (format 1).")
-    tensor_path = json_path.parent / str(document.get("tensors", ""))
+    tensor_path = validate_checkpoint(document, json_path, error=CheckpointError)
     if not tensor_path.is_file():
         raise CheckpointError(f"{json_path} names {tensor_path.name}, which is missing.")
     return load_tensors(tensor_path), document["state"]
@@ -146,7 +95,7 @@ def load_checkpoint(
 def _tensor_file_of(json_path: Path) -> str | None:
     try:
         return json.loads(json_path.read_text(encoding="utf-8")).get("tensors")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
 
 
