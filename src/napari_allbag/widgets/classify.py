@@ -55,6 +55,7 @@ from napari_allbag.widgets.results import (
     legend_html,
     mark_result,
     place_above,
+    result_metadata,
     result_name,
 )
 
@@ -492,9 +493,12 @@ class ClassifyWidget(QWidget):
             if image is not None:
                 geometry = {"scale": image.scale[-2:], "translate": image.translate[-2:]}
             layer = self.viewer.add_labels(
-                labels, name=result_name(CELLS, image_name), features=frame, **geometry
+                labels,
+                name=result_name(CELLS, image_name),
+                features=frame,
+                metadata=result_metadata(CELLS, image_name),
+                **geometry,
             )
-            mark_result(layer, CELLS, image_name)
         else:
             if layer.data is not labels:
                 layer.data = labels
@@ -581,6 +585,7 @@ def _show_classes(viewer: Any, frame, cells_layer) -> None:
     layer = viewer.add_points(
         points,
         name=result_name(CLASSES, image_name),
+        metadata=result_metadata(CLASSES, image_name),
         features={"text": text},
         text=text_style,
         face_color=np.asarray(colours),
@@ -589,7 +594,6 @@ def _show_classes(viewer: Any, frame, cells_layer) -> None:
         scale=cells_layer.scale,
         translate=cells_layer.translate,
     )
-    mark_result(layer, CLASSES, image_name)
     place_above(viewer, layer, cells_layer)
     viewer.layers.selection.active = cells_layer
 

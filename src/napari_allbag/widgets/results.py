@@ -41,6 +41,12 @@ def is_result(layer: Any) -> bool:
     return bool(getattr(layer, "metadata", {}).get(KIND_KEY))
 
 
+def result_metadata(kind: str, image_name: str) -> dict:
+    """The metadata that makes a new layer a result of `image_name` (given when it is added,
+    so the widgets listening to `inserted` already see it as one)."""
+    return {KIND_KEY: kind, SOURCE_KEY: image_name}
+
+
 def mark_result(layer: Any, kind: str, image_name: str) -> None:
     layer.metadata[KIND_KEY] = kind
     layer.metadata[SOURCE_KEY] = image_name

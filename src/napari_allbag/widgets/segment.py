@@ -36,8 +36,8 @@ from napari_allbag.widgets.results import (
     find_result,
     image_of,
     is_result,
-    mark_result,
     place_above,
+    result_metadata,
     result_name,
 )
 
@@ -251,10 +251,10 @@ class SegmentWidget(QWidget):
                 result.labels,
                 name=result_name(CELLS, name),
                 features=features,
+                metadata=result_metadata(CELLS, name),
                 scale=scale,
                 translate=translate,
             )
-            mark_result(layer, CELLS, name)
             layer.contour = 2
         else:
             layer.data = result.labels
@@ -277,10 +277,10 @@ class SegmentWidget(QWidget):
                 result.crops,
                 name=result_name(CROPS, name),
                 rgb=True,
+                metadata=result_metadata(CROPS, name),
                 scale=scale,
                 translate=translate,
             )
-            mark_result(layer, CROPS, name)
             self._refresh_choices()
         else:
             layer.data = result.crops
