@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from napari_allbag.cli.options import (
     CommandError,
+    add_background_option,
     add_batch_size_option,
     add_device_option,
     add_engine_option,
@@ -63,6 +64,7 @@ def register(subparsers) -> None:
     )
     add_engine_option(parser)
     add_workers_option(parser, "reading and segmenting images")
+    add_background_option(parser, default=None)
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --out / --summary if they exist"
     )
@@ -122,6 +124,7 @@ def _run(args: argparse.Namespace, claims: ExitStack) -> int:
         device=device,
         workers=args.workers,
         compile=args.compile,
+        background=args.background,
         engine=engine,
     )
     try:
@@ -220,7 +223,24 @@ def _print_summary(result: PredictionRun, args: argparse.Namespace) -> None:
     )
     if args.summary:
         print(f"Per-file summary -> {args.summary}")
+    _print_segmentation_feedback(files)
     if result.errors:
         print(f"{len(result.errors)} file(s) could not be read and were skipped:", file=sys.stderr)
         for item in result.errors:
             print(f"  {item.path}: {item.error}", file=sys.stderr)
+
+
+def _print_segmentation_feedback(files: list) -> None:
+    """Per image: the mode guessed, no cell found, doubtful cells; then the counts."""
+    from napari_allbag.segmentation.feedback import FeedbackTally
+
+    tally = FeedbackTally()
+    for item in files:
+        if item.feedback is None:
+            continue
+        tally.add(item.feedback)
+        line = item.feedback.line(str(item.path))
+        if line:
+            print(f"warning: {line}", file=sys.stderr)
+    if tally.images:
+        print(tally.text(), file=sys.stderr if tally.warned else sys.stdout)

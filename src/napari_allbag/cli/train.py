@@ -22,8 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from napari_allbag.cli.options import add_cache_dir_option
-from napari_allbag.defaults import DEFAULT_BACKBONE, DEFAULT_DIST_TIMEOUT_S
+from napari_allbag.cli.options import add_background_option, add_cache_dir_option
+from napari_allbag.defaults import (
+    DEFAULT_BACKBONE,
+    DEFAULT_DIST_TIMEOUT_S,
+    DEFAULT_TARGET_SENSITIVITY,
+    ENSEMBLE_RULES,
+)
 from napari_allbag.progress import Progress, drive_with_bar
 
 T = TypeVar("T")
@@ -118,6 +123,21 @@ def register(subparsers) -> None:
         help="CSV with columns file,subject (default: from C-NMC file names)",
     )
     add_cache_dir_option(parser)
+    add_background_option(parser)
+    parser.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=DEFAULT_TARGET_SENSITIVITY,
+        metavar="S",
+        help="ALL sensitivity the stored P(ALL) threshold keeps on the validation subjects "
+        f"(used by predict/evaluate --decision threshold; default {DEFAULT_TARGET_SENSITIVITY})",
+    )
+    parser.add_argument(
+        "--rule",
+        choices=ENSEMBLE_RULES,
+        default="max",
+        help="the ensemble rule the bundle uses by default (default max, the paper's)",
+    )
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -179,11 +199,14 @@ def config_from_args(args: argparse.Namespace):
         resume=args.resume,
         workers=args.workers,
         crop_size=args.crop_size,
+        segmentation={} if args.background == "auto" else {"background": args.background},
         subjects_csv=args.subjects_csv,
         cache_dir=args.cache_dir,
         compile=args.compile,
         sync_batchnorm=args.sync_batchnorm,
         parallel_models=args.parallel_models,
+        target_sensitivity=args.target_sensitivity,
+        rule=args.rule,
     )
 
 

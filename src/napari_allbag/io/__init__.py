@@ -1,4 +1,5 @@
-"""Files in and out: reading images, finding them in folders, worker pools, remembered settings.
+"""Files in and out: reading images, finding them in folders, worker pools, remembered settings,
+atomic writes (`atomic`: the one place that writes a file through a temporary and os.replace).
 
 May import: the standard library, numpy, OpenCV, and `progress`/`defaults`. Nothing else of the
 package (every other subpackage may import this one).
@@ -12,6 +13,7 @@ _EXPORTS = {
         "images",
     ),
     "ordered_map": "ordered_pool",
+    **dict.fromkeys(("write_bytes_atomic", "write_text_atomic"), "atomic"),
     **dict.fromkeys(
         ("load_settings", "save_settings", "last_bundle_dir", "remember_bundle_dir"), "settings"
     ),

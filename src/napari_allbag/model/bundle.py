@@ -45,9 +45,12 @@ from napari_allbag.model.networks import (
     create_backbone,
     resolve_backbone,
 )
+from napari_allbag.model.trust import TrustSettings, trust_from_meta
 
 #: Bumped when a bundle written by this version could not be read by an older one.
-FORMAT_VERSION = 1
+#: 2: temperatures, the default rule, the sensitivity threshold and the subjects (`model.trust`);
+#: an older reader would drop them silently. Format-1 bundles load and predict as before.
+FORMAT_VERSION = 2
 META_FILE = "bundle.json"
 MODEL_A_FILE = "model_a.safetensors"
 MODEL_B_FILE = "model_b.safetensors"
@@ -74,6 +77,11 @@ class LoadedBundle:
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.meta.get("class_names", CLASS_NAMES))
+
+    @property
+    def trust(self) -> TrustSettings:
+        """Temperatures, default rule, threshold and subjects (format 1: the defaults)."""
+        return trust_from_meta(self.meta)
 
     @property
     def crop_size(self) -> int:
@@ -208,8 +216,9 @@ def save_bundle(
     )
     try:
         text = json.dumps(document, indent=2, default=_json_default)
+        trust_from_meta(json.loads(text))
     except (TypeError, ValueError) as error:
-        raise BundleError(f"bundle metadata is not JSON-able: {error}") from error
+        raise BundleError(f"bundle metadata is not JSON-able or invalid: {error}") from error
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     temp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -345,6 +354,13 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
         )
     if not isinstance(meta.get("backbone"), dict) or "name" not in meta["backbone"]:
         raise BundleError(f"{meta_path} does not say which backbone it uses ('backbone.name').")
+    try:
+        trust_from_meta(meta)
+    except ValueError as error:
+        raise BundleError(
+            f"{meta_path}: {error}. The calibration fields are damaged: train the bundle again, "
+            "or delete the 'calibration', 'decision' and 'subjects' fields to use it uncalibrated."
+        ) from error
     return meta
 
 
