@@ -3,6 +3,9 @@
 The modules that use them (models, inference, distributed) import them from here.
 """
 
+#: Class order everywhere: index 1 is ALL, so P(ALL) = probs[..., 1].
+CLASS_NAMES = ("hem", "all")
+
 #: The paper's backbone.
 DEFAULT_BACKBONE = "inception_resnet_v2"
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -77,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_allbag.data.annotations import AnnotationError, scan_annotated_folder
     from napari_allbag.evaluation.evaluate import evaluate_folder, format_evaluation
     from napari_allbag.inference.pipeline import PipelineOptions
+    from napari_allbag.io.atomic import write_text_atomic
     from napari_allbag.model.bundle import BundleError, load_bundle
     from napari_allbag.model.devices import DeviceError, select_device
     from napari_allbag.progress import drive_with_bar
@@ -118,21 +117,7 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.out, json.dumps(report, indent=2) + "\n")
-        write_atomic(text_path(args.out), text + "\n")
+        write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+        write_text_atomic(text_path(args.out), text + "\n")
         print(f"\nReport written to {args.out} and {text_path(args.out)}")
     return 0
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder (never half a file)."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -1,5 +1,7 @@
 """The networks: timm backbones, the stage-1 and combined models, the ensemble and its decision
-rule (`networks`), the model bundle folder (`bundle`), and the compute device (`devices`).
+rule (`networks`), the model bundle folder (`bundle`; `meta` reads its bundle.json without torch),
+its model card (`card`, torch-free), the bioimage.io export (`export_bioimageio`), and the compute
+device (`devices`).
 
 May import: `io`, `data`, `segmentation` (the bundle records its segmentation parameters),
 `progress`, `defaults`. `networks` imports torch and timm only.
@@ -28,15 +30,27 @@ _EXPORTS = {
     ),
     **dict.fromkeys(
         (
-            "FORMAT_VERSION",
-            "BundleError",
             "LoadedBundle",
             "save_bundle",
             "load_bundle",
-            "read_bundle_meta",
         ),
         "bundle",
     ),
+    **dict.fromkeys(
+        ("FORMAT_VERSION", "META_FILE", "BundleError", "bundle_folder", "read_bundle_meta"), "meta"
+    ),
+    **dict.fromkeys(
+        (
+            "ModelCardError",
+            "build_model_card",
+            "format_model_card",
+            "read_model_card",
+            "validate_model_card",
+            "software_versions",
+        ),
+        "card",
+    ),
+    **dict.fromkeys(("ExportSettings", "export_bioimageio"), "export_bioimageio"),
     **dict.fromkeys(
         ("DeviceError", "select_device", "device_description", "release_memory"), "devices"
     ),

@@ -26,10 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_allbag.defaults import DEFAULT_BACKBONE
+from napari_allbag.defaults import CLASS_NAMES, DEFAULT_BACKBONE
 
-#: Class order everywhere: index 1 is ALL, so P(ALL) = probs[..., 1].
-CLASS_NAMES = ("hem", "all")
 #: Order of the three models in `Ensemble` outputs.
 MODEL_NAMES = ("model_a", "model_b", "combined")
 

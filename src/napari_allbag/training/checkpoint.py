@@ -13,66 +13,32 @@ The tensor file of the previous checkpoint is deleted only after the new JSON is
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from napari_allbag.io.atomic import (  # noqa: F401  (re-exported: training writes through here)
+    json_default,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+    write_with,
+)
+
 CHECKPOINT_FORMAT = 1
-#: Permissions of written files (mkstemp makes them private; outputs are ordinary files).
-FILE_MODE = 0o644
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read (damaged or from another run); the message says which."""
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, FILE_MODE)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 `text` to `path` atomically."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """JSON-dump `data` to `path` atomically (indented, so people can read it)."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
 def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Save a flat dict of tensors as safetensors, atomically (copied to CPU, contiguous)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(_plain(tensors), temp)
-        with open(temp, "rb") as out:
-            os.fsync(out.fileno())
-        os.chmod(temp, FILE_MODE)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    plain = _plain(tensors)
+    write_with(path, lambda temp: save_file(plain, temp))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -89,18 +55,6 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def _plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # clone: safetensors refuses tensors that share memory; the copy also detaches from training
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 # ----------------------------------------------------------------------------- checkpoints

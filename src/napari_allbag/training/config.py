@@ -84,6 +84,7 @@ class TrainConfig:
     world_size: int = 1
     sync_batchnorm: str = "auto"
     parallel_models: bool = False
+    synthetic_data: bool = False  # generated cells (the demo): the model card warns
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()

@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
+from napari_allbag.model.card import build_model_card
 from napari_allbag.model.networks import BackboneConfig
 from napari_allbag.training.config import RunPaths
 from napari_allbag.training.curves import render_curves_png
@@ -28,6 +29,11 @@ def bundle_meta(
             "val": class_counts(data.labels[data.val]),
         },
         "split": data.split_note,
+        "subjects": {
+            part: sorted({str(data.subjects[i]) for i in rows if data.subjects[i] is not None})
+            for part, rows in (("train", data.train), ("val", data.val))
+        },
+        "synthetic_data": bool(config.synthetic_data),
         "stages": {
             name: {
                 "epochs": outcome.extra.get("last_epoch"),
@@ -55,9 +61,11 @@ def bundle_meta(
     }
     # Training keeps the largest cell of each (one-cell) C-NMC image; a bundle classifies every
     # cell an image holds, so it carries the same crop settings without that restriction.
-    return {
+    meta = {
         "backbone": backbone,
         "segmentation": replace(segmentation_params(config), largest_only=False),
         "training": training,
         "metrics": metrics,
     }
+    meta["model_card"] = build_model_card(meta)
+    return meta
