@@ -109,7 +109,10 @@ def test_second_run_reuses_the_cache_and_refuses_to_overwrite(setup, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["evaluate", *common, "--out", str(out), "--overwrite", "--quiet"]) == 0
     second = json.loads(out.read_text())
-    assert second["models"] == first["models"] and second["crop_cache"] == first["crop_cache"]
+    assert (
+        second["models"] == first["models"]
+        and second["context"]["crop_cache"] == first["context"]["crop_cache"]
+    )
     assert len(list((root / "cache2").iterdir())) == 1
 
 

@@ -22,7 +22,7 @@ from napari_allbag.demo.run import (
     run_demo,
     true_classes,
 )
-from napari_allbag.evaluation.train_report import REPORT_MODELS
+from napari_allbag.evaluation.report import REPORT_MODELS
 from napari_allbag.model.bundle import load_bundle
 from napari_allbag.model.networks import CLASS_NAMES
 from napari_allbag.progress import drive
@@ -102,10 +102,10 @@ def test_the_bundle_carries_a_model_card_that_says_synthetic(finished):
 def test_the_report_has_table_1_for_each_model(finished):
     result, _ = finished
     report = json.loads(result.report_json_path.read_text(encoding="utf-8"))
-    validation_cells = report["cells"]
+    validation_cells = report["n_cells"]
     assert validation_cells > 0
     for name in REPORT_MODELS:
-        table = report["tables"][name]
+        table = report["models"][name]
         for class_name in CLASS_NAMES:
             row = table["per_class"][class_name]
             assert set(row) >= {"precision", "recall", "f1", "support"}

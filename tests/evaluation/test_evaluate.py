@@ -8,7 +8,8 @@ import pytest
 
 from napari_allbag.data.annotations import scan_annotated_folder
 from napari_allbag.data.synthetic import write_annotated_folder
-from napari_allbag.evaluation.evaluate import evaluate_folder, format_evaluation
+from napari_allbag.evaluation.evaluate import evaluate_folder
+from napari_allbag.evaluation.report import build_report, format_report
 from napari_allbag.inference.pipeline import PipelineOptions, classify_files_cached
 from napari_allbag.model.bundle import load_bundle
 from napari_allbag.model.networks import decide
@@ -35,21 +36,27 @@ def test_the_report_scores_every_cell_through_the_pipeline(evaluated):
     rows = found.rows
     assert report["n_cells"] == len(rows) == len(annotated.paths) - 1
     assert [cell["file"] for cell in report["cells"]] == [str(annotated.paths[i]) for i in rows]
-    assert [s["file"] for s in report["skipped"]] == [str(black)]
+    assert [s["file"] for s in report["context"]["skipped"]] == [str(black)]
     labels, _ = decide(found.predictions.probs[rows])
     assert [cell["ensemble"] for cell in report["cells"]] == [("hem", "all")[i] for i in labels]
     p_all = np.array([cell["p_all"] for cell in report["cells"]])
     assert np.allclose(p_all, found.predictions.p_all[rows], atol=1e-5)
     truth = [cell["label"] for cell in report["cells"]]
     assert truth == [annotated.items[i].label for i in rows]
-    assert report["segmentation"] == found.params.to_dict()
-    assert report["device"] == "cpu"
+    assert [cell["subject"] for cell in report["cells"]] == [
+        annotated.items[i].subject for i in rows
+    ]
+    assert report["context"]["segmentation"] == found.params.to_dict()
+    assert report["context"]["device"] == "cpu"
+    assert report["kind"] == "evaluation" and set(report["per_subject"]["ensemble"]) == {"1", "2"}
 
 
-def test_format_evaluation_lists_counts_and_left_out_files(evaluated):
+def test_the_text_lists_counts_and_left_out_files(evaluated):
     *_, report, black = evaluated
-    text = format_evaluation(report)
+    text = format_report(report)
     assert f"{report['n_cells']} cells evaluated" in text
     assert "1 image(s) left out" in text and str(black) in text
-    empty = {**report, "n_cells": 0, "skipped": [], "notes": []}
-    assert "cells evaluated" in format_evaluation(empty)
+    assert "weighted avg" in text
+    context = {**report["context"], "skipped": [], "notes": []}
+    empty = build_report("evaluation", [], np.zeros((0, 3, 2)), context=context)
+    assert "0 cells evaluated" in format_report(empty) and "left out" not in format_report(empty)

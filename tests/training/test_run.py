@@ -95,9 +95,9 @@ def test_full_training_reaches_the_target_and_writes_every_output(trained):
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "weighted avg" in (run / "report.txt").read_text()
     report = json.loads((run / "report.json").read_text())
-    assert set(report["tables"]) == {"model-A", "model-B", "combined", "ensemble"}
-    matrix = np.array(report["tables"]["ensemble"]["confusion_matrix"])
-    assert matrix.sum() == report["cells"]
+    assert set(report["models"]) == {"model-A", "model-B", "combined", "ensemble"}
+    matrix = np.array(report["models"]["ensemble"]["confusion_matrix"])
+    assert matrix.sum() == report["n_cells"] == len(report["cells"])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["per_class"] == {"hem": N_HEM, "all": N_ALL}
     assert summary["split"]["by_subject"]
@@ -133,7 +133,7 @@ def test_bundle_loads_and_predicts_what_the_report_says(trained, cache_dir):
     assert (
         loaded.meta["metrics"]["ensemble_weighted_f1"] == result.report["weighted_f1"]["ensemble"]
     )
-    cells = result.report["cells_detail"]
+    cells = result.report["cells"]
     files = [Path(cell["file"]) for cell in cells]
     cache = drive(build_crop_cache(files, segmentation_params(config), cache_dir))
     crops = torch.from_numpy(np.ascontiguousarray(cache.crops[cache.rows(files)]))
@@ -259,7 +259,7 @@ def test_out_of_gpu_memory_says_which_batch_size_to_try(tmp_path, cache_dir, mon
 
 def test_crop_feeder_gives_the_same_batches_with_worker_processes(trained, cache_dir):
     config, result, _ = trained
-    files = [Path(cell["file"]) for cell in result.report["cells_detail"]][:20]
+    files = [Path(cell["file"]) for cell in result.report["cells"]][:20]
     cache = drive(build_crop_cache(files, segmentation_params(config), cache_dir))
     from napari_allbag.model.networks import Preprocess, resolve_backbone
 

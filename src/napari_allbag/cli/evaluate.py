@@ -20,7 +20,9 @@ from napari_allbag.cli.options import (
     add_batch_size_option,
     add_cache_dir_option,
     add_device_option,
+    add_engine_option,
     add_workers_option,
+    checked_engine,
     fail,
 )
 
@@ -51,6 +53,7 @@ def register(subparsers) -> None:
     )
     add_device_option(parser)
     add_batch_size_option(parser)
+    add_engine_option(parser)
     add_workers_option(parser, "segmenting images")
     add_cache_dir_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -73,7 +76,9 @@ def text_path(json_path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from napari_allbag.data.annotations import AnnotationError, scan_annotated_folder
-    from napari_allbag.evaluation.evaluate import evaluate_folder, format_evaluation
+    from napari_allbag.evaluation.evaluate import evaluate_folder
+    from napari_allbag.evaluation.report import format_report
+    from napari_allbag.inference.engines import EngineError
     from napari_allbag.inference.pipeline import PipelineOptions
     from napari_allbag.io.atomic import write_text_atomic
     from napari_allbag.model.bundle import BundleError, load_bundle
@@ -100,20 +105,23 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(error))
     try:
         device = select_device(args.device)
+        engine = checked_engine(args.engine, device)
         bundle = load_bundle(args.bundle, device)
-    except (BundleError, DeviceError) as error:
+    except (BundleError, DeviceError, EngineError) as error:
         return _fail(str(error))
 
     started = time.perf_counter()
-    options = PipelineOptions(batch_size=args.batch_size, device=device, workers=args.workers)
+    options = PipelineOptions(
+        batch_size=args.batch_size, device=device, workers=args.workers, engine=engine
+    )
     report = drive_with_bar(
         evaluate_folder(bundle, annotated, options, args.cache_dir), quiet=args.quiet
     )
-    report["seconds"] = round(time.perf_counter() - started, 3)
+    report["context"]["seconds"] = round(time.perf_counter() - started, 3)
+    text = format_report(report)
     if report["n_cells"] == 0:
-        print(format_evaluation(report))
+        print(text)
         return _fail(f"no cell in {args.data_dir} could be segmented; nothing to evaluate")
-    text = format_evaluation(report)
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

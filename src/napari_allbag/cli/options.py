@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:
@@ -48,3 +49,23 @@ def add_cache_dir_option(parser: argparse.ArgumentParser) -> None:
         help="crop cache folder (default: $NAPARI_ALLBAG_CACHE_DIR, else the user cache folder, "
         "e.g. ~/.cache/napari-allbag)",
     )
+
+
+def add_engine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        help="auto, torch, onnxruntime or openvino (default auto: the fastest installed on the "
+        'CPU, torch on a GPU; pip install "napari-allbag[fast-cpu]" for ONNX Runtime)',
+    )
+
+
+def checked_engine(engine: str, device: Any, compile: bool = False) -> str:
+    """The engine name to run with, checked now (an unknown or missing engine fails before any
+    work; raises `inference.engines.EngineError`); `compile` means torch."""
+    from napari_allbag.inference.engines import EngineError, resolve_engine
+
+    if compile and str(engine).lower() not in ("auto", "torch"):
+        raise EngineError(f"--compile applies to --engine torch only, not {engine}")
+    resolve_engine(engine, device)
+    return "torch" if compile else engine

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 from napari_allbag.cli.options import (
     add_batch_size_option,
     add_device_option,
+    add_engine_option,
     add_workers_option,
+    checked_engine,
     fail,
 )
 from napari_allbag.defaults import PREDICTION_COLUMNS
@@ -57,6 +59,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the ensemble (faster on large runs)"
     )
+    add_engine_option(parser)
     add_workers_option(parser, "reading and segmenting images")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --out / --summary if they exist"
@@ -70,6 +73,7 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_allbag.inference.engines import EngineError
     from napari_allbag.inference.pipeline import PipelineOptions, predict_files
     from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
     from napari_allbag.model.bundle import BundleError, load_bundle
@@ -98,15 +102,20 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         device = select_device(args.device)
+        engine = checked_engine(args.engine, device, args.compile)
         bundle = load_bundle(args.bundle, device)
-    except (BundleError, DeviceError) as error:
+    except (BundleError, DeviceError, EngineError) as error:
         return _fail(str(error))
 
     for target in outputs:
         target.parent.mkdir(parents=True, exist_ok=True)
     writer = _AtomicCsv(args.out, columns.RESULT_COLUMNS)
     options = PipelineOptions(
-        batch_size=args.batch_size, device=device, workers=args.workers, compile=args.compile
+        batch_size=args.batch_size,
+        device=device,
+        workers=args.workers,
+        compile=args.compile,
+        engine=engine,
     )
     try:
         work = predict_files(

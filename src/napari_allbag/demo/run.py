@@ -382,7 +382,7 @@ def demo_summary(result: DemoResult) -> dict[str, Any]:
         "device": result.device,
         "seconds": round(result.seconds, 1),
         "validation_weighted_f1": result.weighted_f1,
-        "validation_cells": result.report.get("cells"),
+        "validation_cells": result.report.get("n_cells"),
         "field": {
             "cells": result.cells,
             "n_all": result.n_all,
@@ -405,7 +405,7 @@ def format_summary(result: DemoResult) -> str:
         f"Demo finished in {result.seconds:.0f} s on {result.device} "
         f"({result.settings.backbone} at {result.settings.img_size} px, "
         f"{result.settings.epochs} epochs per stage).",
-        f"  Validation ({result.report.get('cells', '?')} synthetic cells of unseen subjects): "
+        f"  Validation ({result.report.get('n_cells', '?')} synthetic cells of unseen subjects): "
         f"weighted F1 of the ensemble {f1.get('ensemble', float('nan')):.2f} ({others})",
         f"  Sample field: {result.cells} cells found, {result.n_all} ALL, "
         f"{result.cells - result.n_all} HEM ({result.matches_truth} of {result.cells} match "

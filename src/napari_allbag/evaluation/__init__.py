@@ -1,6 +1,7 @@
-"""The paper's Table 1: a bundle evaluated on an annotated folder (`evaluate`, what the CLI's
-`evaluate` runs), metrics and confusion matrices (`metrics`) and the validation report written
-after training (`train_report`).
+"""The paper's Table 1 as one report (`report`): metrics, confusion matrices and accuracy per
+subject for model-A, model-B, the combined model and the ensemble rule, built alike for a bundle
+evaluated on an annotated folder (`evaluate`, what the CLI's `evaluate` runs) and for the
+validation after training (one JSON shape, docs/report-format.md).
 
 May import: `io`, `data`, `segmentation`, `model`, `inference`, `progress`, `defaults`.
 """
@@ -11,16 +12,19 @@ _EXPORTS = {
     **dict.fromkeys(
         (
             "METRIC_KEYS",
-            "confusion_matrix",
+            "REPORT_KINDS",
+            "REPORT_MODELS",
+            "REPORT_VERSION",
+            "build_report",
             "classification_table",
-            "per_subject_accuracy",
+            "confusion_matrix",
+            "format_report",
             "format_table",
-            "ensemble_report",
+            "per_subject_accuracy",
         ),
-        "metrics",
+        "report",
     ),
-    "build_report": "train_report",
-    **dict.fromkeys(("evaluate_folder", "format_evaluation"), "evaluate"),
+    "evaluate_folder": "evaluate",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

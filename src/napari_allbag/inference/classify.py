@@ -193,17 +193,23 @@ def classify_crops(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     compile: bool = False,
+    engine: str | None = "torch",
 ) -> Generator[Progress, None, CellPredictions]:
-    """Classify uint8 crops (N, S, S, 3) in batches; yields Progress, returns CellPredictions."""
+    """Classify uint8 crops (N, S, S, 3) in batches; yields Progress, returns CellPredictions.
+
+    `engine` is one of `inference.engines.ENGINES` ("auto": the fastest installed on the CPU).
+    """
+    from napari_allbag.inference.engines import engine_runner
+
     crops = check_crops(crops)
     total = int(crops.shape[0])
     if total == 0:
         return CellPredictions.empty()
-    runner = EnsembleRunner(bundle, device, batch_size, compile)
+    runner = engine_runner(bundle, device, batch_size, compile, engine, int(crops.shape[1]))
     probs = np.empty((total, len(MODEL_NAMES), len(CLASS_NAMES)), np.float32)
     yield Progress(0, total, "classify", runner.description)
     start = time.perf_counter()
-    in_flight: deque[tuple[int, int, PendingBatch]] = deque()
+    in_flight: deque[tuple[int, int, Any]] = deque()
 
     def collect() -> Progress:
         first, last, pending = in_flight.popleft()

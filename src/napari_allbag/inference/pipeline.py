@@ -43,6 +43,8 @@ class PipelineOptions:
     workers: segmentation processes for files (None: the segmentation's default).
     compile: `torch.compile` the ensemble (worth it on large runs).
     segmentation: `SegmentationParams` replacing the bundle's (None: the bundle's own).
+    engine: `inference.engines.ENGINES` ("torch" here; the CLI's default is "auto": ONNX Runtime
+        or OpenVINO on the CPU when installed, else torch).
     """
 
     batch_size: int | None = None
@@ -50,6 +52,7 @@ class PipelineOptions:
     workers: int | None = None
     compile: bool = False
     segmentation: Any = None
+    engine: str = "torch"
 
 
 DEFAULT_OPTIONS = PipelineOptions()
@@ -103,9 +106,16 @@ def segmentation_params(bundle: Any, options: PipelineOptions = DEFAULT_OPTIONS)
     return params
 
 
-def make_runner(bundle: Any, options: PipelineOptions = DEFAULT_OPTIONS) -> EnsembleRunner:
-    """The `EnsembleRunner` for `bundle` with the options' device, batch size and compile."""
-    return EnsembleRunner(bundle, options.device, options.batch_size, options.compile)
+def make_runner(
+    bundle: Any, options: PipelineOptions = DEFAULT_OPTIONS, crop_size: int | None = None
+) -> EnsembleRunner | Any:
+    """The runner for `bundle`: an `EnsembleRunner` (engine torch) or an `engines.Engine` with
+    the same `host_batch` / `submit` interface, on the options' device, batch size, compile."""
+    from napari_allbag.inference.engines import engine_runner
+
+    return engine_runner(
+        bundle, options.device, options.batch_size, options.compile, options.engine, crop_size
+    )
 
 
 def classify_cells(
@@ -114,7 +124,7 @@ def classify_cells(
     """Classify uint8 crops (N, S, S, 3) with the options' batch size, device and compile."""
     return (
         yield from classify_crops(
-            bundle, crops, options.batch_size, options.device, options.compile
+            bundle, crops, options.batch_size, options.device, options.compile, options.engine
         )
     )
 
@@ -213,7 +223,7 @@ def predict_files(
     `segmentation.iter_segment_files` (tests feed prepared results through it).
     """
     paths = [Path(p) for p in paths]
-    runner = make_runner(bundle, options)
     params = segmentation_params(bundle, options)
+    runner = make_runner(bundle, options, getattr(params, "crop_size", None))
     stream = (segment_stream or _segmentation_stream)(paths, params, options.workers)
     return (yield from stream_predictions(runner, stream, len(paths), sink))

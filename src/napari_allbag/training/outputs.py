@@ -48,7 +48,7 @@ def bundle_meta(
     }
     metrics = {
         "ensemble_weighted_f1": report["weighted_f1"]["ensemble"],
-        "validation_cells": report["cells"],
+        "validation_cells": report["n_cells"],
         "validation": {
             name: {
                 "weighted_f1": table["weighted_avg"]["f1"],
@@ -56,7 +56,7 @@ def bundle_meta(
                 "per_class": table["per_class"],
                 "confusion_matrix": table["confusion_matrix"],
             }
-            for name, table in report["tables"].items()
+            for name, table in report["models"].items()
         },
     }
     # Training keeps the largest cell of each (one-cell) C-NMC image; a bundle classifies every

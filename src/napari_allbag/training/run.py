@@ -31,7 +31,7 @@ import torch
 
 from napari_allbag.data.annotations import AnnotationError
 from napari_allbag.data.bagging import describe_subsets
-from napari_allbag.evaluation.train_report import build_report, format_report
+from napari_allbag.evaluation.report import build_report, format_report
 from napari_allbag.model.bundle import BundleError, save_bundle
 from napari_allbag.model.devices import DeviceError, release_memory, select_device
 from napari_allbag.model.networks import (
@@ -444,16 +444,17 @@ def _train(
     stage[0] = "report"
     yield Progress(0, 3, "report", "validation report")
     report = build_report(
+        "validation",
         data.labels[data.val],
         probs,
-        subjects=[data.subjects[i] for i in data.val],
         files=[data.files[i] for i in data.val],
-        extra={
+        subjects=[data.subjects[i] for i in data.val],
+        context={
             "split": data.split_note,
             "best_epochs": {name: o.best_epoch for name, o in outcomes.items()},
         },
     )
-    report_text = format_report(report)
+    report_text = format_report(report) + "\n"
 
     # Rank 0 writes; `share` lets the others wait for it and fail with it (one process: a call).
     def write_report() -> None:

@@ -1,5 +1,9 @@
-"""The paper's Table 1: precision, recall, F1 and support per class plus the support-weighted
-average, with accuracy and the confusion matrix, for several models side by side.
+"""The paper's Table 1 as one report, for `evaluate` and for the validation after training.
+
+`build_report` makes it, `format_report` writes it as text; both callers get the same JSON shape
+(docs/report-format.md): precision, recall, F1 and support per class with the support-weighted
+average, accuracy and the confusion matrix for model-A, model-B, the combined model and the
+ensemble rule; accuracy per subject; one row per cell; and a `context` saying where it came from.
 
 Everything returned is plain JSON-able Python (floats, ints, lists, dicts).
 """
@@ -210,6 +214,10 @@ def format_per_subject(
 
 #: The four predictions compared in Table 1: each stage-1 model, the combined model, the rule.
 REPORT_MODELS = ("model-A", "model-B", "combined", "ensemble")
+#: What a report is of: `evaluate` on an annotated folder, or the validation split after training.
+REPORT_KINDS = ("evaluation", "validation")
+#: Bumped when a key changes meaning or goes away (docs/report-format.md).
+REPORT_VERSION = 1
 
 
 def model_predictions(probs: np.ndarray) -> dict[str, np.ndarray]:
@@ -219,7 +227,7 @@ def model_predictions(probs: np.ndarray) -> dict[str, np.ndarray]:
         decide,  # torch: imported only where probabilities exist
     )
 
-    probs = np.asarray(probs, dtype=np.float32)
+    probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 3 or probs.shape[1:] != (3, 2):
         raise ValueError(f"expected probabilities of shape (N, 3, 2), got {probs.shape}")
     predictions = {name: probs[:, i].argmax(axis=1) for i, name in enumerate(REPORT_MODELS[:3])}
@@ -227,30 +235,113 @@ def model_predictions(probs: np.ndarray) -> dict[str, np.ndarray]:
     return predictions
 
 
-def ensemble_report(
-    y_true: Sequence[Any] | np.ndarray,
+def _cell_rows(
+    labels: np.ndarray,
     probs: np.ndarray,
+    ensemble: np.ndarray,
+    files: Sequence[Any] | None,
+    subjects: Sequence[str | None] | None,
+) -> list[dict[str, Any]]:
+    """One JSON row per cell: file, true class, subject, the three P(ALL), the ensemble's class."""
+    n = len(labels)
+    files = [None] * n if files is None else [str(f) for f in files]
+    subjects = [None] * n if subjects is None else list(subjects)
+    for name, values in (("files", files), ("subjects", subjects)):
+        if len(values) != n:
+            raise ValueError(f"{len(values)} {name} for {n} cells")
+    return [
+        {
+            "file": files[i],
+            "label": CLASS_NAMES[int(labels[i])],
+            "subject": subjects[i],
+            "p_all": [round(float(p), 6) for p in probs[i, :, 1]],
+            "ensemble": CLASS_NAMES[int(ensemble[i])],
+        }
+        for i in range(n)
+    ]
+
+
+def build_report(
+    kind: str,
+    labels: Sequence[Any] | np.ndarray,
+    probs: np.ndarray,
+    files: Sequence[Any] | None = None,
     subjects: Sequence[str | None] | None = None,
-    class_names: Sequence[str] = CLASS_NAMES,
+    context: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Table 1 for model-A, model-B, combined and the ensemble rule, plus accuracy per subject
-    where subjects are known: a JSON-able dict for `format_report`."""
+    """The report of `kind` ("evaluation" or "validation") on cells with true `labels` (class
+    indices or names) and ensemble probabilities `probs` (N, 3, 2): a JSON-able dict of the shape
+    in docs/report-format.md. `context` (JSON-able) says where the figures come from."""
+    if kind not in REPORT_KINDS:
+        raise ValueError(f"unknown report kind {kind!r}; expected one of {REPORT_KINDS}")
+    labels = _as_indices(labels, CLASS_NAMES)
     predictions = model_predictions(probs)
-    tables = {
-        name: classification_table(y_true, pred, class_names) for name, pred in predictions.items()
-    }
+    if len(labels) != len(probs):
+        raise ValueError(f"{len(labels)} labels for {len(probs)} cells")
+    tables = {name: classification_table(labels, pred) for name, pred in predictions.items()}
     per_subject: dict[str, Any] = {}
     if subjects is not None and any(s is not None for s in subjects):
         per_subject = {
-            name: per_subject_accuracy(y_true, pred, subjects, class_names)
+            name: per_subject_accuracy(labels, pred, list(subjects))
             for name, pred in predictions.items()
         }
-    return {"models": tables, "per_subject": per_subject, "n_cells": int(len(probs))}
+    return {
+        "kind": kind,
+        "version": REPORT_VERSION,
+        "class_names": list(CLASS_NAMES),
+        "n_cells": int(len(labels)),
+        "models": tables,
+        "weighted_f1": {name: table["weighted_avg"]["f1"] for name, table in tables.items()},
+        "per_subject": per_subject,
+        "cells": _cell_rows(labels, np.asarray(probs), predictions["ensemble"], files, subjects),
+        "context": dict(context or {}),
+    }
+
+
+def _validation_header(report: dict[str, Any]) -> list[str]:
+    context = report["context"]
+    lines = [f"Validation report ({report['n_cells']} validation cells)"]
+    for key in ("split", "best_epochs"):
+        if key in context:
+            lines.append(f"{key.replace('_', ' ')}: {context[key]}")
+    return lines
+
+
+def _evaluation_header(report: dict[str, Any]) -> list[str]:
+    context = report["context"]
+    annotations = context["annotations"]
+    lines = [
+        f"Evaluation of {context['bundle']} on {context['data_dir']}",
+        f"  {report['n_cells']} cells evaluated ({annotations['per_class']['all']} ALL and "
+        f"{annotations['per_class']['hem']} HEM images found)",
+    ]
+    skipped = context["skipped"]
+    if skipped:
+        lines.append(f"  {len(skipped)} image(s) left out (no crop):")
+        lines += [f"    {entry['file']}: {entry['reason']}" for entry in skipped[:10]]
+        if len(skipped) > 10:
+            lines.append(f"    ... ({len(skipped) - 10} more in the JSON report)")
+    if context["notes"]:
+        lines.append(
+            f"  {len(context['notes'])} image(s) held more than one cell: the largest was used"
+        )
+    for key, title in (("unlabelled", "without a class"), ("unreadable", "unreadable")):
+        if annotations[key]:
+            lines.append(f"  {len(annotations[key])} file(s) {title} were not evaluated")
+    return lines
+
+
+_HEADERS = {"evaluation": _evaluation_header, "validation": _validation_header}
 
 
 def format_report(report: dict[str, Any], max_subjects: int = 200) -> str:
-    """Text for `ensemble_report`: Table 1 side by side, confusion matrices, per-subject accuracy."""
-    parts = [format_table(report["models"]), format_confusion(report["models"])]
-    if report.get("per_subject"):
-        parts.append(format_per_subject(report["per_subject"], max_rows=max_subjects))
-    return "\n\n".join(part for part in parts if part)
+    """The report as text (the terminal and report.txt): what it is of, then Table 1 side by
+    side, the confusion matrices and the accuracy per subject."""
+    lines = _HEADERS[report["kind"]](report)
+    if report["n_cells"]:
+        models = report["models"]
+        parts = [format_table(models), format_confusion(models)]
+        if report["per_subject"]:
+            parts.append(format_per_subject(report["per_subject"], max_rows=max_subjects))
+        lines += ["", "\n\n".join(part for part in parts if part)]
+    return "\n".join(lines)
