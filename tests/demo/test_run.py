@@ -83,7 +83,7 @@ def test_the_bundle_loads_with_the_demo_backbone(finished):
 
 
 def test_the_bundle_carries_a_model_card_that_says_synthetic(finished):
-    from napari_allbag.model_card import SYNTHETIC_WARNING, read_model_card
+    from napari_allbag.model.card import SYNTHETIC_WARNING, read_model_card
 
     result, _ = finished
     card, stored = read_model_card(result.bundle_path)
@@ -96,7 +96,7 @@ def test_the_bundle_carries_a_model_card_that_says_synthetic(finished):
     assert data["subjects"]["val"] >= 2 and not set(data["subject_ids"]["train"]) & set(
         data["subject_ids"]["val"]
     )
-    assert card["validation"]["cells"] == result.report["cells"]
+    assert card["validation"]["cells"] == result.report["n_cells"]
 
 
 def test_the_report_has_table_1_for_each_model(finished):
