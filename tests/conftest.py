@@ -31,7 +31,3 @@ def _few_torch_threads():
     except ImportError:  # pragma: no cover
         return
     torch.set_num_threads(2)
-    # torch._dynamo loads triton, whose bundled LLVM crashes the process (segfault) when Mesa's
-    # llvmpipe is already loaded, i.e. after a test opened a napari viewer under xvfb. Loading it
-    # first makes the suite independent of test order (subsets included).
-    import torch._dynamo  # noqa: F401

@@ -14,3 +14,13 @@ PREDICTION_COLUMNS = ("p_all_model_a", "p_all_model_b", "p_all_combined", "label
 
 #: Seconds a training process waits for the others before it stops with an error.
 DEFAULT_DIST_TIMEOUT_S = 600.0
+
+#: Segmentation background modes: decide per image, cells on black (the paper), bright-field.
+BACKGROUND_MODES = ("auto", "dark", "bright")
+
+#: What each mode does, for help texts and the widgets.
+BACKGROUND_HELP = (
+    "auto (the default): decide per image from its border and histogram; dark: cells on a black "
+    "background (C-NMC crops, the paper's segmentation); bright: bright-field smears and crops "
+    "(purple white cells on a pale background)"
+)

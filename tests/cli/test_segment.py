@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from napari_allbag.cli.main import main
+from napari_allbag.data.synthetic_brightfield import BrightfieldLook, make_brightfield_field
 from napari_allbag.segmentation.to_folder import CELLS_COLUMNS, unique_stems
 from tests.drawn_cells import FIELD_CELLS, field, single_cell
 
@@ -81,7 +82,8 @@ def test_segment_writes_crops_cells_and_errors_and_leaves_inputs_alone(inputs, t
     assert "not an image" in errors[0]["reason"]
     assert not list(out.glob(".*.tmp")) and not list((out / "crops").glob(".*"))
     report = capsys.readouterr()
-    assert "could not be read" in report.err and "1 image(s) had no cell" in report.err
+    assert "could not be read" in report.err and "1 with no cell found" in report.err
+    assert "black.png: dark background (auto): " in report.err  # the warning names the image
 
 
 def test_workers_give_the_same_tables_as_one_process(inputs, tmp_path):
@@ -177,5 +179,107 @@ def test_help_lists_every_option(capsys):
         "--erosion-size",
         "--min-area",
         "--overwrite",
+        "--background",
+        "--tile-above",
+        "--tile-size",
     ):
         assert option in shown
+    assert "auto" in shown and "dark" in shown and "bright" in shown
+
+
+@pytest.fixture(scope="module")
+def smear(tmp_path_factory):
+    """A generated bright-field field (PNG and uncompressed TIFF) and its truth."""
+    image, truth = make_brightfield_field(3, shape=(750, 1000), look=BrightfieldLook(scale=0.5))
+    folder = tmp_path_factory.mktemp("smear")
+    write_rgb(folder / "png" / "smear.png", image)
+    import tifffile
+
+    (folder / "tif").mkdir()
+    tifffile.imwrite(folder / "tif" / "smear.tif", image)
+    return folder, truth
+
+
+def white_cell_hits(rows: list[dict[str, str]], truth) -> list[int | None]:
+    """Per found cell: the index of the white cell whose disc holds its centroid, or None."""
+    hits = []
+    for row in rows:
+        centre = np.array([float(row["centroid_row"]), float(row["centroid_col"])])
+        inside = [
+            i
+            for i, cell in enumerate(truth.white_cells)
+            if np.hypot(*(centre - np.array(cell.centre))) < cell.radius
+        ]
+        hits.append(inside[0] if inside else None)
+    return hits
+
+
+def test_auto_background_finds_white_cells_not_red_cells_and_says_bright(smear, tmp_path, capsys):
+    folder, truth = smear
+    out = tmp_path / "out"
+    assert main(["segment", str(folder / "png"), "--out", str(out), "--quiet"]) == 0
+    rows = read_csv(out / "cells.csv")
+    hits = white_cell_hits(rows, truth)
+    assert rows and None not in hits  # every cell found is a white cell: no red cell, no platelet
+    assert len(set(hits)) == len(hits)  # one cell per white cell
+    all_cells = {i for i, cell in enumerate(truth.white_cells) if cell.label == "all"}
+    assert all_cells <= set(hits)
+    assert {row["mode"] for row in rows} == {"bright"}
+    assert all(row["keep_reason"] for row in rows)
+    printed = capsys.readouterr()
+    assert "1 image: bright-field (auto)" in printed.out + printed.err
+
+
+def test_background_dark_on_a_smear_warns_of_a_doubtful_segmentation(smear, tmp_path, capsys):
+    folder, _ = smear
+    out = tmp_path / "out"
+    args = ["segment", str(folder / "png"), "--out", str(out), "--quiet", "--background", "dark"]
+    assert main(args) == 0
+    rows = read_csv(out / "cells.csv")
+    assert {row["mode"] for row in rows} == {"dark"}
+    err = capsys.readouterr().err
+    assert "smear.png: dark background (set): doubtful segmentation: one cell covers most" in err
+    assert "1 image: dark background (set); 1 doubtful segmentation: see the warnings" in err
+
+
+def test_background_bright_on_a_cell_on_black_finds_no_white_cell_and_says_so(tmp_path, capsys):
+    write_rgb(tmp_path / "in" / "cell.png", single_cell(size=150, seed=1))
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "in"), "--out", str(out), "--quiet", "--background", "bright"]
+    assert main(args) == 0
+    assert read_csv(out / "cells.csv") == []
+    err = capsys.readouterr().err
+    assert "cell.png: bright-field (set): no white cell found" in err
+    assert "1 with no white cell found" in err
+
+
+def test_an_unknown_background_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["segment", str(tmp_path), "--out", str(tmp_path / "o"), "--background", "grey"])
+    assert "auto" in capsys.readouterr().err
+
+
+def test_a_large_tiff_is_segmented_in_tiles_like_in_one_piece(smear, tmp_path, capsys):
+    folder, _ = smear
+    whole, tiled = tmp_path / "whole", tmp_path / "tiled"
+    base = ["segment", str(folder / "tif"), "--quiet", "--workers", "1"]
+    assert main([*base, "--out", str(whole)]) == 0
+    # 0.75 MP is above 0.5 MP: tiles of 800 px (overlap 256) cover the field in 2 windows.
+    # (Much smaller tiles each hold too few red cells for the bright-field thresholds, which
+    # are taken per window: a known limit of tiling.)
+    assert main([*base, "--out", str(tiled), "--tile-above", "0.5", "--tile-size", "800"]) == 0
+    one, many = read_csv(whole / "cells.csv"), read_csv(tiled / "cells.csv")
+    assert len(one) == len(many) > 0
+    key = ("centroid_row", "centroid_col")
+    for a, b in zip(sorted(one, key=lambda r: float(r["bbox_min_row"])), many, strict=True):
+        assert all(abs(float(a[k]) - float(b[k])) < 3 for k in key)
+        assert b["mode"] == "bright"
+    assert len(list((tiled / "crops").iterdir())) == len(many)
+    assert "1 image: bright-field (auto)" in "".join(capsys.readouterr())
+
+
+def test_tiles_must_be_larger_than_their_overlap(smear, tmp_path, capsys):
+    folder, _ = smear
+    args = ["segment", str(folder / "tif"), "--out", str(tmp_path / "o"), "--tile-size", "200"]
+    assert main(args) == 2
+    assert "--tile-size must exceed" in capsys.readouterr().err

@@ -48,7 +48,8 @@ def test_the_report_scores_every_cell_through_the_pipeline(evaluated):
     ]
     assert report["context"]["segmentation"] == found.params.to_dict()
     assert report["context"]["device"] == "cpu"
-    assert report["kind"] == "evaluation" and set(report["per_subject"]["ensemble"]) == {"1", "2"}
+    subjects = {annotated.items[i].subject for i in rows}
+    assert report["kind"] == "evaluation" and set(report["per_subject"]["ensemble"]) == subjects
 
 
 def test_the_text_lists_counts_and_left_out_files(evaluated):

@@ -24,7 +24,9 @@ def test_segment_to_folder_writes_a_crop_and_a_row_per_cell(tmp_path):
     out = tmp_path / "out"
     counts = drive(segment_to_folder([good, bad], out, params, workers=1))
     expected = segment_image(image, params)
+    tally = counts.pop("feedback")
     assert counts == {"segmented": 1, "failed": 1, "empty": 0, "cells": expected.n_cells}
+    assert tally.images == 1 and tally.modes == {"dark background (auto)": 1}
     with open(out / "cells.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert tuple(rows[0]) == CELLS_COLUMNS and len(rows) == expected.n_cells

@@ -15,7 +15,6 @@ from napari_allbag.training.checkpoint import (
     prefixed,
     save_checkpoint,
     unprefixed,
-    write_text_atomic,
 )
 
 
@@ -79,11 +78,3 @@ def test_missing_and_damaged_checkpoints(tmp_path):
     (tmp_path / "gone.json").write_text(json.dumps(document))
     with pytest.raises(CheckpointError, match="missing"):
         load_checkpoint(tmp_path, "gone")
-
-
-def test_atomic_text_write_leaves_no_temporary_files(tmp_path):
-    target = tmp_path / "sub" / "log.csv"
-    write_text_atomic(target, "a,b\n")
-    write_text_atomic(target, "a,b\n1,2\n")
-    assert target.read_text() == "a,b\n1,2\n"
-    assert [p.name for p in target.parent.iterdir()] == ["log.csv"]

@@ -66,8 +66,11 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_allbag.cli.qt_binding import missing_qt_message
     from napari_allbag.demo.run import DemoError, check_out_dir, default_out_dir, is_finished_demo
 
+    if args.napari and (no_qt := missing_qt_message()):
+        return _fail(no_qt)  # before the demo trains for minutes
     if args.bundle is not None:
         if not args.napari:
             return _fail("--bundle only goes with --napari (it opens the viewer with that bundle)")

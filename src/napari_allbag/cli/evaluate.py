@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 from napari_allbag.cli.options import (
+    add_background_option,
     add_batch_size_option,
     add_cache_dir_option,
     add_device_option,
@@ -56,6 +58,7 @@ def register(subparsers) -> None:
     add_engine_option(parser)
     add_workers_option(parser, "segmenting images")
     add_cache_dir_option(parser)
+    add_background_option(parser, default=None)
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -112,12 +115,17 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     options = PipelineOptions(
-        batch_size=args.batch_size, device=device, workers=args.workers, engine=engine
+        batch_size=args.batch_size,
+        device=device,
+        workers=args.workers,
+        background=args.background,
+        engine=engine,
     )
     report = drive_with_bar(
         evaluate_folder(bundle, annotated, options, args.cache_dir), quiet=args.quiet
     )
     report["context"]["seconds"] = round(time.perf_counter() - started, 3)
+    _print_segmentation_feedback(report["context"])
     text = format_report(report)
     if report["n_cells"] == 0:
         print(text)
@@ -129,3 +137,12 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(text_path(args.out), text + "\n")
         print(f"\nReport written to {args.out} and {text_path(args.out)}")
     return 0
+
+
+def _print_segmentation_feedback(context: dict) -> None:
+    """Per-image segmentation warnings, then their summary line (stderr when any)."""
+    warnings = context.get("segmentation_warnings") or []
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if context.get("segmentation_summary"):
+        print(context["segmentation_summary"], file=sys.stderr if warnings else sys.stdout)

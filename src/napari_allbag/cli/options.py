@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from napari_allbag.defaults import BACKGROUND_HELP, BACKGROUND_MODES
+
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -48,6 +50,38 @@ def add_cache_dir_option(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="crop cache folder (default: $NAPARI_ALLBAG_CACHE_DIR, else the user cache folder, "
         "e.g. ~/.cache/napari-allbag)",
+    )
+
+
+def add_background_option(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """`--background auto|dark|bright`; `default=None` means the model bundle's own setting."""
+    where = "" if default else " Default: the bundle's (auto unless it was trained otherwise)."
+    parser.add_argument(
+        "--background",
+        choices=BACKGROUND_MODES,
+        default=default,
+        help=f"which segmentation: {BACKGROUND_HELP}.{where}",
+    )
+
+
+def add_tiling_options(parser: argparse.ArgumentParser) -> None:
+    """`--tile-above MP` and `--tile-size PX`: when and how large TIFFs are segmented in tiles."""
+    from napari_allbag.segmentation.tiles import DEFAULT_TILE, TILING_MEGAPIXELS
+
+    parser.add_argument(
+        "--tile-above",
+        type=float,
+        default=TILING_MEGAPIXELS,
+        metavar="MP",
+        help="segment TIFF images larger than this many megapixels in overlapping tiles, "
+        f"with bounded memory (default {TILING_MEGAPIXELS:g})",
+    )
+    parser.add_argument(
+        "--tile-size",
+        type=int,
+        default=DEFAULT_TILE,
+        metavar="PX",
+        help=f"side of the tiles (default {DEFAULT_TILE}; they overlap by 256 px)",
     )
 
 

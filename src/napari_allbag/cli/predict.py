@@ -11,14 +11,12 @@ the reason and skipped.
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import sys
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_allbag.cli.options import (
+    add_background_option,
     add_batch_size_option,
     add_device_option,
     add_engine_option,
@@ -28,6 +26,7 @@ from napari_allbag.cli.options import (
 )
 from napari_allbag.defaults import PREDICTION_COLUMNS
 from napari_allbag.inference import columns
+from napari_allbag.io.atomic import AtomicCsv
 
 if TYPE_CHECKING:  # torch loads only when a prediction runs, so `--help` stays fast
     from napari_allbag.inference.predict import FilePredictions, PredictionRun
@@ -61,6 +60,7 @@ def register(subparsers) -> None:
     )
     add_engine_option(parser)
     add_workers_option(parser, "reading and segmenting images")
+    add_background_option(parser, default=None)
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --out / --summary if they exist"
     )
@@ -109,12 +109,13 @@ def run(args: argparse.Namespace) -> int:
 
     for target in outputs:
         target.parent.mkdir(parents=True, exist_ok=True)
-    writer = _AtomicCsv(args.out, columns.RESULT_COLUMNS)
+    writer = AtomicCsv(args.out, columns.RESULT_COLUMNS)
     options = PipelineOptions(
         batch_size=args.batch_size,
         device=device,
         workers=args.workers,
         compile=args.compile,
+        background=args.background,
         engine=engine,
     )
     try:
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.cells or len(result.errors) < len(result.files) else 1
 
 
-def _write_rows(writer: _AtomicCsv, result: FilePredictions) -> None:
+def _write_rows(writer: AtomicCsv, result: FilePredictions) -> None:
     if result.error or not len(result.predictions):
         return
     table = result.table
@@ -158,7 +159,7 @@ def _cell(value: Any) -> Any:
 
 
 def _write_summary(path: Path, result: PredictionRun) -> None:
-    writer = _AtomicCsv(path, SUMMARY_COLUMNS)
+    writer = AtomicCsv(path, SUMMARY_COLUMNS)
     try:
         for item in result.files:
             fraction = item.all_fraction
@@ -199,41 +200,24 @@ def _print_summary(result: PredictionRun, args: argparse.Namespace) -> None:
     )
     if args.summary:
         print(f"Per-file summary -> {args.summary}")
+    _print_segmentation_feedback(files)
     if result.errors:
         print(f"{len(result.errors)} file(s) could not be read and were skipped:", file=sys.stderr)
         for item in result.errors:
             print(f"  {item.path}: {item.error}", file=sys.stderr)
 
 
-class _AtomicCsv:
-    """A CSV written row by row into a temp file beside `path`, moved into place on commit."""
+def _print_segmentation_feedback(files: list) -> None:
+    """Per image: the mode guessed, no cell found, doubtful cells; then the counts."""
+    from napari_allbag.segmentation.feedback import FeedbackTally
 
-    def __init__(self, path: Path, header: tuple[str, ...]):
-        self.path = Path(path)
-        self.temp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        # os.open with 0o666 lets the umask decide the permissions, as for any new file
-        handle = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        self.file = os.fdopen(handle, "w", newline="", encoding="utf-8")
-        self.writer = csv.writer(self.file)
-        self.writer.writerow(header)
-        self.rows = 0
-
-    def write_row(self, values: list[Any]) -> None:
-        self.writer.writerow(values)
-        self.rows += 1
-
-    def commit(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.temp, self.path)
-
-    def abandon(self, keep: bool = True) -> Path | None:
-        """Stop writing; keep the rows so far as `<path>.partial` (if any), else delete."""
-        self.file.close()
-        if keep and self.rows:
-            partial = self.path.with_name(self.path.name + ".partial")
-            os.replace(self.temp, partial)
-            return partial
-        self.temp.unlink(missing_ok=True)
-        return None
+    tally = FeedbackTally()
+    for item in files:
+        if item.feedback is None:
+            continue
+        tally.add(item.feedback)
+        line = item.feedback.line(str(item.path))
+        if line:
+            print(f"warning: {line}", file=sys.stderr)
+    if tally.images:
+        print(tally.text(), file=sys.stderr if tally.warned else sys.stdout)

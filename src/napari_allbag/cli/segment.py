@@ -4,6 +4,9 @@ Parses the arguments, checks DIR and runs `segmentation.to_folder.segment_to_fol
 writes ``DIR/crops/<image stem>_cell<k>.png`` (stems that collide between inputs are told apart),
 ``DIR/cells.csv`` (one row per cell) and ``DIR/errors.csv`` (files that could not be read, and
 why). Never writes into an input folder; refuses a non-empty DIR unless ``--overwrite``.
+``--background`` picks the segmentation (auto: per image); TIFFs above ``--tile-above``
+megapixels go in tiles. Per image, stderr says when the mode was guessed, no cell was found or
+the cells look wrong; the summary counts each.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from napari_allbag.cli.options import add_background_option, add_tiling_options
 from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
 from napari_allbag.progress import drive_with_bar
 from napari_allbag.segmentation.dark import SegmentationParams, default_workers
-from napari_allbag.segmentation.to_folder import segment_to_folder
+from napari_allbag.segmentation.feedback import FeedbackTally
+from napari_allbag.segmentation.to_folder import Tiling, segment_to_folder
 
 
 def register(subparsers) -> None:
@@ -24,9 +29,10 @@ def register(subparsers) -> None:
         "segment",
         help="segment cells in image files: crops, cells.csv, errors.csv",
         description=(
-            "Find every cell (Otsu threshold, erosion, convex hull) in the images given, and "
-            "write a square crop per cell plus a table of the cells. INPUT is files or folders "
-            "(searched recursively for BMP, PNG, JPEG and TIFF files)."
+            "Find every cell (Otsu threshold, erosion, convex hull; on bright-field images on a "
+            "stain channel, white cells only) in the images given, and write a square crop per "
+            "cell plus a table of the cells. INPUT is files or folders (searched recursively "
+            "for BMP, PNG, JPEG and TIFF files)."
         ),
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
@@ -70,6 +76,8 @@ def register(subparsers) -> None:
         action="store_true",
         help="keep only the largest cell of each image (C-NMC images hold one)",
     )
+    add_background_option(parser)
+    add_tiling_options(parser)
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -86,9 +94,11 @@ def run(args: argparse.Namespace) -> int:
             erosion_size=args.erosion_size,
             min_area=args.min_area,
             largest_only=args.largest_only,
+            background=args.background,
         )
         if args.workers is not None and args.workers < 1:
             raise ValueError("--workers must be at least 1")
+        tiling = _tiling(args)
         paths = find_images(args.inputs)
         if not paths:
             raise FileNotFoundError(
@@ -102,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = drive_with_bar(
-            segment_to_folder(paths, out_dir, params, args.workers), quiet=args.quiet
+            segment_to_folder(paths, out_dir, params, args.workers, tiling, say),
+            quiet=args.quiet,
         )
     except OSError as error:
         print(
@@ -114,8 +125,9 @@ def run(args: argparse.Namespace) -> int:
         f"{summary['cells']} cell(s) from {summary['segmented']} of {len(paths)} file(s) -> "
         f"{out_dir / 'cells.csv'}"
     )
-    if summary["empty"]:
-        print(f"{summary['empty']} image(s) had no cell", file=sys.stderr)
+    tally: FeedbackTally = summary["feedback"]
+    if tally.images:
+        print(tally.text(), file=sys.stderr if tally.warned else sys.stdout)
     if summary["failed"]:
         print(
             f"{summary['failed']} file(s) could not be read: see {out_dir / 'errors.csv'}",
@@ -127,6 +139,27 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _tiling(args: argparse.Namespace) -> Tiling:
+    from napari_allbag.segmentation.tiles import DEFAULT_OVERLAP
+
+    if args.tile_above < 0:
+        raise ValueError(f"--tile-above must be 0 or more megapixels, got {args.tile_above}")
+    if args.tile_size <= DEFAULT_OVERLAP:
+        raise ValueError(
+            f"--tile-size must exceed the tiles' overlap ({DEFAULT_OVERLAP} px), "
+            f"got {args.tile_size}"
+        )
+    return Tiling(args.tile_above, args.tile_size)
+
+
+def say(line: str | None) -> None:
+    """One warning line on stderr, above any progress bar (nothing for None)."""
+    if line:
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {line}", file=sys.stderr)
 
 
 def _prepare_out_dir(out_dir: Path, inputs: list[str], overwrite: bool) -> Path:

@@ -21,7 +21,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TypeVar
 
-from napari_allbag.cli.options import add_cache_dir_option
+from napari_allbag.cli.options import add_background_option, add_cache_dir_option
 from napari_allbag.defaults import DEFAULT_BACKBONE, DEFAULT_DIST_TIMEOUT_S
 from napari_allbag.progress import Progress, drive_with_bar
 
@@ -117,6 +117,7 @@ def register(subparsers) -> None:
         help="CSV with columns file,subject (default: from C-NMC file names)",
     )
     add_cache_dir_option(parser)
+    add_background_option(parser)
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -178,6 +179,7 @@ def config_from_args(args: argparse.Namespace):
         resume=args.resume,
         workers=args.workers,
         crop_size=args.crop_size,
+        segmentation={} if args.background == "auto" else {"background": args.background},
         subjects_csv=args.subjects_csv,
         cache_dir=args.cache_dir,
         compile=args.compile,

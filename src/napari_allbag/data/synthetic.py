@@ -31,6 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from napari_allbag.io.atomic import write_bytes_atomic
+
 #: The two classes, in the project's order (index 1 is ALL).
 CLASS_NAMES = ("hem", "all")
 #: Geometry of the generator is defined at this image size and scaled to the requested one.
@@ -371,17 +373,7 @@ def _write_image_atomic(path: Path, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(path.suffix.lower(), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"could not encode {path} as {path.suffix}")
-    _write_bytes_atomic(path, encoded.tobytes())
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    write_bytes_atomic(path, encoded.tobytes(), mode=None, sync=False)
 
 
 def _subject_names(label: str, n_subjects: int) -> list[str]:
@@ -472,7 +464,7 @@ def write_samples(out_dir: str | os.PathLike) -> list[Path]:
     field, truth = make_field(seed, **SAMPLE_FIELD_KWARGS)
     _write_image_atomic(root / name, field)
     text = json.dumps({"seed": seed, "cells": [cell.to_dict() for cell in truth]}, indent=1)
-    _write_bytes_atomic(root / SAMPLE_FIELD_TRUTH, (text + "\n").encode())
+    write_bytes_atomic(root / SAMPLE_FIELD_TRUTH, (text + "\n").encode(), mode=None, sync=False)
     written += [root / name, root / SAMPLE_FIELD_TRUTH]
     return written
 

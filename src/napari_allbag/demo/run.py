@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_allbag.io.atomic import replace_atomic, write_json_atomic, write_text_atomic
 from napari_allbag.progress import Progress
-from napari_allbag.training.checkpoint import write_json_atomic, write_text_atomic
 
 #: Written last: a folder holding it is a finished demo.
 DEMO_FILE = "demo.json"
@@ -276,7 +276,7 @@ def _collect_outputs(out_dir: Path, run_dir: Path) -> dict[str, Path]:
     for name in MOVED_OUTPUTS:
         source, target = run_dir / name, out_dir / name
         if source.exists():
-            source.replace(target)
+            replace_atomic(source, target)
         paths[name] = target
     for name in INTERMEDIATE:
         shutil.rmtree(run_dir / name, ignore_errors=True)

@@ -48,5 +48,20 @@ def evaluate_folder(
             "annotations": annotated.summary(),
             "skipped": [{"file": str(p), "reason": why} for p, why in cache.errors_by_path.items()],
             "notes": [{"file": str(p), "note": note} for p, note in cache.notes_by_path.items()],
+            **segmentation_feedback(cache),
         },
     )
+
+
+def segmentation_feedback(cache: Any) -> dict[str, Any]:
+    """The per-image warnings (mode guessed, no cell, doubtful cells) and their summary line."""
+    from napari_allbag.segmentation.feedback import FeedbackTally
+
+    tally = FeedbackTally()
+    warnings = []
+    for path, feedback in cache.feedback_by_path.items():
+        tally.add(feedback)
+        line = feedback.line(str(path))
+        if line:
+            warnings.append(line)
+    return {"segmentation_warnings": warnings, "segmentation_summary": tally.text()}

@@ -17,5 +17,7 @@ CELL_COLUMNS = (
     "bbox_max_row",
     "bbox_max_col",
     "touches_border",
+    "mode",
+    "keep_reason",
 )
 RESULT_COLUMNS = ("source", *CELL_COLUMNS, *PREDICTION_COLUMNS)

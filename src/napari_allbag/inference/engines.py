@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_allbag.io.atomic import write_bytes_atomic
 from napari_allbag.model.networks import CLASS_NAMES, MODEL_NAMES
 
 #: Names a user may give (`predict --engine`).
@@ -173,27 +174,8 @@ def export_onnx(ensemble: nn.Module, crop_size: int, folder: str | Path) -> Path
         data = _onnx_bytes(cpu_model, example)
     finally:
         cpu_model.train(was_training)
-    _write_atomic(path, data)
+    write_bytes_atomic(path, data)
     return path
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, then `os.replace` (io.atomic takes this over when it lands:
-    inference may not import training.checkpoint's helper)."""
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _cpu_copy(module: nn.Module) -> nn.Module:

@@ -9,13 +9,14 @@ without a class is outlined in grey.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from napari_allbag.io.atomic import write_bytes_atomic
 
 #: RGB colour of each class (the Classify widget's ALL_COLOUR / HEM_COLOUR, 0-255).
 CLASS_COLOURS = {"all": (237, 84, 13), "hem": (38, 158, 242)}
@@ -214,15 +215,10 @@ def draw_overlay(
 
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
-    """Save an RGB uint8 image as PNG atomically (a temporary file, then os.replace)."""
+    """Save an RGB uint8 image as PNG atomically (`io.atomic`; `OutputError` on failure)."""
     path = Path(path)
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(np.asarray(rgb), cv2.COLOR_RGB2BGR))
     if not ok:  # pragma: no cover - encoding a uint8 RGB array does not fail
         raise OSError(f"{path}: PNG encoding failed")
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        temporary.write_bytes(encoded.tobytes())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_bytes_atomic(path, encoded.tobytes(), mode=None, sync=False)
     return path

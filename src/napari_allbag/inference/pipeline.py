@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ class PipelineOptions:
     workers: segmentation processes for files (None: the segmentation's default).
     compile: `torch.compile` the ensemble (worth it on large runs).
     segmentation: `SegmentationParams` replacing the bundle's (None: the bundle's own).
+    background: "auto", "dark" or "bright" replacing the segmentation's background mode (None:
+        the bundle's own, "auto" for bundles saved before the mode existed).
     engine: `inference.engines.ENGINES` ("torch" here; the CLI's default is "auto": ONNX Runtime
         or OpenVINO on the CPU when installed, else torch).
     """
@@ -52,6 +54,7 @@ class PipelineOptions:
     workers: int | None = None
     compile: bool = False
     segmentation: Any = None
+    background: str | None = None
     engine: str = "torch"
 
 
@@ -103,6 +106,8 @@ def segmentation_params(bundle: Any, options: PipelineOptions = DEFAULT_OPTIONS)
         from napari_allbag.segmentation.dark import SegmentationParams
 
         params = SegmentationParams.from_dict(params)
+    if options.background is not None and options.background != params.background:
+        params = replace(params, background=options.background)
     return params
 
 
@@ -144,10 +149,10 @@ def classify_image(
     source: str = "",
 ) -> Generator[Progress, None, ImagePredictions]:
     """Segment an RGB uint8 image with the bundle's (or the options') parameters and classify it."""
-    from napari_allbag.segmentation.dark import segment_image_progress
+    from napari_allbag.segmentation.brightfield import segment_auto_progress
 
     params = segmentation_params(bundle, options)
-    segmented = yield from segment_image_progress(image, params, source)
+    segmented = yield from segment_auto_progress(image, params, source)
     return (yield from classify_segmented(bundle, segmented, options))
 
 

@@ -35,6 +35,7 @@ from napari_allbag.inference.classify import (
 )
 from napari_allbag.model.networks import CLASS_NAMES, MODEL_NAMES
 from napari_allbag.progress import Progress
+from napari_allbag.segmentation.feedback import ImageFeedback
 
 #: Batches waiting for the device in `stream_predictions` (bounds host memory).
 QUEUE_BATCHES = 3
@@ -49,6 +50,7 @@ class FileSummary:
     n_all: int = 0
     error: str | None = None
     message: str = ""
+    feedback: ImageFeedback | None = None  # mode, and what looks wrong (None for unreadable)
 
     @property
     def all_fraction(self) -> float | None:
@@ -64,11 +66,17 @@ class FilePredictions:
     predictions: CellPredictions
     error: str | None = None
     message: str = ""
+    feedback: ImageFeedback | None = None
 
     @property
     def summary(self) -> FileSummary:
         return FileSummary(
-            self.path, len(self.predictions), self.predictions.n_all, self.error, self.message
+            self.path,
+            len(self.predictions),
+            self.predictions.n_all,
+            self.error,
+            self.message,
+            self.feedback,
         )
 
 
@@ -124,6 +132,7 @@ class _FileStart:
     cells: int
     error: str | None
     message: str = ""
+    feedback: ImageFeedback | None = None
 
 
 @dataclass
@@ -149,12 +158,14 @@ def _file_start(index: int, item: Any) -> tuple[_FileStart, np.ndarray | None]:
     if error is None and result is None:
         error = "no segmentation result"
     message = str(getattr(result, "message", "") or "")
+    feedback = ImageFeedback.of(result) if error is None else None
     if error is not None or crops is None or len(crops) == 0:
         table = table_columns(getattr(result, "table", None)) if error is None else {}
-        return _FileStart(index, path, table, 0, str(error) if error else None, message), None
+        error = str(error) if error else None
+        return _FileStart(index, path, table, 0, error, message, feedback), None
     crops = check_crops(crops)
     table = table_columns(result.table)
-    return _FileStart(index, path, table, int(crops.shape[0]), None, message), crops
+    return _FileStart(index, path, table, int(crops.shape[0]), None, message, feedback), crops
 
 
 class _BatchPacker:
@@ -312,7 +323,7 @@ class _FileAssembler:
                 else CellPredictions.empty()
             )
             result = FilePredictions(
-                start.path, start.table, predictions, start.error, start.message
+                start.path, start.table, predictions, start.error, start.message, start.feedback
             )
             self.run.files.append(result.summary)
             if self.sink is not None:

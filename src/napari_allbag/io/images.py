@@ -17,6 +17,7 @@ Conversion rules (`to_rgb_uint8`):
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,6 +29,9 @@ import numpy as np
 IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 _TIFF_EXTENSIONS = (".tif", ".tiff")
+#: Pixel types cv2.cvtColor converts; others (int32, float64, ...) have their channels reordered.
+_CVT_DTYPES = (np.uint8, np.uint16, np.float32)
+_JPEG_START = b"\xff\xd8\xff"
 
 
 class ImageReadError(ValueError):
@@ -43,13 +47,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as a C-contiguous HxWx3 uint8 RGB array.
 
     OpenCV decodes BMP, PNG, JPEG and TIFF (any case of extension); multi-page files give their
-    first page. TIFFs OpenCV cannot decode are retried with tifffile. Raises `ImageReadError`.
+    first page. TIFFs OpenCV cannot decode, or of pixel types other than uint8, uint16 and
+    float32, are read with tifffile. Raises `ImageReadError`.
     """
     path = Path(path)
     _check_readable_file(path)
     array = _decode_with_opencv(path)
-    if array is None and path.suffix.lower() in _TIFF_EXTENSIONS:
-        array = _decode_with_tifffile(path)
+    if path.suffix.lower() in _TIFF_EXTENSIONS and (
+        array is None or array.dtype not in _CVT_DTYPES
+    ):
+        tiff = _decode_with_tifffile(path)  # exact for every pixel type (OpenCV garbles int8 RGBA)
+        array = tiff if tiff is not None else array
     if array is None:
         raise ImageReadError(
             path, "not an image (could not decode it as BMP, PNG, JPEG or TIFF; is it complete?)"
@@ -90,9 +98,11 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """List the image files named by `inputs` (files, or folders searched recursively).
 
     Folders contribute the files whose extension is in `IMAGE_EXTENSIONS` (any case), sorted,
-    skipping hidden files and folders. Files named explicitly are kept whatever their extension
-    (reading them reports a clear error if they are not images). Duplicates are dropped, the
-    order of `inputs` is kept. Raises FileNotFoundError naming a path that does not exist.
+    skipping hidden files and folders and the tool's own outputs (model bundles, training run
+    folders); linked folders are followed once each, so a link loop ends. Files named
+    explicitly are kept whatever their extension (reading them reports a clear error if they
+    are not images). Duplicates are dropped, the order of `inputs` is kept. Raises
+    FileNotFoundError naming a path that does not exist.
     """
     found: list[Path] = []
     seen: set[Path] = set()
@@ -102,7 +112,7 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
             raise FileNotFoundError(f"{path}: no such file or folder")
         candidates = [path] if path.is_file() else _images_in_folder(path)
         for candidate in candidates:
-            key = candidate.resolve()
+            key = _identity(candidate)
             if key not in seen:
                 seen.add(key)
                 found.append(candidate)
@@ -110,16 +120,58 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def _images_in_folder(folder: Path) -> list[Path]:
+    """Images below `folder`; linked folders are followed once each (no loop), links that lead
+    nowhere are skipped, and the tool's own outputs (bundles, run folders) are never data."""
     images = []
-    for root, dirs, files in os.walk(folder):
+    visited: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        if not _first_visit(root, visited) or _is_tool_output(root, files):
+            dirs[:] = []
+            continue
         dirs[:] = [name for name in dirs if not name.startswith(".")]
         for name in files:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                images.append(Path(root) / name)
+                if os.path.isfile(os.path.join(root, name)):
+                    images.append(Path(root) / name)
     return sorted(images)
 
 
+def _first_visit(folder: str, visited: set[tuple[int, int]]) -> bool:
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return False
+    key = (info.st_dev, info.st_ino)
+    if key in visited:
+        return False
+    visited.add(key)
+    return True
+
+
+def _is_tool_output(folder: str, files: list[str]) -> bool:
+    """A model bundle (bundle.json) or a training run folder (config.json holding a run's config)."""
+    if "bundle.json" in files:
+        return True
+    if "config.json" not in files:
+        return False
+    try:
+        with open(os.path.join(folder, "config.json"), "rb") as handle:
+            document = json.loads(handle.read(1_000_000))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(document, dict) and isinstance(document.get("config"), dict)
+
+
+def _identity(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        return Path(os.path.abspath(path))
+
+
 def _check_readable_file(path: Path) -> None:
+    if not path.exists() and path.is_symlink():
+        raise ImageReadError(path, "a symbolic link that leads nowhere (broken, or a loop)")
     if not path.exists():
         raise ImageReadError(path, "file not found")
     if path.is_dir():
@@ -137,8 +189,10 @@ def _check_readable_file(path: Path) -> None:
 def _decode_with_opencv(path: Path) -> np.ndarray | None:
     """OpenCV decode; BGR(A) becomes RGB(A). Falls back to imdecode for non-ASCII paths.
 
+    A truncated JPEG raises `ImageReadError` (OpenCV would fill its missing part with grey).
     OpenCV's own log lines about undecodable files are silenced: the caller reports them.
     """
+    _check_complete_jpeg(path)
     previous = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
         array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -150,11 +204,54 @@ def _decode_with_opencv(path: Path) -> np.ndarray | None:
         cv2.utils.logging.setLogLevel(previous)
     if array is None:
         return None
+    if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype not in _CVT_DTYPES:
+        return np.ascontiguousarray(array[:, :, [2, 1, 0, 3][: array.shape[2]]])
     if array.ndim == 3 and array.shape[2] == 3:
         cv2.cvtColor(array, cv2.COLOR_BGR2RGB, dst=array)
     elif array.ndim == 3 and array.shape[2] == 4:
         cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA, dst=array)
     return array
+
+
+def _check_complete_jpeg(path: Path) -> None:
+    """Raise `ImageReadError` for a JPEG (by its first bytes, whatever its name) cut short."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(3) != _JPEG_START:
+                return
+        data = path.read_bytes()  # <1% of the decoding time (the OS cache serves both reads)
+    except OSError:
+        return  # the decoder reports it
+    if _jpeg_is_truncated(data):
+        raise ImageReadError(
+            path,
+            "truncated JPEG: the file ends before its image data does (an incomplete copy or "
+            "download); get the whole file again",
+        )
+
+
+def _jpeg_is_truncated(data: bytes) -> bool:
+    """True for a JPEG with no end-of-image marker after its first scan (cut short).
+
+    The segments before the scan are walked by their lengths, so a thumbnail's markers inside
+    them do not count; inside scan data 0xFF is always stuffed, so FF D9 there is the real end.
+    """
+    if data[:3] != _JPEG_START:
+        return False
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return False  # not a layout we know: leave the decision to the decoder
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+        elif marker == 0xDA:  # start of scan
+            return data.rfind(b"\xff\xd9", position) < 0  # from the end: found at once
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            position += 2
+        else:
+            position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return True
 
 
 def _decode_with_tifffile(path: Path) -> np.ndarray | None:
@@ -163,7 +260,8 @@ def _decode_with_tifffile(path: Path) -> np.ndarray | None:
     except ImportError:  # pragma: no cover - tifffile comes with scikit-image
         return None
     try:
-        return tifffile.imread(path, key=0)
+        array = tifffile.imread(path, key=0)
+        return array if array.size else None  # a truncated file can give an empty page
     except Exception:  # tifffile raises many kinds of errors on bad files
         return None
 
@@ -186,7 +284,7 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
         return cv2.convertScaleAbs(array, alpha=1.0 / 257.0)
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f"unsupported pixel type {array.dtype}")
-    work = array.astype(np.float32) if array.dtype != np.float32 else array.copy()
+    work = array.astype(np.float64 if array.dtype.itemsize == 8 else np.float32)  # a copy
     np.nan_to_num(work, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     low, high = float(work.min()), float(work.max())
     if np.issubdtype(array.dtype, np.floating) and low >= 0.0 and high <= 1.0:

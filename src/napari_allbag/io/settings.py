@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from napari_allbag.io.atomic import write_text_atomic
 
 CONFIG_DIR_ENV = "NAPARI_ALLBAG_CONFIG_DIR"
 SETTINGS_FILE = "settings.json"
@@ -50,11 +51,7 @@ def save_settings(values: dict[str, Any]) -> None:
     data = load_settings()
     data.update(values)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(prefix=".settings-", suffix=".json", dir=path.parent)
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2)
-        os.replace(temp, path)
+        write_text_atomic(path, json.dumps(data, indent=2), mode=0o600, sync=False)
     except OSError:
         return
 

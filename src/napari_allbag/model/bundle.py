@@ -31,6 +31,8 @@ from typing import Any
 import torch
 
 from napari_allbag import __version__
+from napari_allbag.io.atomic import OutputError, replace_atomic
+from napari_allbag.io.schema import check_finite_tensors
 from napari_allbag.model.meta import (  # noqa: F401  (FORMAT_VERSION, read_bundle_meta: re-exported)
     FORMAT_VERSION,
     META_FILE,
@@ -228,6 +230,9 @@ def save_bundle(
         os.chmod(temp, mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH if mode & 0o044 else 0o700)
         _fsync(temp)
         _move_into_place(temp, out_dir, overwrite)
+    except OSError as error:  # disk full, read-only: one message, no partial folder left
+        shutil.rmtree(temp, ignore_errors=True)
+        raise OutputError(out_dir, error) from error
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -269,18 +274,18 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
 def _move_into_place(temp: Path, out_dir: Path, overwrite: bool) -> None:
     _check_target(out_dir, overwrite)
     if not out_dir.exists():
-        os.replace(temp, out_dir)
+        replace_atomic(temp, out_dir)
         return
     if not any(out_dir.iterdir()):
         out_dir.rmdir()
-        os.replace(temp, out_dir)
+        replace_atomic(temp, out_dir)
         return
     old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(out_dir, old)
+    replace_atomic(out_dir, old)
     try:
-        os.replace(temp, out_dir)
+        replace_atomic(temp, out_dir)
     except BaseException:
-        os.replace(old, out_dir)
+        replace_atomic(old, out_dir)
         raise
     shutil.rmtree(old, ignore_errors=True)
 
@@ -334,9 +339,11 @@ def _read_weights(folder: Path, name: str) -> dict[str, torch.Tensor]:
             f"{path} is not a safetensors file (damaged or truncated). Copy the bundle again."
         )
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise BundleError(f"{path} cannot be read ({error}). Copy the bundle again.") from error
+    check_finite_tensors(tensors, path, error=BundleError)
+    return tensors
 
 
 def _check_state(

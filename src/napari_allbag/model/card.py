@@ -179,15 +179,12 @@ def validate_model_card(card: Any, where: str) -> dict[str, Any]:
 def read_model_card(bundle: str | Path) -> tuple[dict[str, Any], bool]:
     """The card of a bundle folder and whether it was stored (False: rebuilt from bundle.json).
 
-    Reads bundle.json through `model.meta.read_bundle_meta` (no torch), then checks the keys the
-    card uses; errors are `BundleError`s (`ModelCardError` for the card itself).
+    Reads bundle.json through `model.meta.read_bundle_meta` (no torch), which checks every key
+    against io.schema; errors are `BundleError`s (`ModelCardError` for the card itself).
     """
     folder = bundle_folder(bundle)
     meta = read_bundle_meta(folder)
     meta_path = folder / META_FILE
-    for key in ("backbone", "segmentation", "training", "metrics", "versions"):
-        if not isinstance(meta.get(key, {}), dict):
-            raise ModelCardError(f"{meta_path}: '{key}' is not a JSON object.")
     if "model_card" in meta:
         return validate_model_card(meta["model_card"], str(meta_path)), True
     return build_model_card(meta), False

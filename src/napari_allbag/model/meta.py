@@ -2,7 +2,7 @@
 
 `load_bundle` (model.bundle), `napari-allbag info` (model.card) and anything else that needs a
 bundle's metadata go through `read_bundle_meta`, so every caller gets the same messages. Imports
-the standard library only (no torch, no numpy), so `info` answers at once.
+the standard library and `io.schema` only (no torch), so `info` answers at once.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from napari_allbag import __version__
 from napari_allbag.defaults import CLASS_NAMES
+from napari_allbag.io.schema import validate_bundle_meta
 
 #: Bumped when a bundle written by this version could not be read by an older one.
 FORMAT_VERSION = 1
@@ -49,7 +50,7 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
         )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
         raise BundleError(
             f"{meta_path} cannot be read as JSON ({error}). The bundle is damaged: train or copy it again."
         ) from error
@@ -67,6 +68,7 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
             f"this version {__version__} reads format {FORMAT_VERSION} and older). Upgrade "
             "napari-allbag (pip install -U napari-allbag) to load it."
         )
+    validate_bundle_meta(meta, meta_path, error=BundleError)  # bounded before anything is built
     class_names = tuple(meta.get("class_names", CLASS_NAMES))
     if class_names != CLASS_NAMES:
         raise BundleError(

@@ -21,12 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from napari_allbag.model import triton_loader  # noqa: F401 - must precede timm: see that module
+
+# isort: split
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from napari_allbag.defaults import CLASS_NAMES, DEFAULT_BACKBONE
+from napari_allbag.io.schema import MAX_IMG_SIZE, MIN_IMG_SIZE
 
 #: Order of the three models in `Ensemble` outputs.
 MODEL_NAMES = ("model_a", "model_b", "combined")
@@ -101,8 +106,8 @@ def resolve_backbone(
     cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
     input_size = cfg_dict.get("input_size") or (3, 224, 224)
     size = int(img_size) if img_size is not None else int(input_size[-1])
-    if size < 8:
-        raise ValueError(f"img_size must be at least 8 pixels, got {size}")
+    if not MIN_IMG_SIZE <= size <= MAX_IMG_SIZE:  # the bounds a bundle may hold (io/schema.py)
+        raise ValueError(f"img_size must be {MIN_IMG_SIZE} to {MAX_IMG_SIZE} pixels, got {size}")
     mean_t = tuple(
         float(v) for v in (mean if mean is not None else cfg_dict.get("mean") or IMAGENET_MEAN)
     )

@@ -259,14 +259,28 @@ def segment_auto_progress(
     if mode == "auto":
         guess = detect_background(image)
         mode = guess.mode
-    if mode == "dark":
-        result = yield from segment_image_progress(image, params, source)
-    else:
-        result = yield from segment_brightfield_progress(image, params, source)
+    result = yield from _one_path(mode, image, params, source)
+    if guess is not None and not guess.confident and not result.n_cells:
+        # An unsure guess that finds nothing: the other path may (a bright cell on black).
+        other = "bright" if mode == "dark" else "dark"
+        second = yield from _one_path(other, image, params, source)
+        if second.n_cells:
+            mode, result = other, second
+            guess = BackgroundGuess(
+                other, False, f"{guess.reason}; the {guess.mode} path found nothing"
+            )
+    result.mode, result.auto = mode, guess is not None
     if guess is not None and not guess.confident:
+        result.guessed = guess.reason
         note = f"background guessed as {guess.mode}: {guess.reason}; set background explicitly"
         result.message = f"{note}; {result.message}" if result.message else note
     return result
+
+
+def _one_path(mode: str, image, params, source):
+    if mode == "dark":
+        return (yield from segment_image_progress(image, params, source))
+    return (yield from segment_brightfield_progress(image, params, source))
 
 
 # --- whole-image steps --------------------------------------------------------------------------
@@ -506,7 +520,8 @@ def _result(scene: _Scene, cells, params: SegmentationParams, source: str) -> Se
     table["cell_id"][:] = np.arange(1, len(cells) + 1)
     table["source"][:] = source
     table["mode"][:] = "bright"
-    return SegmentationResult(labels, table, crops, _sanity_message(table, scene))
+    oddity = _sanity_message(table, scene)
+    return SegmentationResult(labels, table, crops, oddity, mode="bright", doubtful=oddity)
 
 
 def _sanity_message(table, scene: _Scene) -> str:

@@ -25,14 +25,16 @@ import socket
 import uuid
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_allbag.io.atomic import replace_atomic
 from napari_allbag.progress import Progress
 from napari_allbag.segmentation.dark import SegmentationParams, iter_segment_files
+from napari_allbag.segmentation.feedback import ImageFeedback
 
 #: Bump when the stored crops would differ for the same file and parameters.
 CACHE_FORMAT = 1
@@ -69,6 +71,7 @@ class CropCache:
     crop_size: int
     params: dict[str, Any]
     reused: int = 0  # rows taken from earlier caches when this set was built
+    feedback: list[dict[str, Any] | None] = field(default_factory=list)  # ImageFeedback fields
     _crops: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -97,6 +100,17 @@ class CropCache:
             for p, e, ok in zip(self.paths, self.errors, self.ok, strict=True)
             if not ok
         }
+
+    @property
+    def feedback_by_path(self) -> dict[Path, ImageFeedback]:
+        """Each segmented file's mode and what looks wrong (`segmentation.feedback`)."""
+        found = {}
+        for path, fields_ in zip(self.paths, self.feedback, strict=False):
+            try:
+                found[path] = ImageFeedback(**fields_)
+            except TypeError:  # None, or an index written by another version: nothing to say
+                continue
+        return found
 
     @property
     def notes_by_path(self) -> dict[Path, str]:
@@ -175,6 +189,7 @@ def _load(folder: Path, paths: list[Path], index: dict[str, Any], reused: int = 
         crop_size=int(index["crop_size"]),
         params=dict(index["params"]),
         reused=reused,
+        feedback=list(index.get("feedback") or [None] * len(paths)),
     )
 
 
@@ -199,8 +214,8 @@ def _remove_dead_temporaries(cache_dir: Path) -> None:
 
 
 def _reusable_rows(cache_dir: Path, wanted: set[str], crop_size: int):
-    """key -> (folder, row, ok, error, note) for wanted keys found in complete sets."""
-    found: dict[str, tuple[Path, int, bool, str | None, str | None]] = {}
+    """key -> (folder, row, ok, error, note, feedback) for wanted keys in complete sets."""
+    found: dict[str, tuple] = {}
     for folder in sorted(cache_dir.iterdir()) if cache_dir.is_dir() else []:
         if folder.name.startswith(TEMP_PREFIX) or not folder.is_dir():
             continue
@@ -216,6 +231,7 @@ def _reusable_rows(cache_dir: Path, wanted: set[str], crop_size: int):
                     index["ok"][row],
                     index["errors"][row],
                     index["notes"][row],
+                    (index.get("feedback") or [None] * len(index["keys"]))[row],
                 )
         if len(found) == len(wanted):
             break
@@ -293,6 +309,7 @@ def build_crop_cache(
         ok = np.zeros(total, dtype=bool)
         errors: list[str | None] = [None] * total
         notes: list[str | None] = [None] * total
+        feedback: list[dict[str, Any] | None] = [None] * total
         crops = None
         if total:
             crops = np.lib.format.open_memmap(
@@ -311,7 +328,7 @@ def build_crop_cache(
             if key not in reusable:
                 todo.append(i)
                 continue
-            source, row, ok[i], errors[i], notes[i] = reusable[key]
+            source, row, ok[i], errors[i], notes[i], feedback[i] = reusable[key]
             if ok[i]:
                 if source not in opened:
                     opened[source] = np.load(source / CROPS_FILE, mmap_mode="r")
@@ -336,6 +353,7 @@ def build_crop_cache(
                     if any(marker in outcome.error for marker in TRANSIENT_ERRORS):
                         retry.append(i)
                 else:
+                    feedback[i] = asdict(ImageFeedback.of(outcome.result))
                     crop, errors[i], notes[i] = _choose_crop(outcome.result)
                     if crop is not None:
                         crops[i] = crop
@@ -361,6 +379,7 @@ def build_crop_cache(
             "ok": ok.tolist(),
             "errors": errors,
             "notes": notes,
+            "feedback": feedback,
             "retry": retry,
         }
         (temp / INDEX_FILE).write_text(json.dumps(index))
@@ -386,10 +405,10 @@ def _move_into_place(temp: Path, folder: Path) -> None:
             shutil.rmtree(temp, ignore_errors=True)
             return
         trash = folder.with_name(f"{TEMP_PREFIX}{socket.gethostname()}-0-old{uuid.uuid4().hex[:6]}")
-        os.replace(folder, trash)
+        replace_atomic(folder, trash)
         shutil.rmtree(trash, ignore_errors=True)
     try:
-        os.replace(temp, folder)
+        replace_atomic(temp, folder)
     except OSError:
         # Another process finished the same set first: theirs is as good as ours.
         if _read_index(folder) is None:

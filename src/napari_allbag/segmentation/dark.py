@@ -37,6 +37,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from napari_allbag.defaults import BACKGROUND_MODES
 from napari_allbag.io.images import ImageReadError, read_image
 from napari_allbag.io.ordered_pool import ordered_map
 from napari_allbag.progress import Progress, drive
@@ -84,11 +85,13 @@ _COLUMN_TYPES = {
     "keep_reason": object,
 }
 
-#: Values of `SegmentationParams.background`.
-BACKGROUND_MODES = ("auto", "dark", "bright")
 
 #: A cell covering more than this fraction of the image suggests a bright background.
 _MOST_OF_IMAGE = 0.5
+#: More cells than this in an image no larger than `_CROP_SIZED_AREA` pixels (a C-NMC crop is
+#: 450 x 450) suggest the background or the stain was misread.
+_MANY_CELLS = 20
+_CROP_SIZED_AREA = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -154,12 +157,21 @@ class SegmentationResult:
         pixels, hull_area the filled hull's; mean colour is over the hull.
     crops: (N, S, S, 3) uint8 RGB, cell centred, black outside the hull.
     message: why nothing (or something odd) was found; "" when all is well.
+    mode: the path that ran, "dark" or "bright" ("" where unknown).
+    auto: True when `mode` was chosen from the image (`SegmentationParams.background` "auto").
+    guessed: why the automatic choice was unsure ("" when it was sure, or not automatic).
+    doubtful: why the cells found look wrong (one cell covering most of the image, far too
+        many cells for the image's size); "" when they look plausible or there are none.
     """
 
     labels: np.ndarray | None
     table: dict[str, np.ndarray]
     crops: np.ndarray
     message: str = ""
+    mode: str = ""
+    auto: bool = False
+    guessed: str = ""
+    doubtful: str = ""
 
     @property
     def n_cells(self) -> int:
@@ -196,8 +208,11 @@ def segment_image(
 def segment_file(
     path: str | os.PathLike, params: SegmentationParams | None = None
 ) -> SegmentationResult:
-    """Read an image file and segment it; raises `ImageReadError` for unreadable files."""
-    return segment_image(read_image(path), params, source=str(path))
+    """Read an image file and segment it with the path `params.background` asks for (auto:
+    the one the image needs, see `brightfield.segment_auto`); `ImageReadError` if unreadable."""
+    from napari_allbag.segmentation.brightfield import segment_auto
+
+    return segment_auto(read_image(path), params, source=str(path))
 
 
 def segment_image_progress(
@@ -260,7 +275,8 @@ def segment_image_progress(
     table["mode"][:] = "dark"
     table["keep_reason"][:] = "component above grey Otsu"
     yield Progress(len(cells), len(cells), stage, "cells")
-    return SegmentationResult(labels, table, crops, _oddity_message(table, height * width))
+    oddity = _oddity_message(table, height * width)
+    return SegmentationResult(labels, table, crops, oddity, mode="dark", doubtful=oddity)
 
 
 def iter_segment_files(
@@ -463,11 +479,19 @@ def _crop(image: np.ndarray, hull_mask: np.ndarray, box, crop_size: int) -> np.n
 
 
 def _oddity_message(table: dict[str, np.ndarray], image_area: int) -> str:
+    """Plain words when the cells look wrong (a bright background taken as a cell, or a
+    single-cell image broken into many pieces); "" when they look plausible."""
     biggest = int(table["hull_area"].max())
     if biggest > _MOST_OF_IMAGE * image_area:
         return (
             "one cell covers most of the image: this segmentation expects cells on a dark "
             "background; is the background bright?"
+        )
+    n_cells = len(table["cell_id"])
+    if n_cells > _MANY_CELLS and image_area <= _CROP_SIZED_AREA:
+        return (
+            f"{n_cells} cells in an image the size of a single-cell crop: is the background "
+            "really dark (a bright-field image needs background bright)?"
         )
     return ""
 

@@ -509,3 +509,69 @@ def _merged_message(parts: list[TileCells], n_cells: int) -> str:
     odd = sorted({p.message for p in parts if p.message and len(p.table["cell_id"])})
     notes += [f"in some tiles: {message}" for message in odd[:3]]
     return "; ".join(notes)
+
+
+# --- one mode for the whole image ---------------------------------------------------------------
+
+
+def tiff_shape(path: str | os.PathLike) -> tuple[int, ...] | None:
+    """Shape of a TIFF's full-resolution level read from its header (no pixels), else None
+    (not a TIFF, or unreadable: the ordinary reading then reports why)."""
+    path = Path(path)
+    if not path.name.lower().endswith(_TIFF_SUFFIXES):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tuple(tif.series[0].levels[0].shape)
+    except Exception:  # noqa: BLE001 - tifffile raises many kinds of errors on bad files
+        return None
+
+
+def overview(array, side: int = 1024) -> np.ndarray:
+    """A small RGB view of a large array for whole-image decisions: every k-th pixel where the
+    array slices with steps (numpy, memmap, dask, zarr), else its central window."""
+    height, width = array.shape[:2]
+    step = max(1, math.ceil(max(height, width) / side))
+    try:
+        return to_rgb_uint8(np.asarray(array[::step, ::step]))
+    except (IndexError, TypeError, ValueError):  # TiffChunkReader: steps of 1 only
+        top, left = max(0, (height - 2 * side) // 2), max(0, (width - 2 * side) // 2)
+        return read_window(
+            array, (top, left, min(height, top + 2 * side), min(width, left + 2 * side))
+        )
+
+
+def segment_large(
+    source, params=None, options: TileOptions | None = None, name: str = ""
+) -> Generator[Progress, None, SegmentationResult]:
+    """`segment_tiled` with `segment_auto`, the background mode decided once for the whole image
+    (tiles of pure background or of one cell would each decide differently); the result says
+    which mode ran, whether it was guessed, and what looks wrong, like `segment_auto`'s."""
+    from dataclasses import replace
+
+    from napari_allbag.segmentation.brightfield import detect_background, segment_auto
+    from napari_allbag.segmentation.dark import SegmentationParams
+
+    params = params or SegmentationParams()
+    opened = open_large_image(source) if isinstance(source, (str, os.PathLike)) else None
+    target = opened if opened is not None else source
+    try:
+        guess = None
+        mode = params.background
+        if mode == "auto":
+            array = target.array if isinstance(target, LargeImage) else target
+            yield Progress(0, None, "segmenting tiles", "choosing the background mode")
+            guess = detect_background(overview(array))
+            mode = guess.mode
+        fixed = replace(params, background=mode)
+        result = yield from segment_tiled(target, segment_auto, fixed, options, name)
+    finally:
+        if opened is not None:
+            opened.close()
+    result.mode, result.auto = mode, guess is not None
+    if guess is not None and not guess.confident:
+        result.guessed = guess.reason
+    result.doubtful = result.message if result.n_cells else ""
+    return result

@@ -3,17 +3,19 @@
 What `napari-allbag segment` runs: workers segment each file and write its crops as
 ``crops/<image stem>_cell<k>.png`` (stems that collide between inputs are told apart by
 `unique_stems`); this process writes ``cells.csv`` (one row per cell) and ``errors.csv`` (files
-that could not be read, and why) row by row, moved into place at the end.
+that could not be read, and why) row by row, moved into place at the end. Each image gets the
+background mode `params.background` asks for (auto: the one it needs); TIFFs above
+`Tiling.above_megapixels` are segmented in overlapping tiles (`tiles.segment_large`), after the
+others. What the console should say per image travels back as an `ImageFeedback`.
 
 May import: `io`, `data`, `progress`, `defaults` and its own subpackage.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 from collections import defaultdict
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from napari_allbag.io.atomic import AtomicCsv, write_bytes_atomic
+from napari_allbag.io.images import ImageReadError
 from napari_allbag.io.ordered_pool import ordered_map
 from napari_allbag.progress import Progress
 from napari_allbag.segmentation.dark import (
@@ -29,6 +33,7 @@ from napari_allbag.segmentation.dark import (
     default_workers,
     try_segment_file,
 )
+from napari_allbag.segmentation.feedback import FeedbackTally, ImageFeedback
 
 CELLS_COLUMNS = ("source", "cell_id", "crop") + tuple(
     name for name in TABLE_COLUMNS if name not in ("source", "cell_id")
@@ -36,66 +41,127 @@ CELLS_COLUMNS = ("source", "cell_id", "crop") + tuple(
 ERRORS_COLUMNS = ("file", "reason")
 
 
+@dataclass(frozen=True)
+class Tiling:
+    """When a TIFF is segmented in tiles (above this many megapixels) and how large they are."""
+
+    above_megapixels: float = 36.0
+    tile: int = 2048
+
+
 def segment_to_folder(
-    paths: list[Path], out_dir: Path, params: SegmentationParams, workers: int | None
-) -> Generator[Progress, None, dict[str, int]]:
-    """Segment `paths` into `out_dir` (crops/, cells.csv, errors.csv); return counts.
+    paths: list[Path],
+    out_dir: Path,
+    params: SegmentationParams,
+    workers: int | None,
+    tiling: Tiling | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Generator[Progress, None, dict]:
+    """Segment `paths` into `out_dir` (crops/, cells.csv, errors.csv); return counts and the
+    `FeedbackTally` (key "feedback").
 
     Workers segment and write their crops (PNG encoding is the slow part); this process writes
     the tables row by row into temporary files that are moved into place at the end, also when
     interrupted (Ctrl-C): they then list every file finished until then (the crops of the few
-    files that were in flight may be on disk without rows).
+    files that were in flight may be on disk without rows). Large TIFFs (see `Tiling`) come
+    after the others, each in tiles spread over the workers. `warn` gets one line per image
+    whose segmentation needs a word (mode guessed, no cell, doubtful cells).
     """
     crops_dir = out_dir / "crops"
     crops_dir.mkdir(parents=True, exist_ok=True)
     stems = unique_stems(paths)
     workers = default_workers() if workers is None else workers
-    counts = {"segmented": 0, "failed": 0, "empty": 0, "cells": 0}
+    tiling = tiling or Tiling()
+    large = [path for path in paths if _is_large(path, tiling)]
+    small = [path for path in paths if path not in set(large)]
+    counts = {"segmented": 0, "failed": 0, "empty": 0, "cells": 0, "feedback": FeedbackTally()}
     outcomes = ordered_map(
         segment_and_save,
-        ((path, stems[path]) for path in paths),
+        ((path, stems[path]) for path in small),
         (params, crops_dir),
         workers,
         on_worker_death=lambda item, why: SavedCells(item[0], None, [], why),
     )
     with (
-        _AtomicCsv(out_dir / "cells.csv", CELLS_COLUMNS) as cells_csv,
-        _AtomicCsv(out_dir / "errors.csv", ERRORS_COLUMNS) as errors_csv,
+        AtomicCsv(out_dir / "cells.csv", CELLS_COLUMNS, on_error="commit") as cells_csv,
+        AtomicCsv(out_dir / "errors.csv", ERRORS_COLUMNS, on_error="commit") as errors_csv,
         closing(outcomes),
     ):  # stops the worker pool at once, also on Ctrl-C
-        yield Progress(
-            0,
-            len(paths),
-            "segmenting",
-            "starting" if workers == 1 else f"starting {workers} workers",
-        )
+        starting = "starting" if workers == 1 else f"starting {workers} workers"
+        yield Progress(0, len(paths), "segmenting", starting)
+        tables = (cells_csv, errors_csv)
         for done, saved in enumerate(outcomes, start=1):
-            if saved.error is not None:
-                counts["failed"] += 1
-                errors_csv.write_row([str(saved.path), saved.error])
-            else:
-                counts["segmented"] += 1
-                counts["empty"] += not saved.crop_names
-                counts["cells"] += len(saved.crop_names)
-                for row, name in enumerate(saved.crop_names):
-                    cells_csv.write_row(_cells_row(saved.table, row, saved.path, name))
-            yield Progress(
-                done,
-                len(paths),
-                "segmenting",
-                metrics={"cells": counts["cells"], "errors": counts["failed"]},
-            )
+            _record(saved, counts, tables, warn)
+            yield _files_progress(done, len(paths), counts)
+        for done, path in enumerate(large, start=len(small) + 1):
+            job = (path, stems[path], params, crops_dir)
+            saved = yield from _segment_large_file(job, tiling, workers)
+            _record(saved, counts, tables, warn)
+            yield _files_progress(done, len(paths), counts)
     return counts
+
+
+def _files_progress(done: int, total: int, counts: dict) -> Progress:
+    metrics = {"cells": counts["cells"], "errors": counts["failed"]}
+    return Progress(done, total, "segmenting", metrics=metrics)
+
+
+def _record(saved: SavedCells, counts: dict, tables: tuple, warn) -> None:
+    """Count one file's outcome, write its rows, and say what looks wrong with it."""
+    cells_csv, errors_csv = tables
+    if saved.error is not None:
+        counts["failed"] += 1
+        errors_csv.write_row([str(saved.path), saved.error])
+        return
+    counts["segmented"] += 1
+    counts["empty"] += not saved.crop_names
+    counts["cells"] += len(saved.crop_names)
+    for row, name in enumerate(saved.crop_names):
+        cells_csv.write_row(_cells_row(saved.table, row, saved.path, name))
+    if saved.feedback is not None:
+        counts["feedback"].add(saved.feedback)
+        line = saved.feedback.line(str(saved.path))
+        if line and warn is not None:
+            warn(line)
+
+
+def _is_large(path: Path, tiling: Tiling) -> bool:
+    from napari_allbag.segmentation.tiles import needs_tiling, tiff_shape
+
+    shape = tiff_shape(path)
+    return shape is not None and needs_tiling(shape, tiling.above_megapixels)
+
+
+def _segment_large_file(
+    job: tuple[Path, str, SegmentationParams, Path], tiling: Tiling, workers: int
+) -> Generator[Progress, None, SavedCells]:
+    """One large TIFF in tiles (`tiles.segment_large`), its crops written here."""
+    from napari_allbag.segmentation.tiles import TileOptions, segment_large
+
+    path, stem, params, crops_dir = job
+    options = TileOptions(tile=tiling.tile, workers=workers, keep_labels=False)
+    try:
+        result = yield from segment_large(path, params, options, str(path))
+    except ImageReadError as error:
+        return SavedCells(path, None, [], error.reason)
+    except MemoryError:
+        return SavedCells(path, None, [], "out of memory while segmenting this image in tiles")
+    names = [f"{stem}_cell{int(cell_id)}.png" for cell_id in result.table["cell_id"]]
+    for name, crop in zip(names, result.crops, strict=True):
+        _write_png(crops_dir / name, crop)
+    return SavedCells(path, result.table, names, feedback=ImageFeedback.of(result))
 
 
 @dataclass
 class SavedCells:
-    """One file's outcome: its table and the crop files written, or why it failed."""
+    """One file's outcome: its table, the crop files written and what the console should say
+    about it, or why it failed."""
 
     path: Path
     table: dict[str, np.ndarray] | None
     crop_names: list[str]
     error: str | None = None
+    feedback: ImageFeedback | None = None
 
 
 def segment_and_save(
@@ -110,7 +176,7 @@ def segment_and_save(
     names = [f"{stem}_cell{int(cell_id)}.png" for cell_id in result.table["cell_id"]]
     for name, crop in zip(names, result.crops, strict=True):
         _write_png(crops_dir / name, crop)
-    return SavedCells(path, result.table, names)
+    return SavedCells(path, result.table, names, feedback=ImageFeedback.of(result))
 
 
 def unique_stems(paths: Iterable[Path]) -> dict[Path, str]:
@@ -168,27 +234,4 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:  # pragma: no cover - encoding a uint8 RGB array does not fail
         raise OSError(f"{path}: PNG encoding failed")
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(encoded.tobytes())
-    os.replace(temporary, path)
-
-
-class _AtomicCsv:
-    """A CSV written to a hidden temporary file and moved into place when closed."""
-
-    def __init__(self, path: Path, header: Iterable[str]):
-        self.path = path
-        self.temporary = path.with_name(f".{path.name}.tmp")
-        self._file = open(self.temporary, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        self._writer = csv.writer(self._file)
-        self._writer.writerow(list(header))
-
-    def write_row(self, row: list) -> None:
-        self._writer.writerow(row)
-
-    def __enter__(self) -> _AtomicCsv:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._file.close()
-        os.replace(self.temporary, self.path)
+    write_bytes_atomic(path, encoded.tobytes(), mode=None, sync=False)

@@ -5,7 +5,7 @@ A checkpoint named `<stem>` is two files in one folder:
     <stem>.json                      epoch counters, schedule, history, optimizer scalars, ...
     <stem>.<serial>.safetensors      model / best-model / optimizer tensors
 
-The JSON names its tensor file and is replaced last (`os.replace`), so it is the commit point: a
+The JSON names its tensor file and is replaced last (`io.atomic`), so it is the commit point: a
 crash or power cut at any moment leaves either the previous checkpoint or the new one, both whole.
 The tensor file of the previous checkpoint is deleted only after the new JSON is in place.
 """
@@ -18,13 +18,8 @@ from typing import Any
 
 import torch
 
-from napari_allbag.io.atomic import (  # noqa: F401  (re-exported: training writes through here)
-    json_default,
-    write_bytes_atomic,
-    write_json_atomic,
-    write_text_atomic,
-    write_with,
-)
+from napari_allbag.io.atomic import atomic_path, write_json_atomic
+from napari_allbag.io.schema import validate_checkpoint
 
 CHECKPOINT_FORMAT = 1
 
@@ -37,8 +32,8 @@ def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Save a flat dict of tensors as safetensors, atomically (copied to CPU, contiguous)."""
     from safetensors.torch import save_file
 
-    plain = _plain(tensors)
-    write_with(path, lambda temp: save_file(plain, temp))
+    with atomic_path(path) as temp:
+        save_file(_plain(tensors), str(temp))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -87,11 +82,11 @@ def load_checkpoint(
         return None
     try:
         document = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: absurd nesting
         raise CheckpointError(f"{json_path} cannot be read as JSON ({error}).") from error
     if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{json_path} is not a napari-allbag checkpoint (format 1).")
-    tensor_path = json_path.parent / str(document.get("tensors", ""))
+    tensor_path = validate_checkpoint(document, json_path, error=CheckpointError)
     if not tensor_path.is_file():
         raise CheckpointError(f"{json_path} names {tensor_path.name}, which is missing.")
     return load_tensors(tensor_path), document["state"]
@@ -100,7 +95,7 @@ def load_checkpoint(
 def _tensor_file_of(json_path: Path) -> str | None:
     try:
         return json.loads(json_path.read_text(encoding="utf-8")).get("tensors")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
 
 

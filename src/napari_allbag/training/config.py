@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from napari_allbag.io.atomic import write_json_atomic
+from napari_allbag.io.schema import MAX_CROP_SIZE, MIN_CROP_SIZE
 from napari_allbag.model.networks import DEFAULT_BACKBONE
-from napari_allbag.training.checkpoint import write_json_atomic
 
 #: Settings that do not change the trained weights, so a resumed run may change them.
 RUNTIME_FIELDS = (
@@ -106,8 +107,10 @@ class TrainConfig:
             problems.append(f"class_weights need two positive values (got {self.class_weights})")
         if not 0 < self.val_fraction < 1:
             problems.append(f"val_fraction must be between 0 and 1 (got {self.val_fraction})")
-        if self.crop_size < 8:
-            problems.append(f"crop size must be at least 8 pixels (got {self.crop_size})")
+        if not MIN_CROP_SIZE <= self.crop_size <= MAX_CROP_SIZE:  # a bundle's bounds (io/schema.py)
+            problems.append(
+                f"crop size must be {MIN_CROP_SIZE} to {MAX_CROP_SIZE} pixels (got {self.crop_size})"
+            )
         if self.sync_batchnorm not in SYNC_BATCHNORM_CHOICES:
             problems.append(
                 f"sync_batchnorm must be one of {', '.join(SYNC_BATCHNORM_CHOICES)} "
@@ -194,7 +197,7 @@ def load_run_config(out_dir: str | Path) -> TrainConfig:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return TrainConfig.from_dict(data["config"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         raise TrainingError(
             f"{path} cannot be read ({error}); the run folder is damaged."
         ) from error

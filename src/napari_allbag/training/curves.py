@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_allbag.training.checkpoint import write_bytes_atomic, write_text_atomic
+from napari_allbag.io.atomic import write_bytes_atomic, write_text_atomic
 
 LOG_COLUMNS = ("stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 STAGE_TITLES = {"stage1-A": "model-A (set A)", "stage1-B": "model-B (set B)", "stage2": "combined"}

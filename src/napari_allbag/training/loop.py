@@ -33,8 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_allbag.io.schema import validate_stage_state
 from napari_allbag.progress import Progress
 from napari_allbag.training.checkpoint import (
+    CheckpointError,
     load_checkpoint,
     optimizer_from_flat,
     optimizer_to_flat,
@@ -288,6 +290,7 @@ def fit_stage(spec: StageSpec, settings: StageSettings) -> Iterator[Progress]:
     saved = _load_shared_checkpoint(settings, spec.name)
     if saved is not None:
         tensors, state = saved
+        validate_stage_state(state, settings.checkpoint_dir / f"{spec.name}.json", CheckpointError)
         history = list(state["history"])
         schedule = PlateauSchedule.from_dict(state["schedule"])
         best = unprefixed("best", tensors)

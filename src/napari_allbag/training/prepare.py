@@ -15,6 +15,7 @@ import numpy as np
 from napari_allbag.data.annotations import AnnotationError, check_classes, scan_annotated_folder
 from napari_allbag.data.bagging import make_bagging_subsets
 from napari_allbag.data.splits import split_train_val
+from napari_allbag.io.atomic import write_json_atomic, write_text_atomic
 from napari_allbag.progress import Progress
 from napari_allbag.segmentation.crop_cache import (
     CROPS_FILE,
@@ -23,7 +24,6 @@ from napari_allbag.segmentation.crop_cache import (
     default_cache_dir,
 )
 from napari_allbag.segmentation.dark import SegmentationParams, default_workers
-from napari_allbag.training.checkpoint import write_json_atomic, write_text_atomic
 from napari_allbag.training.config import RunPaths, TrainConfig, TrainingError
 
 

@@ -32,6 +32,7 @@ import torch
 from napari_allbag.data.annotations import AnnotationError
 from napari_allbag.data.bagging import describe_subsets
 from napari_allbag.evaluation.report import build_report, format_report
+from napari_allbag.io.atomic import write_json_atomic, write_text_atomic
 from napari_allbag.model.bundle import BundleError, save_bundle
 from napari_allbag.model.devices import DeviceError, release_memory, select_device
 from napari_allbag.model.networks import (
@@ -53,7 +54,7 @@ from napari_allbag.training.build import (
     stage1_skeleton,
     without_sync_batchnorm,
 )
-from napari_allbag.training.checkpoint import write_json_atomic, write_text_atomic
+from napari_allbag.training.checkpoint import CheckpointError
 from napari_allbag.training.config import (
     RunPaths,
     TrainConfig,
@@ -164,7 +165,13 @@ def train(
             f"smaller batch: napari-allbag train {config.data_dir} --out {config.out_dir} --resume "
             f"--batch-size {smaller} (in the widget: a new run with batch size {smaller})."
         ) from error
-    except (AnnotationError, UnknownBackboneError, BackboneWeightsError, BundleError) as error:
+    except (
+        AnnotationError,
+        UnknownBackboneError,
+        BackboneWeightsError,
+        BundleError,
+        CheckpointError,
+    ) as error:
         raise TrainingError(str(error)) from error
     except Exception as error:
         if dist.is_distributed and is_distributed_failure(error):

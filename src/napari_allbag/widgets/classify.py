@@ -12,7 +12,6 @@ The model (and its GPU memory) is released when another bundle is chosen or the 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_allbag.io.atomic import atomic_path
 from napari_allbag.progress import Progress
 from napari_allbag.widgets.base import WorkerControls, show_error
 
@@ -482,12 +482,8 @@ class ClassifyWidget(QWidget):
         if self._table is None:
             raise ValueError("nothing to export yet: press Run first")
         path = Path(path)
-        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
+        with atomic_path(path, mode=None, sync=False) as temp:
             self._table.to_csv(temp, index=False)
-            os.replace(temp, path)
-        finally:
-            temp.unlink(missing_ok=True)
         return path
 
     def _export_dialog(self) -> None:
