@@ -22,7 +22,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from napari_allbag.cli.options import add_background_option, add_cache_dir_option
-from napari_allbag.defaults import DEFAULT_BACKBONE, DEFAULT_DIST_TIMEOUT_S
+from napari_allbag.defaults import (
+    DEFAULT_BACKBONE,
+    DEFAULT_DIST_TIMEOUT_S,
+    DEFAULT_TARGET_SENSITIVITY,
+    ENSEMBLE_RULES,
+)
 from napari_allbag.progress import Progress, drive_with_bar
 
 T = TypeVar("T")
@@ -119,6 +124,20 @@ def register(subparsers) -> None:
     add_cache_dir_option(parser)
     add_background_option(parser)
     parser.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=DEFAULT_TARGET_SENSITIVITY,
+        metavar="S",
+        help="ALL sensitivity the stored P(ALL) threshold keeps on the validation subjects "
+        f"(used by predict/evaluate --decision threshold; default {DEFAULT_TARGET_SENSITIVITY})",
+    )
+    parser.add_argument(
+        "--rule",
+        choices=ENSEMBLE_RULES,
+        default="max",
+        help="the ensemble rule the bundle uses by default (default max, the paper's)",
+    )
+    parser.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the backbones while training (faster steps on a GPU after a "
@@ -185,6 +204,8 @@ def config_from_args(args: argparse.Namespace):
         compile=args.compile,
         sync_batchnorm=args.sync_batchnorm,
         parallel_models=args.parallel_models,
+        target_sensitivity=args.target_sensitivity,
+        rule=args.rule,
     )
 
 

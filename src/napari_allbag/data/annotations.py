@@ -21,10 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_allbag.defaults import CLASS_NAMES
 from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
-
-#: Class order everywhere: index 1 is ALL.
-CLASS_NAMES = ("hem", "all")
 
 #: C-NMC file names: UID_<subject>_<image>_<cell>_<class>, e.g. UID_H10_47_2_hem, UID_11_1_1_all.
 CNMC_NAME = re.compile(
@@ -331,6 +329,26 @@ def check_classes(annotated: AnnotatedSet, require_both: bool = True) -> None:
                 f"no {missing[0].upper()} cells: training needs both classes. Add a "
                 f"{missing[0]}/ folder (or files named *_{missing[0]}.bmp)."
             )
+
+
+def class_indices(
+    values: Sequence[Any] | np.ndarray, class_names: Sequence[str] = CLASS_NAMES
+) -> np.ndarray:
+    """Class indices (int64) from class indices or class names (any case): 0 HEM, 1 ALL.
+    ValueError names an unknown class or an index out of range."""
+    array = np.asarray(values)
+    if array.dtype.kind in "UO":
+        lookup = {name.lower(): i for i, name in enumerate(class_names)}
+        try:
+            return np.array([lookup[str(v).lower()] for v in array], dtype=np.int64)
+        except KeyError as error:
+            raise ValueError(
+                f"Unknown class {error.args[0]!r}; expected one of {tuple(class_names)}"
+            ) from None
+    array = array.astype(np.int64).reshape(-1)
+    if array.size and (array.min() < 0 or array.max() >= len(class_names)):
+        raise ValueError(f"Class indices must be in 0..{len(class_names) - 1}.")
+    return array
 
 
 def labels_of(items: Sequence[AnnotatedItem]) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Files in and out: atomic writes, reading images, finding them in folders, worker pools, remembered settings.
+"""Files in and out: reading images, finding them in folders, worker pools, remembered settings,
+atomic writes (`atomic`: the one place that writes a file through a temporary and os.replace).
 
 May import: the standard library, numpy, OpenCV, and `progress`/`defaults`. Nothing else of the
 package (every other subpackage may import this one).

@@ -52,6 +52,7 @@ from napari_allbag.model.networks import (
     create_backbone,
     resolve_backbone,
 )
+from napari_allbag.model.trust import TrustSettings, trust_from_meta
 
 MODEL_A_FILE = "model_a.safetensors"
 MODEL_B_FILE = "model_b.safetensors"
@@ -74,6 +75,11 @@ class LoadedBundle:
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.meta.get("class_names", CLASS_NAMES))
+
+    @property
+    def trust(self) -> TrustSettings:
+        """Temperatures, default rule, threshold and subjects (format 1: the defaults)."""
+        return trust_from_meta(self.meta)
 
     @property
     def crop_size(self) -> int:
@@ -208,8 +214,9 @@ def save_bundle(
     )
     try:
         text = json.dumps(document, indent=2, default=_json_default)
+        trust_from_meta(json.loads(text))
     except (TypeError, ValueError) as error:
-        raise BundleError(f"bundle metadata is not JSON-able: {error}") from error
+        raise BundleError(f"bundle metadata is not JSON-able or invalid: {error}") from error
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     temp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"

@@ -129,6 +129,7 @@ def build_model_card(meta: dict[str, Any], synthetic: bool | None = None) -> dic
             "backbone": backbone,
             "pretrained": config.get("pretrained"),
             "finetune_backbones": training.get("finetune_backbones"),
+            "decision": _plain(meta.get("decision")) if meta.get("decision") else None,
         },
         "training_data": _training_data(training, synthetic),
         "validation": _validation(metrics),

@@ -2,7 +2,7 @@
 
 `load_bundle` (model.bundle), `napari-allbag info` (model.card) and anything else that needs a
 bundle's metadata go through `read_bundle_meta`, so every caller gets the same messages. Imports
-the standard library and `io.schema` only (no torch), so `info` answers at once.
+the standard library, `io.schema` and `model.trust` (numpy) only, no torch, so `info` answers at once.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from napari_allbag.defaults import CLASS_NAMES
 from napari_allbag.io.schema import validate_bundle_meta
 
 #: Bumped when a bundle written by this version could not be read by an older one.
-FORMAT_VERSION = 1
+#: 2: temperatures, the default rule, the sensitivity threshold and the subjects (`model.trust`);
+#: an older reader would drop them silently. Format-1 bundles load and predict as before.
+FORMAT_VERSION = 2
 META_FILE = "bundle.json"
 
 
@@ -77,4 +79,13 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
         )
     if not isinstance(meta.get("backbone"), dict) or "name" not in meta["backbone"]:
         raise BundleError(f"{meta_path} does not say which backbone it uses ('backbone.name').")
+    from napari_allbag.model.trust import trust_from_meta  # numpy only; loaded when needed
+
+    try:
+        trust_from_meta(meta)
+    except ValueError as error:
+        raise BundleError(
+            f"{meta_path}: {error}. The calibration fields are damaged: train the bundle again, "
+            "or delete the 'calibration', 'decision' and 'subjects' fields to use it uncalibrated."
+        ) from error
     return meta

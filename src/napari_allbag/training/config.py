@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from napari_allbag.defaults import DEFAULT_TARGET_SENSITIVITY, ENSEMBLE_RULES
 from napari_allbag.io.atomic import write_json_atomic
 from napari_allbag.io.schema import MAX_CROP_SIZE, MIN_CROP_SIZE
 from napari_allbag.model.networks import DEFAULT_BACKBONE
@@ -53,6 +54,8 @@ class TrainConfig:
     sync_batchnorm: "auto" (SyncBatchNorm on GPUs when each process's batch is below 32),
     "on" or "off"; parallel_models: train model-A and model-B at the same time, each on half of
     the processes (see docs/distributed.md).
+    target_sensitivity: the ALL sensitivity the stored threshold keeps on the validation split;
+    rule: the ensemble rule the bundle uses by default ("max", the paper's; see `model.rules`).
     compile: run the backbones through `torch.compile` while training (fewer, fused kernels: on
     a GPU the eager step is bound by Python's kernel launches at batch 64; costs a compilation
     per input shape at the start of a stage).
@@ -86,6 +89,8 @@ class TrainConfig:
     sync_batchnorm: str = "auto"
     parallel_models: bool = False
     synthetic_data: bool = False  # generated cells (the demo): the model card warns
+    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY
+    rule: str = "max"
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -116,6 +121,10 @@ class TrainConfig:
                 f"sync_batchnorm must be one of {', '.join(SYNC_BATCHNORM_CHOICES)} "
                 f"(got {self.sync_batchnorm!r})"
             )
+        if not 0 < self.target_sensitivity <= 1:
+            problems.append(f"target sensitivity must be in (0, 1] (got {self.target_sensitivity})")
+        if self.rule not in ENSEMBLE_RULES:
+            problems.append(f"rule must be one of {', '.join(ENSEMBLE_RULES)} (got {self.rule!r})")
         if self.world_size < 1 or self.rank < 0:
             problems.append(f"invalid rank {self.rank} / world size {self.world_size}")
         if problems:

@@ -44,6 +44,7 @@ from napari_allbag.model.networks import (
     UnknownBackboneError,
     resolve_backbone,
 )
+from napari_allbag.model.trust import format_calibration
 from napari_allbag.progress import Progress
 from napari_allbag.training.batches import CropFeeder, FeatureBatches
 from napari_allbag.training.build import (
@@ -78,7 +79,7 @@ from napari_allbag.training.loop import (
     fit_stage,
     order_seed,
 )
-from napari_allbag.training.outputs import bundle_meta, draw_curves
+from napari_allbag.training.outputs import bundle_meta, calibration_fields, draw_curves
 from napari_allbag.training.prepare import (
     bagging_sets,
     data_from_json,
@@ -461,7 +462,10 @@ def _train(
             "best_epochs": {name: o.best_epoch for name, o in outcomes.items()},
         },
     )
-    report_text = format_report(report) + "\n"
+    trust = calibration_fields(config, data, probs)
+    report["context"]["calibration"] = trust["calibration"]
+    report["context"]["decision"] = trust["decision"]
+    report_text = format_report(report) + "\n\n" + format_calibration(trust) + "\n"
 
     # Rank 0 writes; `share` lets the others wait for it and fail with it (one process: a call).
     def write_report() -> None:
@@ -472,7 +476,7 @@ def _train(
 
     def write_bundle() -> None:
         if main:
-            meta = bundle_meta(config, backbone, data, outcomes, report)
+            meta = bundle_meta(config, backbone, data, outcomes, report, trust)
             overwrite = (paths.bundle / "bundle.json").is_file()
             save_bundle(paths.bundle, model_a, model_b, head_for_bundle, meta, overwrite=overwrite)
 
