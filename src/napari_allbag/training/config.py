@@ -88,6 +88,7 @@ class TrainConfig:
     world_size: int = 1
     sync_batchnorm: str = "auto"
     parallel_models: bool = False
+    synthetic_data: bool = False  # generated cells (the demo): the model card warns
     target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY
     rule: str = "max"
 
