@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_allbag.defaults import BACKGROUND_HELP, BACKGROUND_MODES
 from napari_allbag.io.atomic import atomic_path
 from napari_allbag.progress import Progress
 from napari_allbag.widgets.base import WorkerControls, show_error
@@ -38,6 +39,8 @@ from napari_allbag.widgets.base import WorkerControls, show_error
 CELLS_LAYER = "cells"
 CROPS_LAYER = "cell crops"
 CLASSES_LAYER = "cell classes"
+#: The background choice that keeps the bundle's own segmentation mode.
+BUNDLE_BACKGROUND = "bundle's"
 #: Colours of the two classes (RGBA): ALL orange-red, HEM sky blue (distinct for colour-blind eyes).
 ALL_COLOUR = (0.93, 0.33, 0.05, 1.0)
 HEM_COLOUR = (0.15, 0.62, 0.95, 1.0)
@@ -72,6 +75,7 @@ class _Job:
     table: dict[str, np.ndarray] | None  # existing features (column -> values)
     crops: np.ndarray | None  # matching "cell crops", when usable
     source: str
+    background: str | None = None  # the segmentation's mode (None: the bundle's)
 
 
 def _classify_job(holder: _ModelHolder, job: _Job) -> Generator[Progress, None, Any]:
@@ -87,7 +91,8 @@ def _classify_job(holder: _ModelHolder, job: _Job) -> Generator[Progress, None, 
         holder.path = job.bundle_path
     bundle = holder.bundle
     if job.labels is None:
-        return (yield from classify_image(bundle, job.image, PipelineOptions(), job.source))
+        options = PipelineOptions(background=job.background)
+        return (yield from classify_image(bundle, job.image, options, job.source))
     return (yield from classify_labels(bundle, job.image, job.labels, job.table, job.crops))
 
 
@@ -117,6 +122,12 @@ class ClassifyWidget(QWidget):
         self.bundle_info = QLabel("")
         self.bundle_info.setWordWrap(True)
         self.layer_combo = QComboBox()
+        self.background_combo = QComboBox()
+        self.background_combo.addItems([BUNDLE_BACKGROUND, *BACKGROUND_MODES])
+        self.background_combo.setToolTip(
+            f"segmentation of an image layer: {BACKGROUND_HELP}; {BUNDLE_BACKGROUND}: the "
+            "bundle's own setting"
+        )
         self.device_label = QLabel(f"Device: {device_description(self.device)}")
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
@@ -148,6 +159,7 @@ class ClassifyWidget(QWidget):
         form.addRow("Bundle", bundle_row)
         form.addRow("", self.bundle_info)
         form.addRow("Layer", self.layer_combo)
+        form.addRow("Background", self.background_combo)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.device_label)
@@ -270,7 +282,8 @@ class ClassifyWidget(QWidget):
             raise ValueError("choose an image layer, or the 'cells' layer of the Segment widget")
         layer = self.viewer.layers[name]
         if not isinstance(layer, Labels):
-            return _Job(path, self.device, _layer_rgb(layer), None, None, None, layer.name)
+            image = _layer_rgb(layer)
+            return _Job(path, self.device, image, None, None, None, layer.name, self.background())
         labels = np.asarray(layer.data)
         if labels.ndim != 2:
             raise ValueError(f"the '{name}' layer is not a 2-D label image")
@@ -289,6 +302,11 @@ class ClassifyWidget(QWidget):
                 )
             image = _layer_rgb(image_layer)
         return _Job(path, self.device, image, labels, table, crops, layer.name)
+
+    def background(self) -> str | None:
+        """The background mode chosen (None: the bundle's own)."""
+        text = self.background_combo.currentText()
+        return None if text == BUNDLE_BACKGROUND else text
 
     def _matching_crops(self, count: int, crop_size: int) -> np.ndarray | None:
         if CROPS_LAYER not in self.viewer.layers:
@@ -438,7 +456,7 @@ class ClassifyWidget(QWidget):
         self.summary.setText(
             f"{cells} cell(s): {n_all} ALL, {cells - n_all} HEM — ALL fraction {fraction}"
         )
-        self.status.setText(result.message or "done")
+        self.status.setText(_segmentation_note(result.segmentation) or "done")
         self.export_button.setEnabled(cells > 0)
 
     def _show_classes(self, frame, predictions, cells_layer) -> None:
@@ -502,6 +520,17 @@ class ClassifyWidget(QWidget):
         self.cancel()
         self.release_model()
         super().closeEvent(event)
+
+
+def _segmentation_note(segmented: Any) -> str:
+    """The mode each image got and any warning, in words (empty for given cells)."""
+    from napari_allbag.segmentation.feedback import ImageFeedback
+
+    feedback = ImageFeedback.of(segmented)
+    if not feedback.mode:
+        return segmented.message or ""
+    warnings = feedback.warnings()
+    return f"{feedback.mode_text}" + (f": {'; '.join(warnings)}" if warnings else "")
 
 
 def _validation_f1(metrics: dict[str, Any]) -> float | None:
