@@ -84,8 +84,10 @@ def make_tiny_bundle(
     crop_size: int | None = None,
     own_backbones: bool = False,
     overwrite: bool = False,
+    extra_meta: dict[str, Any] | None = None,
 ) -> Path:
-    """Save a tiny random-initialised bundle at `out_dir` and return its path."""
+    """Save a tiny random-initialised bundle at `out_dir` and return its path (`extra_meta`:
+    further bundle.json fields, e.g. `model.trust.calibrate_ensemble`'s)."""
     model_a, model_b, head, config = make_tiny_models(
         seed, backbone, img_size, own_backbones=own_backbones
     )
@@ -94,5 +96,6 @@ def make_tiny_bundle(
         "segmentation": tiny_segmentation_params(crop_size or img_size),
         "training": {"note": "random initialisation, for tests"},
         "metrics": {},
+        **(extra_meta or {}),
     }
     return save_bundle(out_dir, model_a, model_b, head, meta, overwrite=overwrite)

@@ -3,11 +3,21 @@
 The modules that use them (models, inference, distributed) import them from here.
 """
 
+#: The two classes, in the project's order everywhere: index 1 is ALL, so P(ALL) = probs[..., 1].
+CLASS_NAMES = ("hem", "all")
+
 #: The paper's backbone.
 DEFAULT_BACKBONE = "inception_resnet_v2"
 
 #: Columns the predictions add to a cell table, in order.
 PREDICTION_COLUMNS = ("p_all_model_a", "p_all_model_b", "p_all_combined", "label", "confidence")
+
+#: The ensemble rules (`model.rules`); "max" is the paper's.
+ENSEMBLE_RULES = ("max", "mean", "agree", "combined")
+#: How a label is decided: the rule's own (the paper's) or the bundle's sensitivity threshold.
+DECISIONS = ("paper", "threshold")
+#: The ALL sensitivity the training's threshold keeps on the validation subjects.
+DEFAULT_TARGET_SENSITIVITY = 0.95
 
 #: Seconds a training process waits for the others before it stops with an error.
 DEFAULT_DIST_TIMEOUT_S = 600.0

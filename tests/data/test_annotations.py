@@ -11,6 +11,7 @@ import pytest
 
 from napari_allbag.data.annotations import (
     AnnotationError,
+    class_indices,
     scan_annotated_folder,
     subject_from_name,
 )
@@ -138,3 +139,15 @@ def test_without_moves_failed_files_to_unreadable(tmp_path):
     assert len(reduced) == len(annotated) - 1 and failed not in reduced.paths
     assert reduced.unreadable == [(failed, "no cell found")]
     assert reduced.summary()["unreadable"] == [{"file": str(failed), "reason": "no cell found"}]
+
+
+def test_class_indices_from_names_or_indices():
+    assert class_indices(["HEM", "all", "Hem"]).tolist() == [0, 1, 0]
+    assert class_indices(np.array([1, 0, 1], dtype=np.uint8)).tolist() == [1, 0, 1]
+    assert class_indices([]).dtype == np.int64
+    with pytest.raises(ValueError, match="Unknown class 'blast'"):
+        class_indices(["all", "blast"])
+    with pytest.raises(ValueError, match=r"must be in 0\.\.1"):
+        class_indices([0, 2])
+    with pytest.raises(ValueError, match=r"must be in 0\.\.1"):
+        class_indices([-1])

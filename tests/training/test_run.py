@@ -303,3 +303,28 @@ def test_smoke_run_on_the_real_cnmc_sample(cnmc_dir, cache_dir, tmp_path):
     assert probs.shape == (2, 3, 2)
     assert torch.allclose(probs.sum(dim=-1), torch.ones(2, 3))
     assert len(read_log(result.log_path)) == 6
+
+
+def test_the_bundle_carries_temperatures_threshold_and_subjects(trained):
+    """Calibration fitted on the validation split; the threshold keeps the target sensitivity."""
+    from napari_allbag.model.calibration import apply_temperatures
+    from napari_allbag.model.rules import rule_p_all
+
+    config, result, _ = trained
+    loaded = load_bundle(result.bundle_path)
+    trust = loaded.trust
+    assert loaded.meta["format_version"] == 2 and trust.rule == "max"
+    assert trust.temperatures is not None and all(t > 0 for t in trust.temperatures)
+    summary = json.loads((config.out_dir / "summary.json").read_text())
+    assert trust.subjects["train"] == sorted(summary["split"]["train_subjects"])
+    assert trust.subjects["val"] == sorted(summary["split"]["val_subjects"])
+    cells = result.report["cells"]
+    labels = np.array([cell["label"] == "all" for cell in cells], dtype=np.int64)
+    p_all = np.array([cell["p_all"] for cell in cells])
+    probs = apply_temperatures(np.stack([1 - p_all, p_all], axis=-1), trust.temperatures)
+    called = rule_p_all(probs, "max") >= trust.threshold["threshold"]
+    assert called[labels == 1].mean() >= config.target_sensitivity
+    assert called[labels == 1].mean() == pytest.approx(trust.threshold["sensitivity"])
+    calibration = loaded.meta["calibration"]
+    assert set(calibration["ece_before"]) == {"model-A", "model-B", "combined", "ensemble"}
+    assert "ECE ensemble" in result.report_text and "P(ALL) >=" in result.report_text

@@ -17,12 +17,18 @@ import shlex
 import subprocess
 import sys
 import warnings
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 from napari_allbag.cli.options import add_background_option, add_cache_dir_option
-from napari_allbag.defaults import DEFAULT_BACKBONE, DEFAULT_DIST_TIMEOUT_S
+from napari_allbag.defaults import (
+    DEFAULT_BACKBONE,
+    DEFAULT_DIST_TIMEOUT_S,
+    DEFAULT_TARGET_SENSITIVITY,
+    ENSEMBLE_RULES,
+)
 from napari_allbag.progress import Progress, drive_with_bar
 
 T = TypeVar("T")
@@ -119,6 +125,20 @@ def register(subparsers) -> None:
     add_cache_dir_option(parser)
     add_background_option(parser)
     parser.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=DEFAULT_TARGET_SENSITIVITY,
+        metavar="S",
+        help="ALL sensitivity the stored P(ALL) threshold keeps on the validation subjects "
+        f"(used by predict/evaluate --decision threshold; default {DEFAULT_TARGET_SENSITIVITY})",
+    )
+    parser.add_argument(
+        "--rule",
+        choices=ENSEMBLE_RULES,
+        default="max",
+        help="the ensemble rule the bundle uses by default (default max, the paper's)",
+    )
+    parser.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the backbones while training (faster steps on a GPU after a "
@@ -185,6 +205,8 @@ def config_from_args(args: argparse.Namespace):
         compile=args.compile,
         sync_batchnorm=args.sync_batchnorm,
         parallel_models=args.parallel_models,
+        target_sensitivity=args.target_sensitivity,
+        rule=args.rule,
     )
 
 
@@ -335,6 +357,26 @@ def for_terminal(
         yield Progress(event.done, event.total, event.stage, event.message, figures)
 
 
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a scheduler stopping the job) handled as Ctrl+C: the finished epochs are
+    kept and the resume command is printed (issue 13). Only the main thread can do this."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (e.g. a test runner's worker)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -354,7 +396,10 @@ def run(args: argparse.Namespace) -> int:
                 "ignore", message="Grad strides do not match bucket view strides"
             )
         main = rank == 0
-        with distributed.process_group(args.device, args.dist_timeout) as group:
+        with (
+            sigterm_as_interrupt(),
+            distributed.process_group(args.device, args.dist_timeout) as group,
+        ):
             config = config_from_args(args)
             if group.is_distributed:
                 config = replace(config, device=str(group.device))

@@ -13,6 +13,7 @@ _EXPORTS = {
             "AnnotatedItem",
             "AnnotatedSet",
             "AnnotationError",
+            "class_indices",
             "scan_annotated_folder",
         ),
         "annotations",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_allbag.data.annotations import CLASS_NAMES
+from napari_allbag.data.annotations import CLASS_NAMES, class_indices
 
 
 @dataclass(frozen=True)
@@ -37,22 +37,6 @@ class Subset:
         return len(self.indices)
 
 
-def _as_label_indices(labels: Sequence[int] | Sequence[str] | np.ndarray) -> np.ndarray:
-    array = np.asarray(labels)
-    if array.dtype.kind in "UO":
-        lookup = {name: i for i, name in enumerate(CLASS_NAMES)}
-        try:
-            return np.array([lookup[str(x).lower()] for x in array], dtype=np.int64)
-        except KeyError as error:
-            raise ValueError(
-                f"Unknown class {error.args[0]!r}; expected one of {CLASS_NAMES}"
-            ) from None
-    array = array.astype(np.int64)
-    if array.size and not np.isin(array, (0, 1)).all():
-        raise ValueError("Class indices must be 0 (HEM) or 1 (ALL).")
-    return array
-
-
 def split_all_halves(
     labels: Sequence[int] | np.ndarray, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +44,7 @@ def split_all_halves(
 
     With an odd number of ALL cells, All-A gets the extra one.
     """
-    label_array = _as_label_indices(labels)
+    label_array = class_indices(labels)
     all_cells = np.flatnonzero(label_array == CLASS_NAMES.index("all"))
     shuffled = np.random.default_rng(seed).permutation(all_cells)
     half = (len(shuffled) + 1) // 2
@@ -71,7 +55,7 @@ def make_bagging_subsets(
     labels: Sequence[int] | Sequence[str] | np.ndarray, seed: int
 ) -> tuple[Subset, Subset]:
     """Training sets A and B for the labels of the training cells (0/1 or "hem"/"all")."""
-    label_array = _as_label_indices(labels)
+    label_array = class_indices(labels)
     n_all = int((label_array == 1).sum())
     n_hem = int((label_array == 0).sum())
     if n_all < 2 or n_hem < 1:
@@ -93,7 +77,7 @@ def make_bagging_subsets(
 
 def describe_subsets(subset_a: Subset, subset_b: Subset, labels: Sequence[int] | np.ndarray) -> str:
     """One line per set: how many original and augmented ALL and HEM entries it holds."""
-    label_array = _as_label_indices(labels)
+    label_array = class_indices(labels)
     lines = []
     for subset in (subset_a, subset_b):
         is_all = label_array[subset.indices] == 1

@@ -33,8 +33,6 @@ import numpy as np
 
 from napari_allbag.io.atomic import write_bytes_atomic
 
-#: The two classes, in the project's order (index 1 is ALL).
-CLASS_NAMES = ("hem", "all")
 #: Geometry of the generator is defined at this image size and scaled to the requested one.
 REFERENCE_SIZE = 450
 #: Extensions `write_annotated_folder` can write.

@@ -27,8 +27,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-#: The two classes, in the project's order (index 1 is ALL).
-CLASS_NAMES = ("hem", "all")
+from napari_allbag.defaults import CLASS_NAMES
 
 
 @dataclass(frozen=True)

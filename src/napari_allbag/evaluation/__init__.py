@@ -1,7 +1,9 @@
 """The paper's Table 1 as one report (`report`): metrics, confusion matrices and accuracy per
 subject for model-A, model-B, the combined model and the ensemble rule, built alike for a bundle
 evaluated on an annotated folder (`evaluate`, what the CLI's `evaluate` runs) and for the
-validation after training (one JSON shape, docs/report-format.md).
+validation after training (one JSON shape, docs/report-format.md); per-subject figures
+(`per_subject`), the report's PNG figures (`figures`) and its self-contained HTML page
+(`report_html`).
 
 May import: `io`, `data`, `segmentation`, `model`, `inference`, `progress`, `defaults`.
 """
@@ -24,6 +26,9 @@ _EXPORTS = {
         ),
         "report",
     ),
+    **dict.fromkeys(("SUBJECT_COLUMNS", "per_subject_rows"), "per_subject"),
+    **dict.fromkeys(("ReportData", "render_figures", "write_figures"), "figures"),
+    **dict.fromkeys(("run_metadata", "build_report_html", "write_report_html"), "report_html"),
     "evaluate_folder": "evaluate",
 }
 __all__ = sorted(_EXPORTS)

@@ -15,25 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_allbag.data.annotations import CLASS_NAMES, subject_sort_key
+from napari_allbag.data.annotations import CLASS_NAMES, class_indices, subject_sort_key
 
 METRIC_KEYS = ("precision", "recall", "f1", "support")
-
-
-def _as_indices(values: Sequence[Any] | np.ndarray, class_names: Sequence[str]) -> np.ndarray:
-    array = np.asarray(values)
-    if array.dtype.kind in "UO":
-        lookup = {name.lower(): i for i, name in enumerate(class_names)}
-        try:
-            return np.array([lookup[str(v).lower()] for v in array], dtype=np.int64)
-        except KeyError as error:
-            raise ValueError(
-                f"Unknown class {error.args[0]!r}; expected one of {tuple(class_names)}"
-            ) from None
-    array = array.astype(np.int64).reshape(-1)
-    if array.size and (array.min() < 0 or array.max() >= len(class_names)):
-        raise ValueError(f"Class indices must be in 0..{len(class_names) - 1}.")
-    return array
 
 
 def confusion_matrix(y_true, y_pred, n_classes: int = 2) -> np.ndarray:
@@ -58,8 +42,8 @@ def classification_table(
     Labels are class indices (0 HEM, 1 ALL) or class names. A ratio with a zero denominator is 0,
     as in scikit-learn.
     """
-    true = _as_indices(y_true, class_names)
-    pred = _as_indices(y_pred, class_names)
+    true = class_indices(y_true, class_names)
+    pred = class_indices(y_pred, class_names)
     if true.shape != pred.shape:
         raise ValueError(f"y_true and y_pred differ in length ({len(true)} vs {len(pred)}).")
     matrix = confusion_matrix(true, pred, len(class_names))
@@ -98,8 +82,8 @@ def per_subject_accuracy(
 ) -> dict[str, dict[str, Any]]:
     """Per subject: cells, correct predictions, accuracy and the subject's (majority) true class.
     Cells without a subject id are left out."""
-    true = _as_indices(y_true, class_names)
-    pred = _as_indices(y_pred, class_names)
+    true = class_indices(y_true, class_names)
+    pred = class_indices(y_pred, class_names)
     result: dict[str, dict[str, Any]] = {}
     for subject in sorted({s for s in subjects if s is not None}, key=subject_sort_key):
         rows = np.array([s == subject for s in subjects])
@@ -109,9 +93,16 @@ def per_subject_accuracy(
             "cells": int(rows.sum()),
             "correct": correct,
             "accuracy": _ratio(correct, rows.sum()),
-            "label": class_names[int(np.argmax(counts))],
+            "label": _subject_label(counts, class_names),
         }
     return result
+
+
+def _subject_label(counts: np.ndarray, class_names: Sequence[str]) -> str:
+    """The subject's true class, or "mixed" when its cells are of both classes (a subject is
+    one patient: a mixed one is a labelling doubt, never to be called HEM or ALL)."""
+    present = np.flatnonzero(counts)
+    return class_names[int(present[0])] if len(present) == 1 else "mixed"
 
 
 def _row_label(name: str) -> str:
@@ -274,7 +265,7 @@ def build_report(
     in docs/report-format.md. `context` (JSON-able) says where the figures come from."""
     if kind not in REPORT_KINDS:
         raise ValueError(f"unknown report kind {kind!r}; expected one of {REPORT_KINDS}")
-    labels = _as_indices(labels, CLASS_NAMES)
+    labels = class_indices(labels, CLASS_NAMES)
     predictions = model_predictions(probs)
     if len(labels) != len(probs):
         raise ValueError(f"{len(labels)} labels for {len(probs)} cells")
@@ -328,6 +319,29 @@ def _evaluation_header(report: dict[str, Any]) -> list[str]:
     for key, title in (("unlabelled", "without a class"), ("unreadable", "unreadable")):
         if annotations[key]:
             lines.append(f"  {len(annotations[key])} file(s) {title} were not evaluated")
+    return lines + _doubtful_data(annotations)
+
+
+def _doubtful_data(annotations: dict[str, Any]) -> list[str]:
+    """Warnings about data whose scores would mislead: one class only, contradicting names."""
+    lines = []
+    missing = [name for name, count in annotations["per_class"].items() if count == 0]
+    if len(missing) == 1:
+        present = "ALL" if missing[0] == "hem" else "HEM"
+        lines.append(
+            f"  WARNING: no {missing[0].upper()} image in this folder, only {present}: the "
+            f"{missing[0].upper()} row has support 0 and its scores are 0 by construction. "
+            "Evaluate on a folder holding both classes for a meaningful Table 1."
+        )
+    conflicting = annotations.get("conflicting_labels") or []
+    if conflicting:
+        lines.append(
+            f"  WARNING: {len(conflicting)} file(s) are named for one class but lie in the other "
+            "class's folder (the folder's class was used); check and move or rename them:"
+        )
+        lines += [f"    {name}" for name in conflicting[:10]]
+        if len(conflicting) > 10:
+            lines.append(f"    ... ({len(conflicting) - 10} more in the JSON report)")
     return lines
 
 

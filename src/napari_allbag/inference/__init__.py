@@ -1,6 +1,7 @@
 """Classifying cells with a bundle: the one pipeline every front end calls (`pipeline`: load ->
 segment -> classify), batched crops (`classify`), files streamed through segmentation and the
-ensemble (`predict`), the results table's columns (`columns`), and the overlay PNG (`overlay`).
+ensemble (`predict`), the results table's columns (`columns`), the overlay PNG (`overlay`), test-time augmentation
+(`tta`), review flags (`review`) and Grad-CAM heatmaps (`gradcam`).
 
 May import: `io`, `data`, `segmentation`, `model`, `progress`, `defaults`. `classify` and
 `predict` import torch but no image or GUI library (benchmarks/gpu_bench.py relies on it);
@@ -33,6 +34,9 @@ _EXPORTS = {
         ),
         "pipeline",
     ),
+    **dict.fromkeys(("dihedral_views", "classify_tta", "iter_classify_tta"), "tta"),
+    **dict.fromkeys(("ReviewPolicy", "review_flags"), "review"),
+    **dict.fromkeys(("grad_cam", "ensemble_grad_cam", "overlay_heatmap"), "gradcam"),
     **dict.fromkeys(("CELL_COLUMNS", "RESULT_COLUMNS"), "columns"),
     **dict.fromkeys(("CellMark", "marks_from_table", "draw_overlay", "write_png"), "overlay"),
 }

@@ -1,4 +1,5 @@
-"""Files in and out: reading images, finding them in folders, worker pools, remembered settings.
+"""Files in and out: reading images, finding them in folders, worker pools, remembered settings,
+atomic writes (`atomic`: the one place that writes a file through a temporary and os.replace).
 
 May import: the standard library, numpy, OpenCV, and `progress`/`defaults`. Nothing else of the
 package (every other subpackage may import this one).
@@ -10,6 +11,9 @@ _EXPORTS = {
     **dict.fromkeys(
         ("IMAGE_EXTENSIONS", "ImageReadError", "read_image", "to_rgb_uint8", "find_images"),
         "images",
+    ),
+    **dict.fromkeys(
+        ("write_bytes_atomic", "write_text_atomic", "write_json_atomic", "new_file_mode"), "atomic"
     ),
     "ordered_map": "ordered_pool",
     **dict.fromkeys(

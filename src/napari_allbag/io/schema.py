@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from napari_allbag.defaults import ENSEMBLE_RULES
+
 #: A timm model name, optionally with a pretrained tag: `inception_resnet_v2`, `resnet50.a1_in1k`.
 #: No `/`, `:` or upper case, so never a path or a hub address (which would download).
 BACKBONE_NAME = re.compile(r"[a-z0-9_]{1,100}(\.[a-z0-9_]{1,60})?")
@@ -213,6 +215,46 @@ _UNKNOWN = object()
 
 ANY_OBJECT = Object()
 
+#: An ensemble rule name (`defaults.ENSEMBLE_RULES`).
+RULE_NAME = Text(20, re.compile("|".join(ENSEMBLE_RULES)), "one of " + ", ".join(ENSEMBLE_RULES))
+_SHARE = Number(0.0, 1.0)
+#: Bundle format 2's calibration, decision and subjects (`model.trust`).
+TRUST_FIELDS = {
+    "calibration": Object(
+        {
+            "temperatures": Object(
+                {name: Number(0.001, 1000.0) for name in ("model_a", "model_b", "combined")},
+                required=("model_a", "model_b", "combined"),
+            ),
+            "cells": Integer(0, 1_000_000_000),
+            "ece_bins": Integer(1, 1000),
+        },
+        required=("temperatures",),
+    ),
+    "decision": Object(
+        {
+            "rule": RULE_NAME,
+            "threshold": Nullable(
+                Object(
+                    {
+                        "threshold": _SHARE,
+                        "sensitivity": Nullable(_SHARE),
+                        "specificity": Nullable(_SHARE),
+                        "target_sensitivity": Nullable(_SHARE),
+                        "rule": RULE_NAME,
+                        "calibrated": Boolean(),
+                    },
+                    required=("threshold",),
+                )
+            ),
+        }
+    ),
+    "subjects": Object(
+        {"train": Array(Text(200)), "val": Array(Text(200))},
+        extra=False,
+    ),
+}
+
 BUNDLE_SCHEMA = Object(
     {
         "format_version": Integer(1, 1_000_000),
@@ -243,6 +285,7 @@ BUNDLE_SCHEMA = Object(
         "training": ANY_OBJECT,
         "metrics": ANY_OBJECT,
         "versions": ANY_OBJECT,
+        **TRUST_FIELDS,
     },
     required=("format_version", "backbone"),
 )

@@ -30,11 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_allbag.defaults import DEFAULT_BACKBONE
+from napari_allbag.defaults import CLASS_NAMES, DEFAULT_BACKBONE
 from napari_allbag.io.schema import MAX_IMG_SIZE, MIN_IMG_SIZE
 
-#: Class order everywhere: index 1 is ALL, so P(ALL) = probs[..., 1].
-CLASS_NAMES = ("hem", "all")
 #: Order of the three models in `Ensemble` outputs.
 MODEL_NAMES = ("model_a", "model_b", "combined")
 
@@ -434,6 +432,10 @@ def decide(probs: torch.Tensor | np.ndarray) -> tuple[Any, Any]:
 
     `probs` is (B, 3, 2) (or (3, 2) for one cell). Returns `(labels, confidence)`: labels are class
     indices (1 = ALL), confidence the winning probability; numpy in, numpy out; torch in, torch out.
+    An exact tie between the highest ALL and the highest HEM probability goes to ALL, as in the
+    paper's authors' code (a missed blast costs more than a second look); before bundle format 2
+    the first of the six in (A, B, combined) x (hem, all) order won, which sent a tie within one
+    model to HEM. `model.rules.decide_rule(probs, "max")` gives the same labels.
     """
     single = probs.ndim == 2
     if single:
@@ -442,18 +444,20 @@ def decide(probs: torch.Tensor | np.ndarray) -> tuple[Any, Any]:
         raise ValueError(
             f"expected probabilities of shape (B, models, 2), got {tuple(probs.shape)}"
         )
-    flat = probs.reshape(probs.shape[0], probs.shape[1] * probs.shape[2])
-    if isinstance(flat, torch.Tensor):
-        if flat.shape[0] == 0:
-            confidence = flat.new_zeros(0)
-            winner = torch.zeros(0, dtype=torch.long, device=flat.device)
-        else:
-            confidence, winner = flat.max(dim=1)
+    hem, all_ = CLASS_NAMES.index("hem"), CLASS_NAMES.index("all")
+    if isinstance(probs, torch.Tensor):
+        best_all = probs[:, :, all_].amax(dim=1) if probs.shape[0] else probs.new_zeros(0)
+        best_hem = probs[:, :, hem].amax(dim=1) if probs.shape[0] else probs.new_zeros(0)
+        is_all = best_all >= best_hem
+        labels = torch.where(is_all, all_, hem).to(torch.long)
+        confidence = torch.where(is_all, best_all, best_hem)
     else:
-        flat = np.asarray(flat)
-        winner = flat.argmax(axis=1) if flat.shape[0] else np.zeros(0, np.int64)
-        confidence = np.take_along_axis(flat, winner[:, None], axis=1)[:, 0]
-    labels = winner % len(CLASS_NAMES)
+        probs = np.asarray(probs)
+        best_all = probs[:, :, all_].max(axis=1, initial=-np.inf)
+        best_hem = probs[:, :, hem].max(axis=1, initial=-np.inf)
+        is_all = best_all >= best_hem
+        labels = np.where(is_all, all_, hem).astype(np.int64)
+        confidence = np.where(is_all, best_all, best_hem).astype(probs.dtype, copy=False)
     if single:
         return labels[0], confidence[0]
     return labels, confidence

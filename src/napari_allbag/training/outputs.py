@@ -1,4 +1,5 @@
-"""What a run leaves besides the report: the training curves and the bundle's metadata."""
+"""What a run leaves besides the report: the training curves and the bundle's metadata (with the
+calibration fitted on the validation split)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
+from napari_allbag.model.card import build_model_card
 from napari_allbag.model.networks import BackboneConfig
+from napari_allbag.model.trust import calibrate_ensemble
 from napari_allbag.training.config import RunPaths
 from napari_allbag.training.curves import render_curves_png
 from napari_allbag.training.prepare import PreparedData, class_counts, segmentation_params
@@ -17,9 +22,21 @@ def draw_curves(main: bool, paths: RunPaths, history: list[dict[str, Any]]) -> N
         render_curves_png(history, paths.curves)
 
 
+def calibration_fields(config, data: PreparedData, probs: np.ndarray) -> dict[str, Any]:
+    """bundle.json's calibration, decision and subjects from the validation probabilities:
+    temperatures by NLL, ECE before/after, the threshold keeping `config.target_sensitivity`."""
+    subjects = {
+        split: sorted({str(data.subjects[i]) for i in rows if data.subjects[i] is not None})
+        for split, rows in (("train", data.train), ("val", data.val))
+    }
+    labels = data.labels[data.val]
+    return calibrate_ensemble(probs, labels, config.rule, config.target_sensitivity, subjects)
+
+
 def bundle_meta(
-    config, backbone: BackboneConfig, data: PreparedData, outcomes, report
+    config, backbone: BackboneConfig, data: PreparedData, outcomes, report, trust=None
 ) -> dict[str, Any]:
+    """bundle.json's content; `trust` (calibration, decision, subjects) joins it and the card."""
     training = {
         "config": json.loads(json.dumps(config.to_dict())),
         "data_dir": str(config.data_dir),
@@ -28,6 +45,11 @@ def bundle_meta(
             "val": class_counts(data.labels[data.val]),
         },
         "split": data.split_note,
+        "subjects": {
+            part: sorted({str(data.subjects[i]) for i in rows if data.subjects[i] is not None})
+            for part, rows in (("train", data.train), ("val", data.val))
+        },
+        "synthetic_data": bool(config.synthetic_data),
         "stages": {
             name: {
                 "epochs": outcome.extra.get("last_epoch"),
@@ -55,9 +77,12 @@ def bundle_meta(
     }
     # Training keeps the largest cell of each (one-cell) C-NMC image; a bundle classifies every
     # cell an image holds, so it carries the same crop settings without that restriction.
-    return {
+    meta = {
         "backbone": backbone,
         "segmentation": replace(segmentation_params(config), largest_only=False),
         "training": training,
         "metrics": metrics,
+        **(trust or {}),
     }
+    meta["model_card"] = build_model_card(meta)
+    return meta

@@ -32,7 +32,7 @@ import torch
 from napari_allbag.data.annotations import AnnotationError
 from napari_allbag.data.bagging import describe_subsets
 from napari_allbag.evaluation.report import build_report, format_report
-from napari_allbag.io.atomic import write_json_atomic, write_text_atomic
+from napari_allbag.io.atomic import OutputError, write_json_atomic, write_text_atomic
 from napari_allbag.model.bundle import BundleError, save_bundle
 from napari_allbag.model.devices import DeviceError, release_memory, select_device
 from napari_allbag.model.networks import (
@@ -44,6 +44,7 @@ from napari_allbag.model.networks import (
     UnknownBackboneError,
     resolve_backbone,
 )
+from napari_allbag.model.trust import format_calibration
 from napari_allbag.progress import Progress
 from napari_allbag.training.batches import CropFeeder, FeatureBatches
 from napari_allbag.training.build import (
@@ -59,6 +60,7 @@ from napari_allbag.training.config import (
     RunPaths,
     TrainConfig,
     TrainingError,
+    claim_run_folder,
     prepare_run,
     save_run_config,
 )
@@ -78,7 +80,7 @@ from napari_allbag.training.loop import (
     fit_stage,
     order_seed,
 )
-from napari_allbag.training.outputs import bundle_meta, draw_curves
+from napari_allbag.training.outputs import bundle_meta, calibration_fields, draw_curves
 from napari_allbag.training.prepare import (
     bagging_sets,
     data_from_json,
@@ -122,8 +124,23 @@ def train(
     """Run (or resume) a training run; see the module doc.
 
     `dist`: this process's place in a data-parallel run (`distributed.process_group()`); None
-    for a single process.
+    for a single process. The run folder is locked (rank 0) until the run ends.
     """
+    held: list = []  # the run folder's lock, taken by rank 0 while settling the config
+    try:
+        return (yield from _train_claimed(config, dist, held))
+    except OutputError as error:  # disk full, read-only: what is saved stays whole
+        raise TrainingError(
+            f"{error} Every finished epoch is kept: once fixed, continue with --resume."
+        ) from error
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _train_claimed(
+    config: TrainConfig, dist: Distributed | None, held: list
+) -> Generator[Progress, None, TrainResult]:
     dist = dist if dist is not None else Distributed.single()
     if dist.is_distributed:
         config = replace(config, rank=dist.rank, world_size=dist.world_size)
@@ -140,7 +157,7 @@ def train(
     stage = ["preprocess"]
     try:
         config, notes = dist.share(
-            lambda: _settle_config(config, device, dist.world_size),
+            lambda: _settle_config(config, device, dist.world_size, held),
             encode=lambda settled: {"config": settled[0].to_dict(), "notes": settled[1]},
             decode=lambda shared: (_adopt_config(shared["config"], config), shared["notes"]),
             where="reading the run folder (rank 0)",
@@ -182,14 +199,16 @@ def train(
 
 
 def _settle_config(
-    config: TrainConfig, device: torch.device, world_size: int
+    config: TrainConfig, device: torch.device, world_size: int, held: list
 ) -> tuple[TrainConfig, list[str]]:
-    """Check the data and run folders, start or resume the run, fix the batch size (rank 0)."""
+    """Check the data and run folders, lock the run folder, start or resume the run, fix the
+    batch size (rank 0)."""
     if not config.data_dir.is_dir():
         raise TrainingError(
             f"Annotated folder not found: {config.data_dir}. Choose the folder that holds the "
             "all/ and hem/ folders."
         )
+    held.append(claim_run_folder(config))
     config, notes = prepare_run(config)
     changes: dict[str, Any] = {}
     if config.batch_size is None:
@@ -461,7 +480,10 @@ def _train(
             "best_epochs": {name: o.best_epoch for name, o in outcomes.items()},
         },
     )
-    report_text = format_report(report) + "\n"
+    trust = calibration_fields(config, data, probs)
+    report["context"]["calibration"] = trust["calibration"]
+    report["context"]["decision"] = trust["decision"]
+    report_text = format_report(report) + "\n\n" + format_calibration(trust) + "\n"
 
     # Rank 0 writes; `share` lets the others wait for it and fail with it (one process: a call).
     def write_report() -> None:
@@ -472,7 +494,7 @@ def _train(
 
     def write_bundle() -> None:
         if main:
-            meta = bundle_meta(config, backbone, data, outcomes, report)
+            meta = bundle_meta(config, backbone, data, outcomes, report, trust)
             overwrite = (paths.bundle / "bundle.json").is_file()
             save_bundle(paths.bundle, model_a, model_b, head_for_bundle, meta, overwrite=overwrite)
 
