@@ -316,3 +316,14 @@ def test_scale_of_a_dense_smear_whose_red_cells_all_touch():
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     radius, how = red_cell_radius(grey, np.ones(grey.shape, bool))
     assert abs(radius - RED_RADIUS) < 0.2 * RED_RADIUS, how
+
+
+def test_a_white_cell_mostly_outside_the_image_is_still_found_and_flagged():
+    image, _ = smear(seed=11, keep_clear=[(200, 0, 40), (100, 250, 30)])
+    draw_white_cell(image, 200, -4, cell_radius=15)  # a third of its nucleus inside the image
+    draw_white_cell(image, 100, 250)
+    result = segment_brightfield(image)
+    assert result.n_cells == 2, result.message
+    border = result.table["touches_border"]
+    assert border.sum() == 1
+    assert result.table["centroid_col"][border][0] < 10

@@ -21,10 +21,10 @@ single-cell crops with too few whole red cells fall back to a tenth of the image
 3. lobes closer than about one red-cell radius are grouped into one white cell (a neutrophil's
    segmented nucleus is one cell); groups too large and not compact for one cell are split by
    distance transform + watershed;
-4. nuclei below 0.2 red-cell areas and cells (hulls) smaller than a red cell (platelets,
-   debris) or not bluer than the red cells
-   are rejected; each kept cell grows into the stained cytoplasm around its nucleus (pixels above
-   the lower Otsu threshold within one red-cell radius), then takes its convex hull;
+4. nuclei below 0.2 red-cell areas or without a clearly purple core, and cells (hulls)
+   smaller than a red cell (platelets, debris; a quarter of one where the border cuts the
+   cell) are rejected; each kept cell grows into the stained cytoplasm around its nucleus
+   (pixels above the lower Otsu threshold within one red-cell radius), then takes its hull;
 5. crops exactly like the dark path's (`segmentation._crop`): the hull on black, centred, resized.
 """
 
@@ -68,6 +68,9 @@ _MIN_NUCLEUS = 0.2
 #: A white cell (nucleus and cytoplasm, its hull) is larger than a red cell; a platelet or a
 #: clump of them is smaller.
 _MIN_CELL = 1.0
+#: A cell cut by the border or field stop may show any part of itself: its visible hull need
+#: only be about as large as the smallest nucleus (`_MIN_NUCLEUS`), which rejected platelets.
+_MIN_CUT_CELL = 0.25
 #: Share of valid pixels surely red cells or background, even where a white cell fills a crop.
 _UNSTAINED_SHARE = 0.25
 #: A nucleus's stain exceeds that level (red cells, background) by at least this much
@@ -453,8 +456,8 @@ def _whole_cells(scene: _Scene, groups: list[_Nucleus]):
         host = next((k for k in kept if _mostly_inside(cell, hull, k[0], k[2])), None)
         if host is not None:
             continue  # part of a bigger cell, already inside its hull and crop
-        cut = _is_cut(scene, cell, hull)  # only part of it is visible: half the size will do
-        if cv2.countNonZero(hull) < _MIN_CELL * red_area * (0.5 if cut else 1.0):
+        cut = _is_cut(scene, cell, hull)  # any part may be visible: its nucleus test suffices
+        if cv2.countNonZero(hull) < red_area * (_MIN_CUT_CELL if cut else _MIN_CELL):
             dropped.append("smaller than a red cell (platelet or debris)")
             continue
         kept.append((cell, reason, hull))
