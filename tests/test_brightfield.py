@@ -327,3 +327,17 @@ def test_a_white_cell_mostly_outside_the_image_is_still_found_and_flagged():
     border = result.table["touches_border"]
     assert border.sum() == 1
     assert result.table["centroid_col"][border][0] < 10
+
+
+def test_the_coloured_fringe_of_a_field_stop_is_not_a_white_cell():
+    image, _ = smear(seed=12, keep_clear=[(200, 250, 30)])
+    draw_white_cell(image, 200, 250)
+    inside = np.zeros(image.shape[:2], np.uint8)
+    cv2.circle(inside, (250, 200), 190, 1, -1)
+    image[inside == 0] = 0  # a black circular field stop
+    for arc in range(0, 360, 60):  # purple fringes along its edge, half a red cell wide
+        cv2.ellipse(image, (250, 200), (186, 186), 0, arc, arc + 25, NUCLEUS, 7)
+    result = segment_brightfield(image)
+    assert result.n_cells == 1, result.table["keep_reason"]
+    ((row, col),) = centres_of(result)
+    assert np.hypot(row - 200, col - 250) < 8

@@ -292,8 +292,25 @@ def _scene(image: np.ndarray) -> _Scene | str:
     radius *= shrink
     red_stain = float(_unstained_level(hist))
     low = round((red_stain + high) / 2)
+    if stop.any():  # its coloured fringe is about a red-cell radius wide, whatever the size
+        stop = _widened(stop, radius)
+        valid &= ~stop
     stain[~valid] = 0
     return _Scene(image, stain, stop, radius, low, high, red_stain)
+
+
+def _widened(mask: np.ndarray, width: float) -> np.ndarray:
+    """Bool mask grown by `width` pixels (distance transform on a copy shrunk so that `width`
+    is about 8 pixels: a full-size transform would cost more than the rest of the field)."""
+    shrink = max(1.0, width / 8.0)
+    height, width_px = mask.shape
+    small_size = (max(1, round(width_px / shrink)), max(1, round(height / shrink)))
+    small = cv2.resize(mask.view(np.uint8), small_size, interpolation=cv2.INTER_AREA) > 0
+    clear = cv2.distanceTransform((~small).view(np.uint8), cv2.DIST_L2, 3)
+    grown = cv2.resize(
+        (clear <= width / shrink).view(np.uint8), (width_px, height), cv2.INTER_NEAREST
+    )
+    return grown.view(bool) | mask
 
 
 def _nucleus_threshold(hist: np.ndarray) -> int:
