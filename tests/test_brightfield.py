@@ -341,3 +341,20 @@ def test_the_coloured_fringe_of_a_field_stop_is_not_a_white_cell():
     assert result.n_cells == 1, result.table["keep_reason"]
     ((row, col),) = centres_of(result)
     assert np.hypot(row - 200, col - 250) < 8
+
+
+@pytest.mark.parametrize(
+    "shape, value",
+    [
+        ((1, 1, 3), 0),
+        ((3, 3, 3), 200),
+        ((2, 4000, 3), 230),
+        ((4000, 2, 3), 60),
+        ((300, 300, 3), 128),
+    ],
+)
+def test_odd_images_give_no_cell_and_a_message_without_crashing(shape, value):
+    image = np.full(shape, value, np.uint8)
+    for background in ("auto", "bright", "dark"):
+        result = segment_auto(image, SegmentationParams(background=background))
+        assert result.n_cells == 0 and result.message, background

@@ -576,7 +576,9 @@ def _disc(size: int) -> np.ndarray:
 
 
 def _thumbnail(image: np.ndarray, side: int) -> np.ndarray:
-    scale = side / max(image.shape[:2])
+    height, width = image.shape[:2]
+    scale = side / max(height, width)
     if scale >= 1:
         return image
-    return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # a 2 x 4000 strip too
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
