@@ -358,3 +358,32 @@ def test_odd_images_give_no_cell_and_a_message_without_crashing(shape, value):
     for background in ("auto", "bright", "dark"):
         result = segment_auto(image, SegmentationParams(background=background))
         assert result.n_cells == 0 and result.message, background
+
+
+def _touching_pair(seed, nucleus_radius, cytoplasm_radius):
+    """Two white cells side by side whose nuclei touch (both cytoplasms drawn first)."""
+    image, _ = smear(seed=seed, keep_clear=[(200, 250, 2 * cytoplasm_radius + 8)])
+    cols = (250 - nucleus_radius, 250 + nucleus_radius)
+    for col in cols:
+        cv2.circle(image, (col, 200), cytoplasm_radius, CYTOPLASM, -1, cv2.LINE_AA)
+    for col in cols:
+        cv2.circle(image, (col, 200), nucleus_radius, NUCLEUS, -1, cv2.LINE_AA)
+    return image, cols
+
+
+def test_two_touching_nuclei_give_two_cells_each_on_its_own_nucleus():
+    image, cols = _touching_pair(seed=13, nucleus_radius=16, cytoplasm_radius=25)
+    result = segment_brightfield(image)
+    assert result.n_cells == 2, result.table["keep_reason"]
+    found = sorted(col for _, col in centres_of(result))
+    assert all(abs(f - c) < 6 for f, c in zip(found, cols, strict=True)), found
+    left, right = (result.labels[200, col] for col in cols)
+    assert {left, right} == {1, 2}  # each nucleus centre lies in its own cell's hull only
+
+
+def test_a_bilobed_nucleus_in_one_cytoplasm_stays_one_cell():
+    image, _ = smear(seed=14, keep_clear=[(200, 250, 34)])
+    lobes = ((0, -11, 10), (0, 11, 10))  # two touching lobes thinner than a red cell
+    draw_white_cell(image, 200, 250, lobes=lobes, cell_radius=28)
+    result = segment_brightfield(image)
+    assert result.n_cells == 1, result.table["keep_reason"]
