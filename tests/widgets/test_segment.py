@@ -46,8 +46,8 @@ def test_run_adds_cells_and_crops_then_updates_them(make_napari_viewer, qtbot, w
     run_and_wait(widget, qtbot)
 
     assert warnings_shown == []
-    cells = viewer.layers[CELLS_LAYER]
-    crops = viewer.layers[CROPS_LAYER]
+    cells = viewer.layers["cells [field]"]
+    crops = viewer.layers["cell crops [field]"]
     assert cells.data.shape == field().shape[:2]
     assert cells.data.max() == len(FIELD_CELLS)
     assert set(TABLE_COLUMNS) <= set(cells.features.columns)
@@ -80,8 +80,8 @@ def test_empty_image_warns_and_clears_old_results(make_napari_viewer, qtbot, war
     run_and_wait(widget, qtbot)
 
     assert len(warnings_shown) == 1 and "no cell found" in warnings_shown[0]
-    assert not viewer.layers[CELLS_LAYER].data.any()
-    assert CROPS_LAYER not in viewer.layers
+    assert viewer.layers["cells [field]"].data.any()  # another image's results: left alone
+    assert "cells [dark]" not in viewer.layers and "cell crops [dark]" not in viewer.layers
     assert "no cell found" in widget.status.value
 
 
@@ -111,7 +111,7 @@ def test_the_plane_shown_of_a_stack_is_segmented(make_napari_viewer, qtbot, warn
     widget.background.value = "dark"
     run_and_wait(widget, qtbot)
     assert warnings_shown == []
-    assert viewer.layers[CELLS_LAYER].data.max() == len(FIELD_CELLS)
+    assert viewer.layers["cells [stack]"].data.max() == len(FIELD_CELLS)
 
 
 def test_cancel_stops_the_worker_and_resets_the_buttons(make_napari_viewer, qtbot, warnings_shown):
@@ -158,7 +158,7 @@ def test_auto_on_a_smear_outlines_the_white_cells_and_names_the_mode(
     assert widget.background.value == "auto"
     assert list(widget.background.choices) == ["auto", "dark", "bright"]
     run_and_wait(widget, qtbot)
-    cells = viewer.layers[CELLS_LAYER]
+    cells = viewer.layers["cells [smear]"]
     expected = segment_auto(image, widget.params(), "smear")
     assert expected.n_cells > 0 and cells.data.max() == expected.n_cells
     np.testing.assert_array_equal(cells.data, expected.labels)
@@ -193,7 +193,7 @@ def test_a_multiscale_layer_is_segmented_in_tiles_at_full_resolution(
     widget.controls.on_progress = lambda event: (events.append(event), show(event))
     run_and_wait(widget, qtbot)
     whole = segment_auto(image, widget.params(), "slide")
-    cells = viewer.layers[CELLS_LAYER]
+    cells = viewer.layers["cells [slide]"]
     assert cells.data.shape == image.shape[:2]  # full resolution, not the overview level
     assert cells.data.max() == whole.n_cells > 0
     np.testing.assert_allclose(
@@ -214,11 +214,11 @@ def test_a_whole_slide_too_large_for_labels_gets_box_outlines(
     widget = SegmentWidget(viewer)
     widget.tile = 800
     run_and_wait(widget, qtbot)
-    outlines = viewer.layers[OUTLINES_LAYER]
-    assert CELLS_LAYER not in viewer.layers
+    outlines = viewer.layers[f"{OUTLINES_LAYER} [slide]"]
+    assert "cells [slide]" not in viewer.layers
     assert len(outlines.data) == len(outlines.features) > 0
     assert set(outlines.shape_type) == {"rectangle"}
-    assert viewer.layers[CROPS_LAYER].data.shape[0] == len(outlines.data)
+    assert viewer.layers["cell crops [slide]"].data.shape[0] == len(outlines.data)
 
 
 def test_cancel_stops_a_tiled_run(make_napari_viewer, qtbot, warnings_shown, smear):
@@ -230,4 +230,4 @@ def test_cancel_stops_a_tiled_run(make_napari_viewer, qtbot, warnings_shown, sme
     widget.run_button.clicked()
     widget.cancel_button.clicked()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=20000)
-    assert widget.status.value == "cancelled" and CELLS_LAYER not in viewer.layers
+    assert widget.status.value == "cancelled" and "cells [slide]" not in viewer.layers

@@ -4,10 +4,12 @@ The work (`segmentation.segment_auto_progress`, or `tiles.segment_large` for a m
 or a large image: its full-resolution level read window by window) runs in a napari
 `thread_worker` through `widgets.base.WorkerControls`, so the viewer stays responsive; its
 progress events drive the progress bar and Cancel stops it at the next event (the next tile).
-The result goes into a Labels layer "cells" drawn as outlines (features: the per-cell table,
-with the mode each image got) and an RGB image layer "cell crops" (the N x S x S x 3 stack),
-placed to the right of the image. A whole slide too large for a full-size label image gets a
-Shapes layer "cell outlines" (one box per cell) instead. Running again updates those layers.
+The result goes into a Labels layer `cells [image]` drawn as outlines (features: the per-cell
+table, with the mode the image got) and an RGB image layer `cell crops [image]` (the N x S x S x 3
+stack, placed to the right of the image), both just above their image (`widgets.results`). A
+whole slide too large for a full-size label image gets a Shapes layer `cell outlines [image]`
+(one box per cell) instead. Running an image again updates its own layers; other images'
+results are left alone. The image picker follows the active layer.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Generator
 import numpy as np
 import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
-from napari.layers import Image, Labels, Shapes
+from napari.layers import Image, Labels
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
 
@@ -29,12 +31,25 @@ from napari_allbag.segmentation.dark import SegmentationParams, SegmentationResu
 from napari_allbag.segmentation.feedback import ImageFeedback
 from napari_allbag.segmentation.tiles import TileOptions, needs_tiling, segment_large
 from napari_allbag.widgets.base import WorkerControls
+from napari_allbag.widgets.results import (
+    CELLS,
+    CLASSES,
+    CROPS,
+    CROPS_KEY,
+    SUMMARY_KEY,
+    find_result,
+    image_of,
+    is_result,
+    place_above,
+    result_metadata,
+    result_name,
+)
 
-CELLS_LAYER = "cells"
-CROPS_LAYER = "cell crops"
-OUTLINES_LAYER = "cell outlines"
+CELLS_LAYER, CROPS_LAYER = CELLS, CROPS  # kinds; a layer's name is `cells [image]`
+
+OUTLINES_LAYER = "cell outlines"  # kind of the box outlines of a slide without a label image
 _GAP = 20  # pixels between the image and the crops placed beside it
-#: Outline width of the cells in the "cells" Labels layer (napari's `contour`).
+#: Outline width of the cells in the cells Labels layer (napari's `contour`).
 CONTOUR = 2
 #: Above this many megapixels a tiled result keeps no full-size label image (4 bytes a pixel).
 LABELS_MEGAPIXELS = 100.0
@@ -45,14 +60,13 @@ def segment_layer_data(
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment layer data (the worker's job): in memory with `segment_auto_progress`, or in
     tiles (`tiles.segment_large`) when the data is large or lazily sliced (a multiscale layer's
-    full-resolution level, a dask or zarr array): then only one window is in memory at a time.
+    full-resolution level, a dask or zarr array), so only one window is in memory at a time.
     """
     shape = tuple(data.shape[:2])
     if tile is not None or not isinstance(data, np.ndarray) or needs_tiling(shape):
         keep_labels = not needs_tiling(shape, LABELS_MEGAPIXELS)
-        options = TileOptions(
-            workers=1, keep_labels=keep_labels, **({"tile": tile} if tile else {})
-        )
+        sizes = {"tile": tile} if tile else {}
+        options = TileOptions(workers=1, keep_labels=keep_labels, **sizes)
         return (yield from segment_large(data, params, options, source))
     yield Progress(0, None, "segmenting", "converting the image to 8-bit RGB")
     image = to_rgb_uint8(np.asarray(data))
@@ -67,7 +81,6 @@ class SegmentWidget(QWidget):
         self.viewer = napari_viewer
         self._cells_layer: Labels | None = None
         self._crops_layer: Image | None = None
-        self._outlines_layer: Shapes | None = None
         self._source_layer: Image | None = None
         defaults = SegmentationParams()
 
@@ -128,6 +141,7 @@ class SegmentWidget(QWidget):
             napari_viewer.layers.events.moved,
         ):
             event.connect(self._refresh_choices)
+        napari_viewer.layers.selection.events.active.connect(self._follow_active)
         self._refresh_choices()
 
     # --- parameters -----------------------------------------------------------------------
@@ -145,7 +159,7 @@ class SegmentWidget(QWidget):
         return [
             (layer.name, layer)
             for layer in self.viewer.layers
-            if isinstance(layer, Image) and layer is not self._crops_layer
+            if isinstance(layer, Image) and not is_result(layer)
         ]
 
     def _refresh_choices(self, _event=None) -> None:
@@ -157,6 +171,12 @@ class SegmentWidget(QWidget):
             self.image_choice.value = current
         elif active in layers:
             self.image_choice.value = active
+
+    def _follow_active(self, event=None) -> None:
+        """The picker follows the active layer (an image, or one of its results)."""
+        image = image_of(self.viewer, self.viewer.layers.selection.active)
+        if image is not None and image in [layer for _, layer in self._image_layer_choices()]:
+            self.image_choice.value = image
 
     # --- running ----------------------------------------------------------------------------
 
@@ -246,24 +266,29 @@ class SegmentWidget(QWidget):
 
     # --- layers -----------------------------------------------------------------------------
 
-    def _alive(self, layer):
-        return layer if layer is not None and layer in self.viewer.layers else None
+    def _result_layer(self, kind: str, source: Image | None):
+        """This image's layer of `kind` (None when it has none yet)."""
+        if source is None:
+            return None
+        return find_result(self.viewer, kind, source.name)
 
     def _show_cells(self, result: SegmentationResult, source: Image | None) -> None:
-        """Outlines over the image: the "cells" Labels layer drawn as contours, or (no label
+        """Outlines over the image: the cells Labels layer drawn as contours, or (no label
         image kept for a whole slide) a Shapes layer of one box per cell."""
         features = pd.DataFrame({"index": result.table["cell_id"], **result.table})
         scale, translate = _plane_geometry(source)
+        name = source.name if source is not None else "image"
         if result.labels is None:
-            self._show_outlines(result, features, scale, translate)
+            self._show_outlines(result, features, source)
             return
-        self._remove(self._outlines_layer)
-        layer = self._alive(self._cells_layer)
+        self._remove(OUTLINES_LAYER, source)
+        layer = self._result_layer(CELLS, source)
         if layer is None:
-            layer = self._cells_layer = self.viewer.add_labels(
+            layer = self.viewer.add_labels(
                 result.labels,
-                name=CELLS_LAYER,
+                name=result_name(CELLS, name),
                 features=features,
+                metadata=result_metadata(CELLS, name),
                 scale=scale,
                 translate=translate,
             )
@@ -271,27 +296,31 @@ class SegmentWidget(QWidget):
             layer.data = result.labels
             layer.features = features
             layer.scale, layer.translate = scale, translate
-        layer.contour = CONTOUR
-        layer.opacity = 1.0
+        layer.contour = CONTOUR  # outlines: the morphology stays visible
+        layer.metadata[CROPS_KEY] = result.crops
+        layer.metadata[SUMMARY_KEY] = f"{result.n_cells} cell(s) found, not classified yet"
+        self._cells_layer = layer
+        place_above(self.viewer, layer, source)
 
-    def _show_outlines(self, result, features, scale, translate) -> None:
+    def _show_outlines(self, result, features, source: Image | None) -> None:
+        scale, translate = _plane_geometry(source)
+        name = source.name if source is not None else "image"
         table = result.table
-        boxes = [
-            np.array([[top, left], [bottom, right]], float)
-            for top, left, bottom, right in zip(
-                table["bbox_min_row"],
-                table["bbox_min_col"],
-                table["bbox_max_row"],
-                table["bbox_max_col"],
-                strict=True,
-            )
-        ]
-        self._remove(self._cells_layer)
-        self._remove(self._outlines_layer)
-        self._outlines_layer = self.viewer.add_shapes(
+        corners = zip(
+            table["bbox_min_row"],
+            table["bbox_min_col"],
+            table["bbox_max_row"],
+            table["bbox_max_col"],
+            strict=True,
+        )
+        boxes = [np.array([[t, left], [b, r]], float) for t, left, b, r in corners]
+        self._remove(CELLS, source)
+        self._remove(OUTLINES_LAYER, source)
+        layer = self.viewer.add_shapes(
             boxes,
             shape_type="rectangle",
-            name=OUTLINES_LAYER,
+            name=result_name(OUTLINES_LAYER, name),
+            metadata=result_metadata(OUTLINES_LAYER, name),
             edge_color="yellow",
             face_color="transparent",
             edge_width=3.0,
@@ -299,10 +328,12 @@ class SegmentWidget(QWidget):
             scale=scale,
             translate=translate,
         )
+        place_above(self.viewer, layer, source)
 
-    def _remove(self, layer) -> None:
-        if self._alive(layer) is not None:
-            self.viewer.layers.remove(layer)
+    def _remove(self, kind: str, source: Image | None) -> None:
+        stale = self._result_layer(kind, source)
+        if stale is not None:
+            self.viewer.layers.remove(stale)
 
     def _show_crops(self, result: SegmentationResult, source: Image | None) -> None:
         scale, translate = _plane_geometry(source)
@@ -313,27 +344,37 @@ class SegmentWidget(QWidget):
         )
         translate = (0.0, translate[0], translate[1] + (width + _GAP) * scale[1])
         scale = (1.0, *scale)
-        layer = self._alive(self._crops_layer)
+        name = source.name if source is not None else "image"
+        layer = self._result_layer(CROPS, source)
         if layer is None:
-            self._crops_layer = self.viewer.add_image(
-                result.crops, name=CROPS_LAYER, rgb=True, scale=scale, translate=translate
+            layer = self.viewer.add_image(
+                result.crops,
+                name=result_name(CROPS, name),
+                rgb=True,
+                metadata=result_metadata(CROPS, name),
+                scale=scale,
+                translate=translate,
             )
             self._refresh_choices()
-            return
-        layer.data = result.crops
-        layer.scale, layer.translate = scale, translate
+        else:
+            layer.data = result.crops
+            layer.scale, layer.translate = scale, translate
+        self._crops_layer = layer
+        place_above(self.viewer, layer, source)
 
     def _clear_results(self, result: SegmentationResult) -> None:
         """An empty result: no stale cells or crops left on screen."""
-        layer = self._alive(self._cells_layer)
+        source = self._source_layer
+        layer = self._result_layer(CELLS, source)
         if layer is not None and result.labels is not None:
             layer.data = np.zeros_like(result.labels)
             layer.features = pd.DataFrame({"index": result.table["cell_id"], **result.table})
-        crops = self._alive(self._crops_layer)
-        if crops is not None:
-            self.viewer.layers.remove(crops)
+            layer.metadata[SUMMARY_KEY] = "0 cells found"
+        for kind in (CROPS, CLASSES, OUTLINES_LAYER):
+            stale = self._result_layer(kind, source)
+            if stale is not None:
+                self.viewer.layers.remove(stale)
         self._crops_layer = None
-        self._remove(self._outlines_layer)
 
 
 def _plane_geometry(layer: Image | None) -> tuple[tuple[float, float], tuple[float, float]]:
