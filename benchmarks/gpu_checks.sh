@@ -13,7 +13,7 @@ OUT=${OUT:-gpu_checks_out}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ "$SMOKE" = 1 ]; then
-  SMOKE_ARGS=(--smoke --device cpu)
+  SMOKE_ARGS=(--smoke --device cpu --no-compile)  # torch.compile on a busy CPU: minutes
   E2E_ARGS=(--smoke)
   PYTEST_ARGS=(-k "cuda or gpu")  # collect the CUDA tests only (they skip without a GPU)
   PYTEST_LIMIT=600                # importing torch and timm on a busy CPU machine is slow
