@@ -122,3 +122,16 @@ def test_clear_errors(setup, tmp_path, capsys):
     assert f"No images found in {tmp_path}" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nobundle"), str(data), "--device", "cpu"]) == 2
     assert "nobundle" in capsys.readouterr().err
+
+
+def test_background_option_and_per_image_warnings(setup, tmp_path, capsys):
+    root, data, bundle = setup
+    common = [str(bundle), str(data), "--device", "cpu", "--workers", "1", "--quiet"]
+    assert main(["evaluate", *common, "--cache-dir", str(root / "cache")]) == 0
+    printed = capsys.readouterr()
+    assert "images: dark background (auto)" in printed.out + printed.err
+    code = main(["evaluate", *common, "--cache-dir", str(root / "cache"), "--background", "bright"])
+    assert code == 2  # no cell at all: nothing to evaluate
+    err = capsys.readouterr().err
+    assert "bright-field (set): no white cell found" in err
+    assert f"{N_ALL + N_HEM} with no white cell found: see the warnings above" in err

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from napari_allbag.cli.options import (
@@ -25,7 +26,9 @@ from napari_allbag.cli.options import (
     add_engine_option,
     add_workers_option,
     checked_engine,
+    claim_outputs,
     fail,
+    guarded,
 )
 
 
@@ -78,6 +81,10 @@ def text_path(json_path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    return guarded("evaluate", _run, args)
+
+
+def _run(args: argparse.Namespace, claims: ExitStack) -> int:
     from napari_allbag.data.annotations import AnnotationError, scan_annotated_folder
     from napari_allbag.evaluation.evaluate import evaluate_folder
     from napari_allbag.evaluation.report import format_report
@@ -97,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             return _fail(
                 f"{args.out} is a folder; give a file name such as {args.out / 'report.json'}"
             )
+        claim_outputs(claims, (args.out, text_path(args.out)), [args.data_dir], args.bundle)
         for target in (args.out, text_path(args.out)):
             if target.exists() and not args.overwrite:
                 return _fail(f"{target} already exists: choose another name or pass --overwrite")

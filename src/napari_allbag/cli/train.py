@@ -17,7 +17,8 @@ import shlex
 import subprocess
 import sys
 import warnings
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -88,6 +89,14 @@ def register(subparsers) -> None:
         default=None,
         metavar="FILE",
         help="local backbone weights (.safetensors) instead of the download",
+    )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="BUNDLE",
+        help="start warm from a bundle's backbones and head (e.g. to fine-tune on corrected "
+        "cells); the new bundle records it as its parent",
     )
     parser.add_argument(
         "--finetune-backbones",
@@ -180,16 +189,32 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run, train_parser=parser)
 
 
+def _warm_backbone(args: argparse.Namespace) -> tuple[str, int | None]:
+    """The backbone and image size: with --init-from and no --backbone, the bundle's own."""
+    if args.init_from is None or args.backbone != DEFAULT_BACKBONE:
+        return args.backbone, args.img_size
+    from napari_allbag.model.bundle import BundleError, read_bundle_meta
+    from napari_allbag.training.config import TrainingError
+
+    try:
+        backbone = read_bundle_meta(args.init_from)["backbone"]
+    except BundleError as error:
+        raise TrainingError(f"--init-from {args.init_from}: {error}") from error
+    return backbone["name"], args.img_size or backbone.get("img_size")
+
+
 def config_from_args(args: argparse.Namespace):
     from napari_allbag.training.run import TrainConfig
 
+    backbone, img_size = _warm_backbone(args)
     return TrainConfig(
         data_dir=args.data_dir,
         out_dir=args.out,
-        backbone=args.backbone,
-        img_size=args.img_size,
+        backbone=backbone,
+        img_size=img_size,
         pretrained=not args.no_pretrained,
         weights_path=args.weights,
+        init_from=args.init_from,
         epochs=args.epochs,
         batch_size=args.batch_size,
         device=args.device,
@@ -356,6 +381,26 @@ def for_terminal(
         yield Progress(event.done, event.total, event.stage, event.message, figures)
 
 
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a scheduler stopping the job) handled as Ctrl+C: the finished epochs are
+    kept and the resume command is printed (issue 13). Only the main thread can do this."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (e.g. a test runner's worker)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -375,7 +420,10 @@ def run(args: argparse.Namespace) -> int:
                 "ignore", message="Grad strides do not match bucket view strides"
             )
         main = rank == 0
-        with distributed.process_group(args.device, args.dist_timeout) as group:
+        with (
+            sigterm_as_interrupt(),
+            distributed.process_group(args.device, args.dist_timeout) as group,
+        ):
             config = config_from_args(args)
             if group.is_distributed:
                 config = replace(config, device=str(group.device))
