@@ -154,7 +154,7 @@ def _cell(value: Any) -> Any:
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return "" if value != value else f"{value:.6g}"  # NaN (no TTA spread): empty
     return value
 
 
