@@ -105,7 +105,9 @@ class CellPredictions:
             "label": self.label_names,
             "confidence": self.confidence,
             "p_all": np.asarray(ensemble, np.float32),
-            "tta_spread": self.spread if self.spread is not None else np.full(n, np.nan, np.float32),
+            "tta_spread": self.spread
+            if self.spread is not None
+            else np.full(n, np.nan, np.float32),
             "review": self.flagged,
             "review_reason": (
                 self.review_reason if self.review_reason is not None else np.full(n, "", object)

@@ -257,7 +257,7 @@ def classify_files_cached(
     return CachedPredictions(cache, predictions, params)
 
 
-def _segmentation_stream(paths: Sequence[Path], params: Any, workers: int | None) -> Iterable[Any]:
+def segmentation_stream(paths: Sequence[Path], params: Any, workers: int | None) -> Iterable[Any]:
     from napari_allbag.segmentation.dark import iter_segment_files
 
     return iter_segment_files(paths, params, workers=workers, keep_labels=False)
@@ -280,7 +280,7 @@ def predict_files(
     paths = [Path(p) for p in paths]
     params = segmentation_params(bundle, options)
     runner = make_runner(bundle, options, getattr(params, "crop_size", None))
-    stream = (segment_stream or _segmentation_stream)(paths, params, options.workers)
+    stream = (segment_stream or segmentation_stream)(paths, params, options.workers)
     if options.tta:
         stream = map(_item_with_views, stream)
     finish = finisher(bundle, options)
