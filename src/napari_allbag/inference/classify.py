@@ -66,6 +66,22 @@ class CellPredictions:
             judged.review_reason,
         )
 
+    def take(self, rows: np.ndarray) -> CellPredictions:
+        """The predictions of `rows` only (every per-cell field indexed alike)."""
+
+        def pick(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[rows]
+
+        return CellPredictions(
+            self.probs[rows],
+            self.labels[rows],
+            self.confidence[rows],
+            pick(self.ensemble_p_all),
+            pick(self.spread),
+            pick(self.review),
+            pick(self.review_reason),
+        )
+
     @property
     def flagged(self) -> np.ndarray:
         """Cells flagged for review (N,) bool."""
