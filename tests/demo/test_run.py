@@ -82,6 +82,23 @@ def test_the_bundle_loads_with_the_demo_backbone(finished):
     assert bundle.meta["training"]["config"]["pretrained"] is False
 
 
+def test_the_bundle_carries_a_model_card_that_says_synthetic(finished):
+    from napari_allbag.model.card import SYNTHETIC_WARNING, read_model_card
+
+    result, _ = finished
+    card, stored = read_model_card(result.bundle_path)
+    assert stored and card["warnings"] == [SYNTHETIC_WARNING]
+    data = card["training_data"]
+    assert data["synthetic"] and data["folder"] == str(result.data_dir)
+    cells = data["cells"]
+    total = sum(cells["train"].values()) + sum(cells["val"].values())
+    assert total == 2 * result.settings.cells_per_class
+    assert data["subjects"]["val"] >= 2 and not set(data["subject_ids"]["train"]) & set(
+        data["subject_ids"]["val"]
+    )
+    assert card["validation"]["cells"] == result.report["n_cells"]
+
+
 def test_the_report_has_table_1_for_each_model(finished):
     result, _ = finished
     report = json.loads(result.report_json_path.read_text(encoding="utf-8"))

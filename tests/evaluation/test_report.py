@@ -223,3 +223,16 @@ def test_format_report_of_an_evaluation():
     assert empty["n_cells"] == 0 and empty["cells"] == []
     text = format_report(empty)
     assert "0 cells evaluated" in text and "weighted avg" not in text
+
+
+def test_a_subject_with_cells_of_both_classes_is_called_mixed():
+    # issue 13, item 12: subject "7" has 3 HEM cells and 1 ALL cell; it is no HEM subject
+    from napari_allbag.evaluation.report import format_per_subject, per_subject_accuracy
+
+    truth = ["hem", "hem", "hem", "all", "all", "all"]
+    subjects = ["7", "7", "7", "7", "8", "8"]
+    table = per_subject_accuracy(truth, truth, subjects)
+    assert table["7"]["label"] == "mixed" and table["8"]["label"] == "all"
+    text = format_per_subject({"ensemble": table})
+    assert any(line.startswith("7") and "mixed" in line for line in text.splitlines())
+    assert not any(line.startswith("7") and "HEM" in line for line in text.splitlines())

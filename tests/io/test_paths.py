@@ -48,10 +48,10 @@ def test_an_output_inside_the_bundle_is_refused(layout):
 
 def test_a_run_folder_inside_the_data_or_holding_it_is_refused(layout, tmp_path):
     data, _ = layout
-    with pytest.raises(OutputLocationError, match="inside the data folder") as caught:
+    with pytest.raises(OutputLocationError, match="inside the input folder") as caught:
         check_output_location(data / "all" / "run", [data], folder=True)
     assert "curves.png" in str(caught.value) and "DATA-outputs" in str(caught.value)
-    with pytest.raises(OutputLocationError, match="data folder .* is inside --out"):
+    with pytest.raises(OutputLocationError, match="input folder .* is inside --out"):
         check_output_location(tmp_path, [data], folder=True)
     with pytest.raises(OutputLocationError, match="input .* is inside --out"):
         check_output_location(tmp_path, [data / "all" / "cell.png"], folder=True)

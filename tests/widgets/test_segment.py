@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_allbag.segmentation.dark import TABLE_COLUMNS
-from napari_allbag.widgets.segment import CELLS_LAYER, CROPS_LAYER, SegmentWidget
+from napari_allbag.widgets.segment import CELLS_LAYER, CROPS_LAYER, SegmentWidget  # noqa: F401
 from tests.drawn_cells import FIELD_CELLS, field
 
 
@@ -37,8 +37,8 @@ def test_run_adds_cells_and_crops_then_updates_them(make_napari_viewer, qtbot, w
     run_and_wait(widget, qtbot)
 
     assert warnings_shown == []
-    cells = viewer.layers[CELLS_LAYER]
-    crops = viewer.layers[CROPS_LAYER]
+    cells = viewer.layers["cells [field]"]
+    crops = viewer.layers["cell crops [field]"]
     assert cells.data.shape == field().shape[:2]
     assert cells.data.max() == len(FIELD_CELLS)
     assert set(TABLE_COLUMNS) <= set(cells.features.columns)
@@ -68,8 +68,8 @@ def test_empty_image_warns_and_clears_old_results(make_napari_viewer, qtbot, war
     run_and_wait(widget, qtbot)
 
     assert len(warnings_shown) == 1 and "no cell found" in warnings_shown[0]
-    assert not viewer.layers[CELLS_LAYER].data.any()
-    assert CROPS_LAYER not in viewer.layers
+    assert viewer.layers["cells [field]"].data.any()  # another image's results: left alone
+    assert "cells [dark]" not in viewer.layers and "cell crops [dark]" not in viewer.layers
     assert "no cell found" in widget.status.value
 
 
@@ -98,7 +98,7 @@ def test_the_plane_shown_of_a_stack_is_segmented(make_napari_viewer, qtbot, warn
     widget = SegmentWidget(viewer)
     run_and_wait(widget, qtbot)
     assert warnings_shown == []
-    assert viewer.layers[CELLS_LAYER].data.max() == len(FIELD_CELLS)
+    assert viewer.layers["cells [stack]"].data.max() == len(FIELD_CELLS)
 
 
 def test_cancel_stops_the_worker_and_resets_the_buttons(make_napari_viewer, qtbot, warnings_shown):

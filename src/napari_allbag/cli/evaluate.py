@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from napari_allbag.cli.options import (
@@ -26,7 +27,9 @@ from napari_allbag.cli.options import (
     add_trust_options,
     add_workers_option,
     checked_engine,
+    claim_outputs,
     fail,
+    guarded,
 )
 
 
@@ -82,6 +85,10 @@ def text_path(json_path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    return guarded("evaluate", _run, args)
+
+
+def _run(args: argparse.Namespace, claims: ExitStack) -> int:
     from napari_allbag.data.annotations import AnnotationError, scan_annotated_folder
     from napari_allbag.evaluation.evaluate import evaluate_folder
     from napari_allbag.evaluation.report import format_report
@@ -96,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--batch-size must be at least 1")
     if args.workers is not None and args.workers < 1:
         return _fail("--workers must be at least 1")
+    if args.out is not None:
+        if is_folder_out(args.out):
+            claim_outputs(claims, [args.out], [args.data_dir], args.bundle, folder=True)
+        else:
+            claim_outputs(claims, report_files(args.out), [args.data_dir], args.bundle)
     for target in report_files(args.out):
         if target.exists() and not args.overwrite:
             return _fail(f"{target} already exists: choose another name or pass --overwrite")

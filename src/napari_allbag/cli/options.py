@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,50 @@ def fail(command: str, message: str, code: int = 2) -> int:
     """Print `napari-allbag COMMAND: message` on stderr and return the exit code."""
     print(f"napari-allbag {command}: {message}", file=sys.stderr)
     return code
+
+
+class CommandError(Exception):
+    """Work that could not be done; the message names the file and the fix (exit code 1)."""
+
+
+def guarded(
+    command: str, body: Callable[[argparse.Namespace, ExitStack], int], args: argparse.Namespace
+) -> int:
+    """Run `body(args, claims)`; what it claims (`claim_outputs`) stays locked until it returns.
+
+    An output that is refused or held by another run, or that cannot be written (disk full,
+    read-only), ends the command with one message instead of a traceback.
+    """
+    from napari_allbag.io.atomic import OutputError
+    from napari_allbag.io.lock import LockHeld
+    from napari_allbag.io.paths import OutputLocationError
+
+    try:
+        with ExitStack() as claims:
+            return body(args, claims)
+    except (LockHeld, OutputLocationError) as error:
+        return fail(command, str(error))
+    except (OutputError, CommandError) as error:
+        return fail(command, str(error), code=1)
+
+
+def claim_outputs(
+    claims: ExitStack,
+    outputs: Iterable[Path],
+    inputs: Iterable[Any],
+    bundle: Any = None,
+    folder: bool = False,
+) -> None:
+    """Refuse outputs that would destroy or pollute an input or the bundle, then lock each one
+    (`<output>.lock` beside it, until the command ends) so a second run is told who writes it."""
+    from napari_allbag.io.lock import RunLock
+    from napari_allbag.io.paths import check_output_location
+
+    outputs, inputs = list(outputs), list(inputs)
+    for out in outputs:
+        check_output_location(out, inputs, bundle, folder=folder)
+    for out in outputs:
+        claims.enter_context(RunLock(out))
 
 
 def add_cache_dir_option(parser: argparse.ArgumentParser) -> None:

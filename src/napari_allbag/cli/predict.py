@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_allbag.cli.options import (
+    CommandError,
     add_background_option,
     add_batch_size_option,
     add_device_option,
@@ -23,7 +25,9 @@ from napari_allbag.cli.options import (
     add_trust_options,
     add_workers_option,
     checked_engine,
+    claim_outputs,
     fail,
+    guarded,
 )
 from napari_allbag.defaults import PREDICTION_COLUMNS
 from napari_allbag.inference import columns
@@ -82,6 +86,10 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    return guarded("predict", _run, args)
+
+
+def _run(args: argparse.Namespace, claims: ExitStack) -> int:
     from napari_allbag.inference.engines import EngineError
     from napari_allbag.inference.gradcam import CamWriter
     from napari_allbag.inference.pipeline import PipelineOptions, decision_for, predict_files
@@ -97,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     if args.summary is None:
         args.summary = summary_path(args.out)
     outputs = [args.out, args.summary]
+    claim_outputs(claims, outputs, args.inputs, args.bundle)
+    if args.cam is not None:
+        claim_outputs(claims, [args.cam], args.inputs, args.bundle, folder=True)
     for target in outputs:
         if target.is_dir():
             return _fail(f"{target} is a folder; give a file name such as {target / 'results.csv'}")
@@ -171,6 +182,7 @@ def _write_rows(writer: AtomicCsv, result: FilePredictions) -> None:
         return
     table = result.table
     predictions = result.predictions.columns()
+    _refuse_non_finite(predictions, result.path)
     source = str(result.path)
     for row in range(len(result.predictions)):
         values: list[Any] = [source]
@@ -179,6 +191,19 @@ def _write_rows(writer: AtomicCsv, result: FilePredictions) -> None:
         ]
         values += [_cell(predictions[name][row]) for name in PREDICTION_COLUMNS]
         writer.write_row(values)
+
+
+def _refuse_non_finite(predictions: dict[str, Any], path: Path) -> None:
+    """Never write a NaN or infinite probability: the bundle computed nonsense (issue 13)."""
+    import numpy as np
+
+    for name in PREDICTION_COLUMNS[:3] + ("confidence",):
+        if not np.isfinite(np.asarray(predictions[name], dtype=float)).all():
+            raise CommandError(
+                f"The model gave a non-finite probability ({name}) for a cell of {path}: the "
+                "bundle's weights are damaged or overflow on this image, so predict stopped rather "
+                "than write it. Check the bundle (train or copy it again)."
+            )
 
 
 def _cell(value: Any) -> Any:

@@ -13,9 +13,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
-from napari_allbag.cli.options import add_background_option, add_tiling_options
+from napari_allbag.cli.options import (
+    add_background_option,
+    add_tiling_options,
+    claim_outputs,
+    guarded,
+)
 from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
 from napari_allbag.progress import drive_with_bar
 from napari_allbag.segmentation.dark import SegmentationParams, default_workers
@@ -88,6 +94,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    return guarded("segment", _run, args)
+
+
+def _run(args: argparse.Namespace, claims: ExitStack) -> int:
     try:
         params = SegmentationParams(
             crop_size=args.crop_size,
@@ -105,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
                 f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in "
                 f"{', '.join(map(str, args.inputs))}"
             )
+        claim_outputs(claims, [args.out], args.inputs, folder=True)
         out_dir = _prepare_out_dir(args.out, args.inputs, args.overwrite)
     except (ValueError, OSError) as error:
         print(f"napari-allbag segment: {error}", file=sys.stderr)

@@ -17,7 +17,8 @@ import shlex
 import subprocess
 import sys
 import warnings
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -356,6 +357,26 @@ def for_terminal(
         yield Progress(event.done, event.total, event.stage, event.message, figures)
 
 
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a scheduler stopping the job) handled as Ctrl+C: the finished epochs are
+    kept and the resume command is printed (issue 13). Only the main thread can do this."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (e.g. a test runner's worker)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -375,7 +396,10 @@ def run(args: argparse.Namespace) -> int:
                 "ignore", message="Grad strides do not match bucket view strides"
             )
         main = rank == 0
-        with distributed.process_group(args.device, args.dist_timeout) as group:
+        with (
+            sigterm_as_interrupt(),
+            distributed.process_group(args.device, args.dist_timeout) as group,
+        ):
             config = config_from_args(args)
             if group.is_distributed:
                 config = replace(config, device=str(group.device))

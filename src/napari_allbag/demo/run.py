@@ -265,6 +265,7 @@ def _train(out_dir: Path, data_dir: Path, settings: DemoSettings, device: str, w
         device=device,
         workers=workers,
         cache_dir=out_dir / CROP_CACHE,
+        synthetic_data=True,
     )
     return (yield from train(config))
 

@@ -93,9 +93,16 @@ def per_subject_accuracy(
             "cells": int(rows.sum()),
             "correct": correct,
             "accuracy": _ratio(correct, rows.sum()),
-            "label": class_names[int(np.argmax(counts))],
+            "label": _subject_label(counts, class_names),
         }
     return result
+
+
+def _subject_label(counts: np.ndarray, class_names: Sequence[str]) -> str:
+    """The subject's true class, or "mixed" when its cells are of both classes (a subject is
+    one patient: a mixed one is a labelling doubt, never to be called HEM or ALL)."""
+    present = np.flatnonzero(counts)
+    return class_names[int(present[0])] if len(present) == 1 else "mixed"
 
 
 def _row_label(name: str) -> str:
@@ -316,6 +323,29 @@ def _evaluation_header(report: dict[str, Any]) -> list[str]:
     for key, title in (("unlabelled", "without a class"), ("unreadable", "unreadable")):
         if annotations[key]:
             lines.append(f"  {len(annotations[key])} file(s) {title} were not evaluated")
+    return lines + _doubtful_data(annotations)
+
+
+def _doubtful_data(annotations: dict[str, Any]) -> list[str]:
+    """Warnings about data whose scores would mislead: one class only, contradicting names."""
+    lines = []
+    missing = [name for name, count in annotations["per_class"].items() if count == 0]
+    if len(missing) == 1:
+        present = "ALL" if missing[0] == "hem" else "HEM"
+        lines.append(
+            f"  WARNING: no {missing[0].upper()} image in this folder, only {present}: the "
+            f"{missing[0].upper()} row has support 0 and its scores are 0 by construction. "
+            "Evaluate on a folder holding both classes for a meaningful Table 1."
+        )
+    conflicting = annotations.get("conflicting_labels") or []
+    if conflicting:
+        lines.append(
+            f"  WARNING: {len(conflicting)} file(s) are named for one class but lie in the other "
+            "class's folder (the folder's class was used); check and move or rename them:"
+        )
+        lines += [f"    {name}" for name in conflicting[:10]]
+        if len(conflicting) > 10:
+            lines.append(f"    ... ({len(conflicting) - 10} more in the JSON report)")
     return lines
 
 

@@ -58,13 +58,13 @@ def _check_against_folder(out, target: Path, entry, source: Path, what: str, fol
     suggestion = source.parent / f"{source.name}-outputs"
     if folder and _inside(target, source):
         raise OutputLocationError(
-            f"{what} {out} is inside the data folder {entry}: the next scan of {entry} would read "
+            f"{what} {out} is inside the input folder {entry}: the next scan of {entry} would read "
             f"its outputs (crops, curves.png) as cells. Choose a folder outside the data, "
             f"e.g. {suggestion}."
         )
     if folder and _inside(source, target):
         raise OutputLocationError(
-            f"The data folder {entry} is inside {what} {out}: writing there could replace the "
+            f"The input folder {entry} is inside {what} {out}: writing there could replace the "
             f"data. Choose an output folder outside the data, e.g. {suggestion}."
         )
     if _inside(target, source) and target.suffix.lower() in IMAGE_EXTENSIONS:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_allbag.defaults import DEFAULT_TARGET_SENSITIVITY, ENSEMBLE_RULES
-from napari_allbag.io.atomic import write_json_atomic
+from napari_allbag.io.atomic import TEMP_SUFFIX, remove_stale_temps, write_json_atomic
 from napari_allbag.io.schema import MAX_CROP_SIZE, MIN_CROP_SIZE
 from napari_allbag.model.networks import DEFAULT_BACKBONE
 
@@ -88,6 +88,7 @@ class TrainConfig:
     world_size: int = 1
     sync_batchnorm: str = "auto"
     parallel_models: bool = False
+    synthetic_data: bool = False  # generated cells (the demo): the model card warns
     target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY
     rule: str = "max"
 
@@ -198,6 +199,11 @@ def load_run_config(out_dir: str | Path) -> TrainConfig:
     """The settings a run folder was started with (its `config.json`)."""
     path = RunPaths(Path(out_dir).expanduser()).config
     if not path.is_file():
+        if path.parent.is_dir() and not holds_run_files(path.parent):
+            raise TrainingError(
+                f"Nothing to resume in {path.parent}: the run was stopped before it saved "
+                f"{CONFIG_FILE}. Start it again without --resume (same --out)."
+            )
         raise TrainingError(
             f"Nothing to resume in {path.parent}: it has no {CONFIG_FILE}, so it is not a "
             "napari-allbag training run. Choose the folder given as --out when training started."
@@ -221,7 +227,7 @@ def prepare_run(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
         raise TrainingError(f"{out_dir} is a file; give a folder for the training run (--out).")
     notes: list[str] = []
     if not config.resume:
-        if out_dir.is_dir() and any(out_dir.iterdir()):
+        if out_dir.is_dir() and holds_run_files(out_dir):
             hint = (
                 " It holds a training run: continue it with --resume (Resume in the widget)."
                 if (out_dir / CONFIG_FILE).is_file()
@@ -233,6 +239,7 @@ def prepare_run(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
             )
         if config.is_main_process:
             out_dir.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(out_dir)  # of a run killed before it saved config.json
             save_run_config(config)
         return config, notes
 
@@ -254,8 +261,46 @@ def prepare_run(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
             notes.append(f"{name}={given!r} ignored: the run continues with {name}={kept!r}")
     resumed = replace(saved, **changes)
     if config.is_main_process:
+        remove_leftovers(out_dir)
         save_run_config(resumed)
     return resumed, notes
+
+
+def _is_leftover(path: Path) -> bool:
+    """A temporary file or a half-written bundle of a killed run (never a finished output)."""
+    name = path.name
+    return name.startswith(".") and (
+        name.endswith(TEMP_SUFFIX) or ".partial-" in name or ".old-" in name
+    )
+
+
+def claim_run_folder(config: TrainConfig):
+    """Refuse a run folder inside the data (or holding it), then lock it: `<out>.lock` beside
+    it, so a second run into the same folder (also `--resume`) is told who trains there."""
+    from napari_allbag.io.lock import LockHeld, RunLock
+    from napari_allbag.io.paths import OutputLocationError, check_output_location
+
+    try:
+        check_output_location(config.out_dir, [config.data_dir], folder=True)
+        return RunLock(config.out_dir).acquire()
+    except (OutputLocationError, LockHeld) as error:
+        raise TrainingError(str(error)) from error
+
+
+def holds_run_files(out_dir: Path) -> bool:
+    """Whether `out_dir` holds anything but the leftovers of a killed run."""
+    return any(not _is_leftover(entry) for entry in Path(out_dir).iterdir())
+
+
+def remove_leftovers(out_dir: Path) -> None:
+    """Delete temporary files and `.bundle.partial-*` folders a killed run left (under the run
+    folder's lock, so no live writer owns them)."""
+    import shutil
+
+    remove_stale_temps(out_dir)
+    for entry in Path(out_dir).glob(".*"):
+        if _is_leftover(entry) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def save_run_config(config: TrainConfig) -> None:

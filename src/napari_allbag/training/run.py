@@ -32,7 +32,7 @@ import torch
 from napari_allbag.data.annotations import AnnotationError
 from napari_allbag.data.bagging import describe_subsets
 from napari_allbag.evaluation.report import build_report, format_report
-from napari_allbag.io.atomic import write_json_atomic, write_text_atomic
+from napari_allbag.io.atomic import OutputError, write_json_atomic, write_text_atomic
 from napari_allbag.model.bundle import BundleError, save_bundle
 from napari_allbag.model.devices import DeviceError, release_memory, select_device
 from napari_allbag.model.networks import (
@@ -60,6 +60,7 @@ from napari_allbag.training.config import (
     RunPaths,
     TrainConfig,
     TrainingError,
+    claim_run_folder,
     prepare_run,
     save_run_config,
 )
@@ -123,8 +124,23 @@ def train(
     """Run (or resume) a training run; see the module doc.
 
     `dist`: this process's place in a data-parallel run (`distributed.process_group()`); None
-    for a single process.
+    for a single process. The run folder is locked (rank 0) until the run ends.
     """
+    held: list = []  # the run folder's lock, taken by rank 0 while settling the config
+    try:
+        return (yield from _train_claimed(config, dist, held))
+    except OutputError as error:  # disk full, read-only: what is saved stays whole
+        raise TrainingError(
+            f"{error} Every finished epoch is kept: once fixed, continue with --resume."
+        ) from error
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _train_claimed(
+    config: TrainConfig, dist: Distributed | None, held: list
+) -> Generator[Progress, None, TrainResult]:
     dist = dist if dist is not None else Distributed.single()
     if dist.is_distributed:
         config = replace(config, rank=dist.rank, world_size=dist.world_size)
@@ -141,7 +157,7 @@ def train(
     stage = ["preprocess"]
     try:
         config, notes = dist.share(
-            lambda: _settle_config(config, device, dist.world_size),
+            lambda: _settle_config(config, device, dist.world_size, held),
             encode=lambda settled: {"config": settled[0].to_dict(), "notes": settled[1]},
             decode=lambda shared: (_adopt_config(shared["config"], config), shared["notes"]),
             where="reading the run folder (rank 0)",
@@ -183,14 +199,16 @@ def train(
 
 
 def _settle_config(
-    config: TrainConfig, device: torch.device, world_size: int
+    config: TrainConfig, device: torch.device, world_size: int, held: list
 ) -> tuple[TrainConfig, list[str]]:
-    """Check the data and run folders, start or resume the run, fix the batch size (rank 0)."""
+    """Check the data and run folders, lock the run folder, start or resume the run, fix the
+    batch size (rank 0)."""
     if not config.data_dir.is_dir():
         raise TrainingError(
             f"Annotated folder not found: {config.data_dir}. Choose the folder that holds the "
             "all/ and hem/ folders."
         )
+    held.append(claim_run_folder(config))
     config, notes = prepare_run(config)
     changes: dict[str, Any] = {}
     if config.batch_size is None:
@@ -476,7 +494,7 @@ def _train(
 
     def write_bundle() -> None:
         if main:
-            meta = {**bundle_meta(config, backbone, data, outcomes, report), **trust}
+            meta = bundle_meta(config, backbone, data, outcomes, report, trust)
             overwrite = (paths.bundle / "bundle.json").is_file()
             save_bundle(paths.bundle, model_a, model_b, head_for_bundle, meta, overwrite=overwrite)
 

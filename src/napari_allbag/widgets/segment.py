@@ -2,9 +2,10 @@
 
 The work (`segmentation.segment_image_progress`) runs in a napari `thread_worker` through
 `widgets.base.WorkerControls`, so the viewer stays responsive; its progress events drive the progress bar and Cancel stops it at the next
-event. The result goes into a Labels layer "cells" (features: the per-cell table) and an RGB
-image layer "cell crops" (the N x S x S x 3 stack), placed to the right of the image. Running
-again updates those two layers instead of adding new ones.
+event. The result goes into a Labels layer `cells [image]` (outlines; features: the per-cell
+table) and an RGB image layer `cell crops [image]` (the N x S x S x 3 stack, placed to the right
+of the image), both just above their image (`widgets.results`). Running an image again updates its
+own two layers; other images' results are left alone. The image picker follows the active layer.
 """
 
 from __future__ import annotations
@@ -26,9 +27,22 @@ from napari_allbag.segmentation.dark import (
     segment_image_progress,
 )
 from napari_allbag.widgets.base import WorkerControls
+from napari_allbag.widgets.results import (
+    CELLS,
+    CLASSES,
+    CROPS,
+    CROPS_KEY,
+    SUMMARY_KEY,
+    find_result,
+    image_of,
+    is_result,
+    place_above,
+    result_metadata,
+    result_name,
+)
 
-CELLS_LAYER = "cells"
-CROPS_LAYER = "cell crops"
+CELLS_LAYER, CROPS_LAYER = CELLS, CROPS  # kinds; a layer's name is `cells [image]`
+
 _GAP = 20  # pixels between the image and the crops placed beside it
 
 
@@ -104,6 +118,7 @@ class SegmentWidget(QWidget):
             napari_viewer.layers.events.moved,
         ):
             event.connect(self._refresh_choices)
+        napari_viewer.layers.selection.events.active.connect(self._follow_active)
         self._refresh_choices()
 
     # --- parameters -----------------------------------------------------------------------
@@ -120,7 +135,7 @@ class SegmentWidget(QWidget):
         return [
             (layer.name, layer)
             for layer in self.viewer.layers
-            if isinstance(layer, Image) and layer is not self._crops_layer
+            if isinstance(layer, Image) and not is_result(layer)
         ]
 
     def _refresh_choices(self, _event=None) -> None:
@@ -132,6 +147,12 @@ class SegmentWidget(QWidget):
             self.image_choice.value = current
         elif active in layers:
             self.image_choice.value = active
+
+    def _follow_active(self, event=None) -> None:
+        """The picker follows the active layer (an image, or one of its results)."""
+        image = image_of(self.viewer, self.viewer.layers.selection.active)
+        if image is not None and image in [layer for _, layer in self._image_layer_choices()]:
+            self.image_choice.value = image
 
     # --- running ----------------------------------------------------------------------------
 
@@ -214,50 +235,71 @@ class SegmentWidget(QWidget):
 
     # --- layers -----------------------------------------------------------------------------
 
-    def _alive(self, layer):
-        return layer if layer is not None and layer in self.viewer.layers else None
+    def _result_layer(self, kind: str, source: Image | None):
+        """This image's layer of `kind` (None when it has none yet)."""
+        if source is None:
+            return None
+        return find_result(self.viewer, kind, source.name)
 
     def _show_cells(self, result: SegmentationResult, source: Image | None) -> None:
         features = pd.DataFrame({"index": result.table["cell_id"], **result.table})
         scale, translate = _plane_geometry(source)
-        layer = self._alive(self._cells_layer)
+        name = source.name if source is not None else "image"
+        layer = self._result_layer(CELLS, source)
         if layer is None:
-            self._cells_layer = self.viewer.add_labels(
+            layer = self.viewer.add_labels(
                 result.labels,
-                name=CELLS_LAYER,
+                name=result_name(CELLS, name),
                 features=features,
+                metadata=result_metadata(CELLS, name),
                 scale=scale,
                 translate=translate,
             )
-            return
-        layer.data = result.labels
-        layer.features = features
-        layer.scale, layer.translate = scale, translate
+            layer.contour = 2
+        else:
+            layer.data = result.labels
+            layer.features = features
+            layer.scale, layer.translate = scale, translate
+        layer.metadata[CROPS_KEY] = result.crops
+        layer.metadata[SUMMARY_KEY] = f"{result.n_cells} cell(s) found, not classified yet"
+        self._cells_layer = layer
+        place_above(self.viewer, layer, source)
 
     def _show_crops(self, result: SegmentationResult, source: Image | None) -> None:
         scale, translate = _plane_geometry(source)
         width = result.labels.shape[1] if result.labels is not None else 0
         translate = (0.0, translate[0], translate[1] + (width + _GAP) * scale[1])
         scale = (1.0, *scale)
-        layer = self._alive(self._crops_layer)
+        name = source.name if source is not None else "image"
+        layer = self._result_layer(CROPS, source)
         if layer is None:
-            self._crops_layer = self.viewer.add_image(
-                result.crops, name=CROPS_LAYER, rgb=True, scale=scale, translate=translate
+            layer = self.viewer.add_image(
+                result.crops,
+                name=result_name(CROPS, name),
+                rgb=True,
+                metadata=result_metadata(CROPS, name),
+                scale=scale,
+                translate=translate,
             )
             self._refresh_choices()
-            return
-        layer.data = result.crops
-        layer.scale, layer.translate = scale, translate
+        else:
+            layer.data = result.crops
+            layer.scale, layer.translate = scale, translate
+        self._crops_layer = layer
+        place_above(self.viewer, layer, source)
 
     def _clear_results(self, result: SegmentationResult) -> None:
         """An empty result: no stale cells or crops left on screen."""
-        layer = self._alive(self._cells_layer)
+        source = self._source_layer
+        layer = self._result_layer(CELLS, source)
         if layer is not None and result.labels is not None:
             layer.data = np.zeros_like(result.labels)
             layer.features = pd.DataFrame({"index": result.table["cell_id"], **result.table})
-        crops = self._alive(self._crops_layer)
-        if crops is not None:
-            self.viewer.layers.remove(crops)
+            layer.metadata[SUMMARY_KEY] = "0 cells found"
+        for kind in (CROPS, CLASSES):
+            stale = self._result_layer(kind, source)
+            if stale is not None:
+                self.viewer.layers.remove(stale)
         self._crops_layer = None
 
 

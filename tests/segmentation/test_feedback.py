@@ -1,0 +1,53 @@
+"""segmentation.feedback: per-image warnings in words and the summary line's counts."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import replace
+
+import numpy as np
+
+from napari_allbag.segmentation.dark import SegmentationParams, segment_image
+from napari_allbag.segmentation.feedback import FeedbackTally, ImageFeedback
+from tests.drawn_cells import FIELD_CELLS, field
+
+PARAMS = SegmentationParams(crop_size=64)
+
+
+def test_a_good_segmentation_says_nothing():
+    feedback = ImageFeedback.of(segment_image(field(), PARAMS))
+    assert feedback.n_cells == len(FIELD_CELLS)
+    assert feedback.warnings() == [] and feedback.line("f.png") is None
+    assert pickle.loads(pickle.dumps(feedback)) == feedback  # travels from worker processes
+
+
+def test_no_cell_is_said_with_the_segmentations_reason():
+    result = segment_image(np.zeros((64, 64, 3), np.uint8), PARAMS)
+    feedback = replace(ImageFeedback.of(result), mode="dark")
+    assert feedback.n_cells == 0
+    line = feedback.line("black.png")
+    assert line.startswith("black.png: dark background (set): no cell found")
+    bright = replace(feedback, mode="bright", auto=True, message="no white cell found: too pale")
+    assert bright.warnings() == ["no white cell found (too pale)"]
+    assert bright.mode_text == "bright-field (auto)"
+
+
+def test_the_tally_counts_each_kind_once_per_image():
+    good = ImageFeedback(mode="bright", auto=True, n_cells=4)
+    guessed = replace(good, guessed="few dark pixels")
+    doubtful = replace(good, doubtful="one cell covers the field")
+    empty = replace(good, n_cells=0)
+    tally = FeedbackTally()
+    assert not tally.warned
+    for feedback in (good, guessed, doubtful, empty):
+        tally.add(feedback)
+    assert tally.images == 4 and tally.warned
+    assert tally.text() == (
+        "4 images: bright-field (auto); 1 with the background guessed, "
+        "1 with no white cell found, 1 doubtful segmentation: see the warnings above"
+    )
+    assert "pass --background dark or bright" in guessed.warnings()[0]
+    mixed = FeedbackTally()
+    mixed.add(good)
+    mixed.add(ImageFeedback(mode="dark", n_cells=1))
+    assert mixed.text() == "2 images: 1 bright-field (auto), 1 dark background (set)"
