@@ -197,7 +197,7 @@ def test_resume_keeps_the_runs_own_settings(trained, annotated_dir, cache_dir):
         events.append,
     )
     notes = " ".join(str(e.metrics.get("text", "")) for e in events)
-    assert "epochs=3 ignored" in notes and "seed=5 ignored" in notes
+    assert "--epochs 3 ignored" in notes and "--seed 5 ignored" in notes
     assert not [e for e in events if "batch" in e.metrics]
     assert again.report["weighted_f1"] == trained[1].report["weighted_f1"]
 
