@@ -176,3 +176,16 @@ def test_subjects_csv_is_the_option_and_subjects_a_hidden_alias(setup, tmp_path,
     old = parser.parse_args(["evaluate", str(bundle), str(data), "--subjects", "s.csv"])
     new = parser.parse_args(["evaluate", str(bundle), str(data), "--subjects-csv", "s.csv"])
     assert old.subjects_csv == new.subjects_csv and str(new.subjects_csv) == "s.csv"
+
+
+def test_background_option_and_per_image_warnings(setup, tmp_path, capsys):
+    root, data, bundle = setup
+    common = [str(bundle), str(data), "--device", "cpu", "--workers", "1", "--quiet"]
+    assert main(["evaluate", *common, "--cache-dir", str(root / "cache")]) == 0
+    printed = capsys.readouterr()
+    assert "images: dark background (auto)" in printed.out + printed.err
+    code = main(["evaluate", *common, "--cache-dir", str(root / "cache"), "--background", "bright"])
+    assert code == 2  # no cell at all: nothing to evaluate
+    err = capsys.readouterr().err
+    assert "bright-field (set): no white cell found" in err
+    assert f"{N_ALL + N_HEM} with no white cell found: see the warnings above" in err

@@ -161,3 +161,16 @@ def test_unknown_backbone_names_close_matches(annotated, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "inception_resnet_v2" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_background_reaches_the_training_segmentation(tmp_path):
+    from napari_allbag.cli.train import config_from_args
+    from napari_allbag.training.prepare import segmentation_params
+
+    parser = build_parser()
+    base = ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run")]
+    auto = config_from_args(parser.parse_args(base))
+    assert segmentation_params(auto).background == "auto" and auto.segmentation == {}
+    bright = config_from_args(parser.parse_args([*base, "--background", "bright"]))
+    assert segmentation_params(bright).background == "bright"
+    assert "dark" in parser._subparsers._group_actions[0].choices["train"].format_help()
