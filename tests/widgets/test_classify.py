@@ -172,3 +172,29 @@ def test_a_new_cells_layer_becomes_the_choice(make_napari_viewer, field):
     assert widget.layer_combo.currentText() == CELLS_LAYER
     viewer.add_image(field, name="another image", rgb=True)  # a newly opened image is picked
     assert widget.layer_combo.currentText() == "another image"
+
+
+def test_background_choice_reaches_the_segmentation(make_napari_viewer, qtbot, bundle_dir):
+    from napari_allbag.data.synthetic_brightfield import BrightfieldLook, make_brightfield_field
+    from napari_allbag.segmentation.brightfield import segment_auto
+
+    smear, _ = make_brightfield_field(3, shape=(750, 1000), look=BrightfieldLook(scale=0.5))
+    viewer = make_napari_viewer()
+    viewer.add_image(smear, name="smear", rgb=True)
+    widget = ClassifyWidget(viewer)
+    assert widget.set_bundle(bundle_dir)
+    choices = [widget.background_combo.itemText(i) for i in range(widget.background_combo.count())]
+    assert choices == ["bundle's", "auto", "dark", "bright"] and widget.background() is None
+    _run(widget, qtbot)  # the bundle's mode: auto, which finds the smear's white cells
+    bright = segment_auto(smear, SegmentationParams(crop_size=64))
+    cells = viewer.layers["cells [smear]"]
+    assert len(cells.features) == bright.n_cells > 0
+    assert set(cells.features["mode"]) == {"bright"}
+    assert widget.status.text().startswith("bright-field (auto)")
+
+    widget.background_combo.setCurrentText("dark")
+    assert widget.background() == "dark"
+    widget.layer_combo.setCurrentText("smear")  # segment the image again, not the cells found
+    _run(widget, qtbot)
+    assert set(viewer.layers["cells [smear]"].features["mode"]) == {"dark"}
+    assert "doubtful segmentation" in widget.status.text()

@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_allbag.defaults import BACKGROUND_HELP, BACKGROUND_MODES
 from napari_allbag.io.atomic import atomic_path
 from napari_allbag.progress import Progress
 from napari_allbag.widgets.base import WorkerControls, show_error
@@ -60,6 +61,8 @@ from napari_allbag.widgets.results import (
 )
 
 CELLS_LAYER, CROPS_LAYER, CLASSES_LAYER = CELLS, CROPS, CLASSES  # a layer is `cells [image]`
+#: The background choice that keeps the bundle's own segmentation mode.
+BUNDLE_BACKGROUND = "bundle's"
 #: Text size of the label and confidence shown at each cell (points).
 TEXT_SIZE = 12
 
@@ -93,6 +96,7 @@ class _Job:
     table: dict[str, np.ndarray] | None  # existing features (column -> values)
     crops: np.ndarray | None  # matching "cell crops", when usable
     source: str
+    background: str | None = None  # the segmentation's mode (None: the bundle's)
 
 
 def _classify_job(holder: _ModelHolder, job: _Job) -> Generator[Progress, None, Any]:
@@ -108,7 +112,8 @@ def _classify_job(holder: _ModelHolder, job: _Job) -> Generator[Progress, None, 
         holder.path = job.bundle_path
     bundle = holder.bundle
     if job.labels is None:
-        return (yield from classify_image(bundle, job.image, PipelineOptions(), job.source))
+        options = PipelineOptions(background=job.background)
+        return (yield from classify_image(bundle, job.image, options, job.source))
     return (yield from classify_labels(bundle, job.image, job.labels, job.table, job.crops))
 
 
@@ -138,6 +143,12 @@ class ClassifyWidget(QWidget):
         self.bundle_info = QLabel("")
         self.bundle_info.setWordWrap(True)
         self.layer_combo = QComboBox()
+        self.background_combo = QComboBox()
+        self.background_combo.addItems([BUNDLE_BACKGROUND, *BACKGROUND_MODES])
+        self.background_combo.setToolTip(
+            f"segmentation of an image layer: {BACKGROUND_HELP}; {BUNDLE_BACKGROUND}: the "
+            "bundle's own setting"
+        )
         self.device_label = QLabel(f"Device: {device_description(self.device)}")
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
@@ -171,6 +182,7 @@ class ClassifyWidget(QWidget):
         form.addRow("Bundle", bundle_row)
         form.addRow("", self.bundle_info)
         form.addRow("Layer", self.layer_combo)
+        form.addRow("Background", self.background_combo)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.device_label)
@@ -328,7 +340,8 @@ class ClassifyWidget(QWidget):
             raise ValueError("choose an image layer, or the 'cells' layer of the Segment widget")
         layer = self.viewer.layers[name]
         if not isinstance(layer, Labels):
-            return _Job(path, self.device, _layer_rgb(layer), None, None, None, layer.name)
+            image = _layer_rgb(layer)
+            return _Job(path, self.device, image, None, None, None, layer.name, self.background())
         labels = np.asarray(layer.data)
         if labels.ndim != 2:
             raise ValueError(f"the '{name}' layer is not a 2-D label image")
@@ -347,6 +360,11 @@ class ClassifyWidget(QWidget):
                 )
             image = _layer_rgb(image_layer)
         return _Job(path, self.device, image, labels, table, crops, layer.name)
+
+    def background(self) -> str | None:
+        """The background mode chosen (None: the bundle's own)."""
+        text = self.background_combo.currentText()
+        return None if text == BUNDLE_BACKGROUND else text
 
     def _matching_crops(self, cells_layer, count: int, crop_size: int) -> np.ndarray | None:
         source = cells_layer.metadata.get(SOURCE_KEY)
@@ -477,7 +495,7 @@ class ClassifyWidget(QWidget):
                 crops_layer.data = result.crops
         self.refresh_display(layer)
         cells = len(predictions)
-        self.status.setText(result.message or "done")
+        self.status.setText(_segmentation_note(result.segmentation) or "done")
         self.export_button.setEnabled(cells > 0)
 
     def _cells_layer_for(self, image_name: str, labels: np.ndarray, frame) -> Any:
@@ -625,6 +643,17 @@ def _class_texts(frame) -> tuple[list[str], list[tuple]]:
         else:
             colours.append(ALL_COLOUR if label == "all" else HEM_COLOUR)
     return texts, colours
+
+
+def _segmentation_note(segmented: Any) -> str:
+    """The mode the image got and any warning, in words (the message alone for given cells)."""
+    from napari_allbag.segmentation.feedback import ImageFeedback
+
+    feedback = ImageFeedback.of(segmented)
+    if not feedback.mode:
+        return segmented.message or ""
+    warnings = feedback.warnings()
+    return f"{feedback.mode_text}" + (f": {'; '.join(warnings)}" if warnings else "")
 
 
 def _validation_f1(metrics: dict[str, Any]) -> float | None:
