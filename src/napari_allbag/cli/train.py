@@ -91,6 +91,14 @@ def register(subparsers) -> None:
         help="local backbone weights (.safetensors) instead of the download",
     )
     parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="BUNDLE",
+        help="start warm from a bundle's backbones and head (e.g. to fine-tune on corrected "
+        "cells); the new bundle records it as its parent",
+    )
+    parser.add_argument(
         "--finetune-backbones",
         action="store_true",
         help="train the combined model end to end (default: frozen backbones)",
@@ -181,16 +189,32 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run, train_parser=parser)
 
 
+def _warm_backbone(args: argparse.Namespace) -> tuple[str, int | None]:
+    """The backbone and image size: with --init-from and no --backbone, the bundle's own."""
+    if args.init_from is None or args.backbone != DEFAULT_BACKBONE:
+        return args.backbone, args.img_size
+    from napari_allbag.model.bundle import BundleError, read_bundle_meta
+    from napari_allbag.training.config import TrainingError
+
+    try:
+        backbone = read_bundle_meta(args.init_from)["backbone"]
+    except BundleError as error:
+        raise TrainingError(f"--init-from {args.init_from}: {error}") from error
+    return backbone["name"], args.img_size or backbone.get("img_size")
+
+
 def config_from_args(args: argparse.Namespace):
     from napari_allbag.training.run import TrainConfig
 
+    backbone, img_size = _warm_backbone(args)
     return TrainConfig(
         data_dir=args.data_dir,
         out_dir=args.out,
-        backbone=args.backbone,
-        img_size=args.img_size,
+        backbone=backbone,
+        img_size=img_size,
         pretrained=not args.no_pretrained,
         weights_path=args.weights,
+        init_from=args.init_from,
         epochs=args.epochs,
         batch_size=args.batch_size,
         device=args.device,

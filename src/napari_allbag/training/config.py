@@ -91,11 +91,12 @@ class TrainConfig:
     synthetic_data: bool = False  # generated cells (the demo): the model card warns
     target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY
     rule: str = "max"
+    init_from: Path | None = None  # a bundle whose backbones and head the run starts from
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
         self.out_dir = Path(self.out_dir).expanduser()
-        for name in ("weights_path", "subjects_csv", "cache_dir"):
+        for name in ("weights_path", "subjects_csv", "cache_dir", "init_from"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value).expanduser())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,19 @@ def calibration_fields(config, data: PreparedData, probs: np.ndarray) -> dict[st
     }
     labels = data.labels[data.val]
     return calibrate_ensemble(probs, labels, config.rule, config.target_sensitivity, subjects)
+
+
+def parent_record(bundle_dir) -> dict[str, Any]:
+    """What a fine-tuned bundle records of the bundle it started from."""
+    from napari_allbag.model.bundle import read_bundle_meta
+
+    parent = read_bundle_meta(bundle_dir)
+    return {
+        "path": str(Path(bundle_dir).resolve()),
+        "created": parent.get("created"),
+        "backbone": (parent.get("backbone") or {}).get("name"),
+        "ensemble_weighted_f1": (parent.get("metrics") or {}).get("ensemble_weighted_f1"),
+    }
 
 
 def bundle_meta(
@@ -84,5 +98,7 @@ def bundle_meta(
         "metrics": metrics,
         **(trust or {}),
     }
+    if getattr(config, "init_from", None) is not None:
+        meta["parent"] = parent_record(config.init_from)
     meta["model_card"] = build_model_card(meta)
     return meta
