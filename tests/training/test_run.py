@@ -253,8 +253,9 @@ def test_out_of_gpu_memory_says_which_batch_size_to_try(tmp_path, cache_dir, mon
         yield  # pragma: no cover
 
     monkeypatch.setattr(trainer, "_train", out_of_memory)
+    (tmp_path / "data").mkdir()  # the run folder may not lie inside the data (issue 13)
     with pytest.raises(TrainingError, match="--resume --batch-size 16"):
-        drive(train(tiny_config(tmp_path, tmp_path / "run", cache_dir)))
+        drive(train(tiny_config(tmp_path / "data", tmp_path / "run", cache_dir)))
 
 
 def test_crop_feeder_gives_the_same_batches_with_worker_processes(trained, cache_dir):
