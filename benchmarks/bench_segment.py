@@ -7,27 +7,39 @@ the pool start included), for the OpenCV implementation and the scikit-image ref
 very large generated field is segmented in a fresh process to report its time and peak memory.
 
     python benchmarks/bench_segment.py [--data ../shared/data/cnmc_sample] [--rounds 20]
+    python benchmarks/bench_segment.py --scaling [--cells 1860] [--scaling-rounds 3]
+    python benchmarks/bench_segment.py --png
 
 Targets (issue 2): at least 10x the reference and at least 500 cells/s on one core.
+`--scaling` (issue 14, target 1): the real cells copied into a temporary folder until there are
+`--cells` files, then 1 and N workers interleaved (`--scaling-rounds` each, median): the stream
+that `predict` and the crop cache use (`iter_segment_files`, crops back in this process) and
+`segment` end to end (`segment_to_folder`: PNG crops and cells.csv written), pool start-up
+included; the ratio N-worker / 1-worker rate is the figure (target >= 0.8 x N), and the CPU time
+of this process and of its workers per cell shows the overhead on a shared machine.
+`--png`: CPU time and size per crop for PNG settings (all lossless).
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import resource
+import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import cv2
-import skimage
 
-# the scikit-image reference segmentation is a test oracle: tests/segmentation/reference.py
+# the scikit-image reference segmentation is a test oracle: tests/segmentation/reference.py,
+# imported where it runs, so worker processes (which import this script) start without skimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.segmentation.reference import segment_image_reference  # noqa: E402
 
 from napari_allbag.io.images import find_images, read_image
 from napari_allbag.io.ordered_pool import ordered_map
@@ -38,12 +50,15 @@ from napari_allbag.segmentation.dark import (
     iter_segment_files,
     segment_file,
 )
+from napari_allbag.segmentation.to_folder import PNG_PARAMS, segment_to_folder  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cnmc_sample"
 
 
 def reference_task(path: Path, params: SegmentationParams) -> FileSegmentation:
     """The reference's whole per-file job, for worker processes."""
+    from tests.segmentation.reference import segment_image_reference
+
     return FileSegmentation(path, segment_image_reference(read_image(path), params, str(path)))
 
 
@@ -98,6 +113,129 @@ def large_image_run(side: int) -> str:
     return done.stdout.strip() or done.stderr.strip()
 
 
+def copies(paths: list[Path], total: int, folder: Path) -> list[Path]:
+    """`total` files in `folder`: the real cells copied round after round under new names."""
+    made = []
+    for index in range(total):
+        source = paths[index % len(paths)]
+        made.append(folder / f"r{index // len(paths)}_{source.name}")
+        shutil.copyfile(source, made[-1])
+    return made
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    own, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def timed(run) -> tuple[float, float, float]:
+    """(cells/s, CPU ms per cell here, CPU ms per cell in workers) of `run()` -> cells."""
+    cpu_before, start = _cpu_seconds(), time.perf_counter()
+    cells = run()
+    seconds, cpu_after = time.perf_counter() - start, _cpu_seconds()
+    own, workers = (
+        1e3 * (after - before) / cells for after, before in zip(cpu_after, cpu_before, strict=True)
+    )
+    return cells / seconds, own, workers
+
+
+def stream_cells(paths, params, workers) -> int:
+    stream = iter_segment_files(paths, params, workers, keep_labels=False)
+    return sum(outcome.result.n_cells for outcome in stream)
+
+
+def folder_cells(paths, params, workers, out: Path) -> int:
+    shutil.rmtree(out, ignore_errors=True)
+    work = segment_to_folder(paths, out, params, workers)
+    while True:
+        try:
+            next(work)
+        except StopIteration as done:
+            return done.value["cells"]
+
+
+def scaling(args, params) -> None:
+    """1 and N workers interleaved on `--cells` copies of the real cells (see the docstring)."""
+    with tempfile.TemporaryDirectory(prefix="bench-segment-") as temporary:
+        folder = Path(temporary)
+        (folder / "in").mkdir()
+        paths = copies(find_images([args.data]), args.cells, folder / "in")
+        jobs = {
+            "stream (predict, crop cache)": lambda w: timed(lambda: stream_cells(paths, params, w)),
+            "segment, PNG crops written": lambda w: timed(
+                lambda: folder_cells(paths, params, w, folder / "out")
+            ),
+        }
+        found = {(name, w): [] for name in jobs for w in (1, args.workers)}
+        for round_index in range(args.scaling_rounds):
+            for name, job in jobs.items():
+                for workers in (1, args.workers) if round_index % 2 == 0 else (args.workers, 1):
+                    found[name, workers].append(job(workers))
+                    print(
+                        f"  round {round_index + 1} {name} workers {workers}: "
+                        f"{found[name, workers][-1][0]:.0f} cells/s",
+                        flush=True,
+                    )
+    print(
+        f"\n| job | workers | cells/s (median of {args.scaling_rounds}) | CPU ms/cell here | "
+        "CPU ms/cell in workers | vs 1 worker |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name in jobs:
+        base = statistics.median(r[0] for r in found[name, 1])
+        for workers in (1, args.workers):
+            runs = found[name, workers]
+            rate = statistics.median(r[0] for r in runs)
+            own, pool = (statistics.median(r[i] for r in runs) for i in (1, 2))
+            print(
+                f"| {name} | {workers} | {rate:.0f} | {own:.2f} | {pool:.2f} | {rate / base:.2f}x |"
+            )
+    print(
+        f"target: {args.workers} workers >= {0.8 * args.workers:.1f}x one worker; segment end to "
+        "end >= 300 cells/s on 2 cores"
+    )
+
+
+def png_settings(args, params) -> None:
+    """CPU time and size per crop of PNG settings on the real crops (all lossless)."""
+    crops = [
+        cv2.cvtColor(c, cv2.COLOR_RGB2BGR)
+        for p in find_images([args.data])
+        for c in segment_file(p, params).crops
+    ]
+    settings = {
+        "OpenCV default (level 1, adaptive filters)": [],
+        "level 0 (stored)": [cv2.IMWRITE_PNG_COMPRESSION, 0],
+        "level 3": [cv2.IMWRITE_PNG_COMPRESSION, 3],
+        "level 6": [cv2.IMWRITE_PNG_COMPRESSION, 6],
+        "level 1, no filter, RLE": [
+            cv2.IMWRITE_PNG_COMPRESSION,
+            1,
+            cv2.IMWRITE_PNG_FILTER,
+            cv2.IMWRITE_PNG_FILTER_NONE,
+            cv2.IMWRITE_PNG_STRATEGY,
+            cv2.IMWRITE_PNG_STRATEGY_RLE,
+        ],
+        "level 1, up filter, RLE (segment's PNG_PARAMS)": list(PNG_PARAMS),
+    }
+    print("\n| PNG setting | CPU ms per crop (best of 3) | KB per crop |")
+    print("| --- | ---: | ---: |")
+    for name, setting in settings.items():
+        best = min(_encode_seconds(crops, setting) for _ in range(3))
+        size = sum(cv2.imencode(".png", c, setting)[1].nbytes for c in crops) / len(crops)
+        print(f"| {name} | {1e3 * best / len(crops):.2f} | {size / 1e3:.1f} |")
+
+
+def _encode_seconds(crops, setting) -> float:
+    start = time.process_time()
+    for crop in crops:
+        ok, encoded = cv2.imencode(".png", crop, setting)
+    assert ok and (cv2.imdecode(encoded, cv2.IMREAD_COLOR) == crops[-1]).all()  # lossless
+    return time.process_time() - start
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -117,6 +255,10 @@ def main() -> int:
     parser.add_argument(
         "--large-side", type=int, default=12000, help="side of the large-image run (0: skip it)"
     )
+    parser.add_argument("--scaling", action="store_true", help="1 vs N workers only")
+    parser.add_argument("--cells", type=int, default=1860, help="files for --scaling")
+    parser.add_argument("--scaling-rounds", type=int, default=3, help="rounds for --scaling")
+    parser.add_argument("--png", action="store_true", help="PNG settings only")
     args = parser.parse_args()
 
     paths = find_images([args.data])
@@ -127,12 +269,22 @@ def main() -> int:
     workers = max(1, args.workers)
     print(
         f"machine: {cpu_name()}, {default_workers()} core(s) usable; python "
-        f"{platform.python_version()}, OpenCV {cv2.__version__}, scikit-image "
-        f"{skimage.__version__}"
+        f"{platform.python_version()}, OpenCV {cv2.__version__}"
     )
     print(f"data: {len(paths)} cells from {args.data}; crops {params.crop_size}x{params.crop_size}")
-
     cv2.setNumThreads(1)
+    if args.scaling or args.png:
+        (scaling if args.scaling else png_settings)(args, params)
+        return 0
+    return compare_with_reference(args, paths, params, workers)
+
+
+def compare_with_reference(args, paths, params, workers) -> int:
+    """Ours against the scikit-image reference on one and all cores, and the large image."""
+    import skimage
+    from tests.segmentation.reference import segment_image_reference
+
+    print(f"scikit-image {skimage.__version__}")
     for path in paths[:3]:  # warm the file cache and imports
         segment_file(path, params)
         segment_image_reference(read_image(path), params)

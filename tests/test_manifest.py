@@ -8,7 +8,7 @@ from importlib.resources import files
 import pytest
 from npe2 import PluginManifest
 
-EXPECTED_WIDGETS = {"Segment cells", "Classify cells", "Train ensemble"}
+EXPECTED_WIDGETS = {"Segment cells", "Classify cells", "Train ensemble", "Cell table"}
 EXPECTED_SAMPLES = {"single_cell", "field", "annotated_set"}
 
 

@@ -4,15 +4,26 @@ Long work (segmenting a folder, predicting, training) is written as a generator 
 `Progress` events and *returns* its result. napari's `thread_worker` turns the yields into
 `yielded` signals and the return value into `returned`; the CLI drives the same generator with
 `drive`, which shows a tqdm bar.
+`drive_with_bar` shows tqdm bars on a terminal; where its stream is not a terminal (CI, SLURM,
+`nohup`, a pipe) it prints plain lines instead: one when a stage starts, one every
+`LOG_PERCENT_STEP` percent of it, one when it ends (stages without a total: every
+`LOG_SECONDS` seconds), so a log file reads line by line without carriage-return updates.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 T = TypeVar("T")
+
+#: Outside a terminal: a progress line every this many percent of a stage.
+LOG_PERCENT_STEP = 10
+#: Outside a terminal, for stages without a total: a line at most this often (seconds).
+LOG_SECONDS = 30.0
 
 
 @dataclass
@@ -45,22 +56,39 @@ def drive(
             on_progress(event)
 
 
-def drive_with_bar(work: Generator[Progress, None, T], quiet: bool = False) -> T:
-    """Run a progress generator under tqdm bars (one bar per stage), for the CLI."""
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def drive_with_bar(
+    work: Generator[Progress, None, T], quiet: bool = False, stream: TextIO | None = None
+) -> T:
+    """Run a progress generator under tqdm bars (one bar per stage) on `stream` (default
+    stderr), for the CLI; plain log lines instead when `stream` is not a terminal."""
+    stream = sys.stderr if stream is None else stream
+    if quiet:
+        return drive(work)
+    if not _is_terminal(stream):
+        return drive(work, LogLines(stream).show)
+    return _drive_with_tqdm(work, stream)
+
+
+def _drive_with_tqdm(work: Generator[Progress, None, T], stream: TextIO) -> T:
     from tqdm import tqdm
 
     bars: dict[str, tqdm] = {}
 
     def show(event: Progress) -> None:
-        if quiet:
-            return
         bar = bars.get(event.stage)
         if bar is None:
             for old in bars.values():
                 old.close()
             bars.clear()
             bar = bars[event.stage] = tqdm(
-                total=event.total, desc=event.stage or "working", unit=""
+                total=event.total, desc=event.stage or "working", unit="", file=stream
             )
         if event.total is not None and bar.total != event.total:
             bar.total = event.total
@@ -76,3 +104,50 @@ def drive_with_bar(work: Generator[Progress, None, T], quiet: bool = False) -> T
     finally:
         for bar in bars.values():
             bar.close()
+
+
+def _details(event: Progress) -> str:
+    parts = [
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in event.metrics.items()
+    ]
+    if event.message:
+        parts.append(event.message)
+    return (" " + ", ".join(parts)) if parts else ""
+
+
+class LogLines:
+    """Progress as plain lines for logs: a stage's start, every `percent_step` %, its end."""
+
+    def __init__(self, stream: TextIO, percent_step: int = LOG_PERCENT_STEP):
+        self.stream = stream
+        self.step = max(1, int(percent_step))
+        self.stage: str | None = None
+        self.next_percent = 0
+        self.last_line = 0.0
+
+    def show(self, event: Progress) -> None:
+        if event.stage != self.stage:
+            self.stage, self.next_percent = event.stage, self.step
+            self._print(event)
+            return
+        if event.total:
+            percent = 100 * event.done / event.total
+            if percent >= self.next_percent or event.done >= event.total:
+                self.next_percent = (int(percent) // self.step + 1) * self.step
+                self._print(event)
+        elif time.monotonic() - self.last_line >= LOG_SECONDS:
+            self._print(event)
+
+    def _print(self, event: Progress) -> None:
+        clock = time.strftime("%H:%M:%S")
+        count = (
+            f"{event.done}/{event.total} ({100 * event.done / event.total:.0f}%)"
+            if (event.total)
+            else f"{event.done}"
+        )
+        print(
+            f"[{clock}] {event.stage or 'working'}: {count}{_details(event)}",
+            file=self.stream,
+            flush=True,
+        )
+        self.last_line = time.monotonic()

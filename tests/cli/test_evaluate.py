@@ -122,3 +122,70 @@ def test_clear_errors(setup, tmp_path, capsys):
     assert f"No images found in {tmp_path}" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nobundle"), str(data), "--device", "cpu"]) == 2
     assert "nobundle" in capsys.readouterr().err
+
+
+def _numbered_test_set(data, folder):
+    """C-NMC's preliminary test set as it comes: numbered images and a labels CSV."""
+    folder.mkdir()
+    rows, sources = ["Patient_ID,new_names,labels"], sorted(data.rglob("*.bmp"))
+    for number, path in enumerate(sources, start=1):
+        (folder / f"{number}.bmp").write_bytes(path.read_bytes())
+        rows.append(f"{path.name},{number}.bmp,{1 if path.parent.name == 'all' else 0}")
+    csv_path = folder.parent / "labels.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    return csv_path, sources
+
+
+def test_labels_csv_reads_the_test_set_as_it_comes(setup, tmp_path, capsys):
+    root, data, bundle = setup
+    csv_path, sources = _numbered_test_set(data, tmp_path / "C-NMC_test_prelim_phase_data")
+    out = tmp_path / "report.json"
+    args = ["evaluate", str(bundle), str(tmp_path / "C-NMC_test_prelim_phase_data")]
+    args += ["--labels-csv", str(csv_path), "--out", str(out), "--device", "cpu", "--quiet"]
+    assert main(args + ["--cache-dir", str(root / "cache"), "--workers", "1"]) == 0
+    by_label = json.loads(out.read_text())
+    assert by_label["n_cells"] == len(sources) == N_ALL + N_HEM
+    # the same classes and subjects as the named folder: the same Table 1
+    named = tmp_path / "named.json"
+    assert main(["evaluate", str(bundle), str(data), "--out", str(named), "--quiet"]) == 0
+    by_folder = json.loads(named.read_text())
+    assert by_label["weighted_f1"] == by_folder["weighted_f1"]
+    assert sorted(c["subject"] for c in by_label["cells"]) == sorted(
+        c["subject"] for c in by_folder["cells"]
+    )
+    assert oct(out.stat().st_mode & 0o777) == oct(0o644)  # as every other output (umask 022)
+
+
+def test_labels_csv_with_wrong_columns_says_which(setup, tmp_path, capsys):
+    _, data, bundle = setup
+    images = tmp_path / "images"
+    csv_path, _ = _numbered_test_set(data, images)
+    csv_path.write_text(csv_path.read_text().replace("new_names", "names"))
+    assert main(["evaluate", str(bundle), str(images), "--labels-csv", str(csv_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no file column" in err and "new_names" in err
+
+
+def test_subjects_csv_is_the_option_and_subjects_a_hidden_alias(setup, tmp_path, capsys):
+    from napari_allbag.cli.main import build_parser
+
+    _, data, bundle = setup
+    parser = build_parser()
+    help_text = parser._subparsers._group_actions[0].choices["evaluate"].format_help()
+    assert "--subjects-csv" in help_text and "--subjects " not in help_text
+    old = parser.parse_args(["evaluate", str(bundle), str(data), "--subjects", "s.csv"])
+    new = parser.parse_args(["evaluate", str(bundle), str(data), "--subjects-csv", "s.csv"])
+    assert old.subjects_csv == new.subjects_csv and str(new.subjects_csv) == "s.csv"
+
+
+def test_background_option_and_per_image_warnings(setup, tmp_path, capsys):
+    root, data, bundle = setup
+    common = [str(bundle), str(data), "--device", "cpu", "--workers", "1", "--quiet"]
+    assert main(["evaluate", *common, "--cache-dir", str(root / "cache")]) == 0
+    printed = capsys.readouterr()
+    assert "images: dark background (auto)" in printed.out + printed.err
+    code = main(["evaluate", *common, "--cache-dir", str(root / "cache"), "--background", "bright"])
+    assert code == 2  # no cell at all: nothing to evaluate
+    err = capsys.readouterr().err
+    assert "bright-field (set): no white cell found" in err
+    assert f"{N_ALL + N_HEM} with no white cell found: see the warnings above" in err

@@ -134,3 +134,22 @@ def test_predict_help_lists_the_options(capsys):
     text = capsys.readouterr().out
     for option in ("--out", "--summary", "--device", "--batch-size", "--compile", "--workers"):
         assert option in text
+
+
+def test_background_bright_on_dark_cells_says_so_per_image_and_in_the_summary(
+    bundle_dir, images, tmp_path, capsys
+):
+    folder, cells = images
+    args = ["predict", str(bundle_dir), str(folder), "--device", "cpu", "--workers", "1"]
+    assert main([*args, "--out", str(tmp_path / "auto.csv"), "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert "2 images: dark background (auto)" in printed.out + printed.err
+    assert {row["mode"] for row in _rows(tmp_path / "auto.csv")} == {"dark"}
+
+    out = tmp_path / "bright.csv"
+    assert main([*args, "--out", str(out), "--quiet", "--background", "bright"]) == 0
+    err = capsys.readouterr().err
+    for path in cells:
+        assert f"{path}: bright-field (set): no white cell found" in err
+    assert "2 images: bright-field (set); 2 with no white cell found: see the warnings" in err
+    assert _rows(out) == []

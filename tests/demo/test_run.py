@@ -82,6 +82,23 @@ def test_the_bundle_loads_with_the_demo_backbone(finished):
     assert bundle.meta["training"]["config"]["pretrained"] is False
 
 
+def test_the_bundle_carries_a_model_card_that_says_synthetic(finished):
+    from napari_allbag.model.card import SYNTHETIC_WARNING, read_model_card
+
+    result, _ = finished
+    card, stored = read_model_card(result.bundle_path)
+    assert stored and card["warnings"] == [SYNTHETIC_WARNING]
+    data = card["training_data"]
+    assert data["synthetic"] and data["folder"] == str(result.data_dir)
+    cells = data["cells"]
+    total = sum(cells["train"].values()) + sum(cells["val"].values())
+    assert total == 2 * result.settings.cells_per_class
+    assert data["subjects"]["val"] >= 2 and not set(data["subject_ids"]["train"]) & set(
+        data["subject_ids"]["val"]
+    )
+    assert card["validation"]["cells"] == result.report["n_cells"]
+
+
 def test_the_report_has_table_1_for_each_model(finished):
     result, _ = finished
     report = json.loads(result.report_json_path.read_text(encoding="utf-8"))
@@ -228,3 +245,19 @@ def test_true_classes_match_centroids_to_the_truth_boxes():
         "centroid_col": np.array([30.0, 30.0, 300.0]),
     }
     assert true_classes(table, truth) == ["hem", "all", ""]
+
+
+def test_progress_names_the_bundle_where_the_demo_leaves_it(tmp_path):
+    from napari_allbag.demo.run import _named_for_demo
+    from napari_allbag.progress import Progress, drive
+
+    run_dir, out_dir = tmp_path / "training", tmp_path
+
+    def trainer():
+        yield Progress(1, 2, "report", "saving")
+        yield Progress(2, 2, "report", f"done: bundle in {run_dir / 'bundle'}")
+        return "result"
+
+    events = []
+    assert drive(_named_for_demo(trainer(), run_dir, out_dir), events.append) == "result"
+    assert events[-1].message == f"done: bundle in {out_dir / 'bundle'}"

@@ -38,10 +38,10 @@ def test_segment_then_classify_the_field(make_napari_viewer, qtbot, bundle_dir):
     segment, classify = widgets["Segment cells"], widgets["Classify cells"]
     segment.run()
     qtbot.waitUntil(lambda: segment.worker is None, timeout=60_000)
-    cells = viewer.layers["cells"]
+    cells = viewer.layers["cells [synthetic field of cells]"]
     n_cells = len(viewer.layers["synthetic field of cells"].metadata["cells"])
     assert len(cells.features) == n_cells
-    classify.layer_combo.setCurrentText("cells")
+    assert classify.layer_combo.currentText() == cells.name  # the picker followed
     classify.run()
     qtbot.waitUntil(lambda: not classify.is_running, timeout=60_000)
     assert set(cells.features["label"]) <= {"all", "hem"}

@@ -6,7 +6,9 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import stat
 
+import numpy as np
 import pytest
 
 from napari_allbag.io.atomic import (
@@ -161,3 +163,23 @@ def test_remove_stale_temps_only_removes_temporary_files(tmp_path):
         path.write_text("x")
     assert sorted(remove_stale_temps(tmp_path)) == sorted(stale)
     assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_new_files_get_the_mode_open_would_give(tmp_path, umask):
+    # evaluate's report.json/report.txt were 0600 while every other output was 0644
+    from safetensors.numpy import save_file
+
+    from napari_allbag.io.atomic import atomic_path, new_file_mode
+
+    previous = os.umask(umask)
+    try:
+        assert new_file_mode() == 0o666 & ~umask
+        write_json_atomic(tmp_path / "report.json", {"a": 1})
+        with atomic_path(tmp_path / "w.safetensors") as temp:  # a library's own (0600) file
+            save_file({"x": np.zeros(2, np.float32)}, str(temp))
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(("report.json", "w.safetensors", "plain.txt"), 0o666 & ~umask)

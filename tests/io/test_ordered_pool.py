@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+from napari_allbag.io import ordered_pool
 from napari_allbag.io.ordered_pool import WORKER_DIED, ordered_map
 
 
@@ -58,3 +61,25 @@ def test_without_a_handler_a_dying_worker_raises():
 
     with pytest.raises(BrokenProcessPool):
         list(ordered_map(square_or_die, [13], (0,), workers=2))
+
+
+def crops_for(item: int, side: int) -> dict:
+    """A result with large arrays (crops) and small fields, as a segmented file gives."""
+    rng = np.random.default_rng(item)
+    return {"item": item, "crops": rng.integers(0, 255, (item % 3 + 1, side, side, 3), np.uint8)}
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3])
+def test_large_arrays_come_back_through_the_spool_intact_and_writable(chunk_size, monkeypatch):
+    made = []
+    real = ordered_pool._spool_folder
+    monkeypatch.setattr(ordered_pool, "_spool_folder", lambda: made.append(real()) or made[-1])
+    items = list(range(7))
+    found = list(ordered_map(crops_for, items, (120,), workers=2, chunk_size=chunk_size))
+    assert [result["item"] for result in found] == items
+    for result in found:
+        expected = crops_for(result["item"], 120)["crops"]
+        np.testing.assert_array_equal(result["crops"], expected)
+        result["crops"][0, 0, 0] = 1  # writable, as a pickled array would be
+    assert expected.nbytes > ordered_pool.SPOOL_MIN_BYTES  # these did go through the spool
+    assert len(made) == 1 and not Path(made[0]).exists()  # spool folder removed at the end

@@ -316,3 +316,74 @@ def test_scale_of_a_dense_smear_whose_red_cells_all_touch():
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     radius, how = red_cell_radius(grey, np.ones(grey.shape, bool))
     assert abs(radius - RED_RADIUS) < 0.2 * RED_RADIUS, how
+
+
+def test_a_white_cell_mostly_outside_the_image_is_still_found_and_flagged():
+    image, _ = smear(seed=11, keep_clear=[(200, 0, 40), (100, 250, 30)])
+    draw_white_cell(image, 200, -4, cell_radius=15)  # a third of its nucleus inside the image
+    draw_white_cell(image, 100, 250)
+    result = segment_brightfield(image)
+    assert result.n_cells == 2, result.message
+    border = result.table["touches_border"]
+    assert border.sum() == 1
+    assert result.table["centroid_col"][border][0] < 10
+
+
+def test_the_coloured_fringe_of_a_field_stop_is_not_a_white_cell():
+    image, _ = smear(seed=12, keep_clear=[(200, 250, 30)])
+    draw_white_cell(image, 200, 250)
+    inside = np.zeros(image.shape[:2], np.uint8)
+    cv2.circle(inside, (250, 200), 190, 1, -1)
+    image[inside == 0] = 0  # a black circular field stop
+    for arc in range(0, 360, 60):  # purple fringes along its edge, half a red cell wide
+        cv2.ellipse(image, (250, 200), (186, 186), 0, arc, arc + 25, NUCLEUS, 7)
+    result = segment_brightfield(image)
+    assert result.n_cells == 1, result.table["keep_reason"]
+    ((row, col),) = centres_of(result)
+    assert np.hypot(row - 200, col - 250) < 8
+
+
+@pytest.mark.parametrize(
+    "shape, value",
+    [
+        ((1, 1, 3), 0),
+        ((3, 3, 3), 200),
+        ((2, 4000, 3), 230),
+        ((4000, 2, 3), 60),
+        ((300, 300, 3), 128),
+    ],
+)
+def test_odd_images_give_no_cell_and_a_message_without_crashing(shape, value):
+    image = np.full(shape, value, np.uint8)
+    for background in ("auto", "bright", "dark"):
+        result = segment_auto(image, SegmentationParams(background=background))
+        assert result.n_cells == 0 and result.message, background
+
+
+def _touching_pair(seed, nucleus_radius, cytoplasm_radius):
+    """Two white cells side by side whose nuclei touch (both cytoplasms drawn first)."""
+    image, _ = smear(seed=seed, keep_clear=[(200, 250, 2 * cytoplasm_radius + 8)])
+    cols = (250 - nucleus_radius, 250 + nucleus_radius)
+    for col in cols:
+        cv2.circle(image, (col, 200), cytoplasm_radius, CYTOPLASM, -1, cv2.LINE_AA)
+    for col in cols:
+        cv2.circle(image, (col, 200), nucleus_radius, NUCLEUS, -1, cv2.LINE_AA)
+    return image, cols
+
+
+def test_two_touching_nuclei_give_two_cells_each_on_its_own_nucleus():
+    image, cols = _touching_pair(seed=13, nucleus_radius=16, cytoplasm_radius=25)
+    result = segment_brightfield(image)
+    assert result.n_cells == 2, result.table["keep_reason"]
+    found = sorted(col for _, col in centres_of(result))
+    assert all(abs(f - c) < 6 for f, c in zip(found, cols, strict=True)), found
+    left, right = (result.labels[200, col] for col in cols)
+    assert {left, right} == {1, 2}  # each nucleus centre lies in its own cell's hull only
+
+
+def test_a_bilobed_nucleus_in_one_cytoplasm_stays_one_cell():
+    image, _ = smear(seed=14, keep_clear=[(200, 250, 34)])
+    lobes = ((0, -11, 10), (0, 11, 10))  # two touching lobes thinner than a red cell
+    draw_white_cell(image, 200, 250, lobes=lobes, cell_radius=28)
+    result = segment_brightfield(image)
+    assert result.n_cells == 1, result.table["keep_reason"]

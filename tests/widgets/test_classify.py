@@ -18,7 +18,11 @@ from napari_allbag.widgets.classify import (
     HEM_COLOUR,
     ClassifyWidget,
 )
+from napari_allbag.widgets.results import mark_result, result_name
 from tests.model_factory import make_tiny_bundle
+
+CELLS_FIELD = result_name(CELLS_LAYER, "field")
+CROPS_FIELD = result_name(CROPS_LAYER, "field")
 
 
 @pytest.fixture(autouse=True)
@@ -61,9 +65,11 @@ def test_classify_an_image_layer(make_napari_viewer, qtbot, bundle_dir, field, t
     _run(widget, qtbot)
 
     segmented = segment_image(field, SegmentationParams(crop_size=64))
-    cells = viewer.layers[CELLS_LAYER]
+    cells = viewer.layers[CELLS_FIELD]
     np.testing.assert_array_equal(cells.data, segmented.labels)
-    np.testing.assert_array_equal(viewer.layers[CROPS_LAYER].data, segmented.crops)
+    np.testing.assert_array_equal(cells.metadata["allbag_crops"], segmented.crops)
+    assert viewer.layers[CROPS_LAYER].data.shape == (2, 8, 8, 3)  # another layer: left alone
+    assert cells.contour > 0  # outlines, the morphology stays visible
     features = cells.features
     assert set(PREDICTION_COLUMNS) <= set(features.columns)
     assert len(features) == segmented.n_cells > 0
@@ -72,7 +78,7 @@ def test_classify_an_image_layer(make_napari_viewer, qtbot, bundle_dir, field, t
     for cell_id, label in zip(features["cell_id"], features["label"], strict=True):
         colour = ALL_COLOUR if label == "all" else HEM_COLOUR
         assert np.allclose(cells.get_color(int(cell_id)), colour)
-    points = viewer.layers[CLASSES_LAYER]
+    points = viewer.layers[result_name(CLASSES_LAYER, "field")]
     assert len(points.data) == len(features)
     assert (
         points.features["text"][0]
@@ -96,23 +102,25 @@ def test_classify_the_segment_widgets_layers(make_napari_viewer, qtbot, bundle_d
     viewer = make_napari_viewer()
     segmented = segment_image(field, SegmentationParams(crop_size=64), source="field")
     viewer.add_image(field, name="field", rgb=True)
-    viewer.add_labels(segmented.labels, name=CELLS_LAYER, features=segmented.table)
+    cells = viewer.add_labels(segmented.labels, name=CELLS_FIELD, features=segmented.table)
+    mark_result(cells, CELLS_LAYER, "field")
     # crops of another cell's pixels: the widget must use this layer as given when it matches
     crops = segmented.crops[::-1].copy()
-    viewer.add_image(crops, name=CROPS_LAYER, rgb=True)
+    mark_result(viewer.add_image(crops, name=CROPS_FIELD, rgb=True), CROPS_LAYER, "field")
     widget = ClassifyWidget(viewer)
     widget.set_bundle(bundle_dir)
-    widget.layer_combo.setCurrentText(CELLS_LAYER)
+    widget.layer_combo.setCurrentText(CELLS_FIELD)
     _run(widget, qtbot)
-    features = viewer.layers[CELLS_LAYER].features
+    features = viewer.layers[CELLS_FIELD].features
     assert np.allclose(
         features["p_all_model_a"], _expected_probs(bundle_dir, crops)[:, 0, 1], atol=1e-5
     )
 
     # crops of another size do not match: the cells are cut again from the image
-    viewer.layers[CROPS_LAYER].data = np.zeros((len(crops), 32, 32, 3), np.uint8)
+    viewer.layers[CROPS_FIELD].data = np.zeros((len(crops), 32, 32, 3), np.uint8)
+    widget.layer_combo.setCurrentText(CELLS_FIELD)
     _run(widget, qtbot)
-    features = viewer.layers[CELLS_LAYER].features
+    features = viewer.layers[CELLS_FIELD].features
     expected = _expected_probs(bundle_dir, segmented.crops)
     assert np.allclose(features["p_all_model_b"], expected[:, 1, 1], atol=1e-5)
     assert list(features["area"]) == list(segmented.table["area"])  # Segment's columns are kept
@@ -162,5 +170,31 @@ def test_a_new_cells_layer_becomes_the_choice(make_napari_viewer, field):
     segmented = segment_image(field, SegmentationParams(crop_size=64), source="field")
     viewer.add_labels(segmented.labels, name=CELLS_LAYER, features=segmented.table)
     assert widget.layer_combo.currentText() == CELLS_LAYER
-    viewer.add_image(field, name="another image", rgb=True)  # later images do not take over
-    assert widget.layer_combo.currentText() == CELLS_LAYER
+    viewer.add_image(field, name="another image", rgb=True)  # a newly opened image is picked
+    assert widget.layer_combo.currentText() == "another image"
+
+
+def test_background_choice_reaches_the_segmentation(make_napari_viewer, qtbot, bundle_dir):
+    from napari_allbag.data.synthetic_brightfield import BrightfieldLook, make_brightfield_field
+    from napari_allbag.segmentation.brightfield import segment_auto
+
+    smear, _ = make_brightfield_field(3, shape=(750, 1000), look=BrightfieldLook(scale=0.5))
+    viewer = make_napari_viewer()
+    viewer.add_image(smear, name="smear", rgb=True)
+    widget = ClassifyWidget(viewer)
+    assert widget.set_bundle(bundle_dir)
+    choices = [widget.background_combo.itemText(i) for i in range(widget.background_combo.count())]
+    assert choices == ["bundle's", "auto", "dark", "bright"] and widget.background() is None
+    _run(widget, qtbot)  # the bundle's mode: auto, which finds the smear's white cells
+    bright = segment_auto(smear, SegmentationParams(crop_size=64))
+    cells = viewer.layers["cells [smear]"]
+    assert len(cells.features) == bright.n_cells > 0
+    assert set(cells.features["mode"]) == {"bright"}
+    assert widget.status.text().startswith("bright-field (auto)")
+
+    widget.background_combo.setCurrentText("dark")
+    assert widget.background() == "dark"
+    widget.layer_combo.setCurrentText("smear")  # segment the image again, not the cells found
+    _run(widget, qtbot)
+    assert set(viewer.layers["cells [smear]"].features["mode"]) == {"dark"}
+    assert "doubtful segmentation" in widget.status.text()

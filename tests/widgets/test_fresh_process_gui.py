@@ -58,7 +58,7 @@ def test_a_fresh_napari_session_docks_classifies_and_trains(tmp_path):
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
-    for name in ("Segment cells", "Classify cells", "Train ensemble"):
+    for name in ("Segment cells", "Classify cells", "Train ensemble", "Cell table"):
         assert f"docked {name}" in done.stdout
     assert "classified " in done.stdout
     assert "training cancelled: Cancelled" in done.stdout

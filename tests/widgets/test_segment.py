@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_allbag.data.synthetic_brightfield import BrightfieldLook, make_brightfield_field
+from napari_allbag.segmentation.brightfield import segment_auto
 from napari_allbag.segmentation.dark import TABLE_COLUMNS
-from napari_allbag.widgets.segment import CELLS_LAYER, CROPS_LAYER, SegmentWidget
+from napari_allbag.widgets.segment import (
+    CELLS_LAYER,
+    CONTOUR,
+    CROPS_LAYER,
+    OUTLINES_LAYER,
+    SegmentWidget,
+)
 from tests.drawn_cells import FIELD_CELLS, field
 
 
@@ -34,18 +42,21 @@ def test_run_adds_cells_and_crops_then_updates_them(make_napari_viewer, qtbot, w
     viewer.add_image(field(), name="field", rgb=True)
     widget = SegmentWidget(viewer)
     widget.crop_size.value = 64
+    widget.background.value = "dark"  # drawn cells are so bright that auto would say it guessed
     run_and_wait(widget, qtbot)
 
     assert warnings_shown == []
-    cells = viewer.layers[CELLS_LAYER]
-    crops = viewer.layers[CROPS_LAYER]
+    cells = viewer.layers["cells [field]"]
+    crops = viewer.layers["cell crops [field]"]
     assert cells.data.shape == field().shape[:2]
     assert cells.data.max() == len(FIELD_CELLS)
     assert set(TABLE_COLUMNS) <= set(cells.features.columns)
     assert list(cells.features["index"]) == list(range(1, len(FIELD_CELLS) + 1))
     assert crops.rgb and crops.data.shape == (len(FIELD_CELLS), 64, 64, 3)
     assert crops.translate[-1] > field().shape[1]  # beside the image, not over it
-    assert f"{len(FIELD_CELLS)} cell(s)" in widget.status.value
+    assert f"dark background (set): {len(FIELD_CELLS)} cell(s)" in widget.status.value
+    assert cells.contour == CONTOUR > 0  # outlines, the morphology stays visible
+    assert set(cells.features["mode"]) == {"dark"}
 
     widget.crop_size.value = 32
     widget.largest_only.value = True
@@ -62,14 +73,15 @@ def test_empty_image_warns_and_clears_old_results(make_napari_viewer, qtbot, war
     viewer.add_image(field(), name="field", rgb=True)
     viewer.add_image(np.zeros((80, 90), np.uint16), name="dark")
     widget = SegmentWidget(viewer)
+    widget.background.value = "dark"
     widget.image_choice.value = viewer.layers["field"]
     run_and_wait(widget, qtbot)
     widget.image_choice.value = viewer.layers["dark"]
     run_and_wait(widget, qtbot)
 
     assert len(warnings_shown) == 1 and "no cell found" in warnings_shown[0]
-    assert not viewer.layers[CELLS_LAYER].data.any()
-    assert CROPS_LAYER not in viewer.layers
+    assert viewer.layers["cells [field]"].data.any()  # another image's results: left alone
+    assert "cells [dark]" not in viewer.layers and "cell crops [dark]" not in viewer.layers
     assert "no cell found" in widget.status.value
 
 
@@ -96,9 +108,10 @@ def test_the_plane_shown_of_a_stack_is_segmented(make_napari_viewer, qtbot, warn
     viewer.add_image(stack, name="stack")
     viewer.dims.set_current_step(0, 1)
     widget = SegmentWidget(viewer)
+    widget.background.value = "dark"
     run_and_wait(widget, qtbot)
     assert warnings_shown == []
-    assert viewer.layers[CELLS_LAYER].data.max() == len(FIELD_CELLS)
+    assert viewer.layers["cells [stack]"].data.max() == len(FIELD_CELLS)
 
 
 def test_cancel_stops_the_worker_and_resets_the_buttons(make_napari_viewer, qtbot, warnings_shown):
@@ -117,7 +130,7 @@ def test_cancel_stops_the_worker_and_resets_the_buttons(make_napari_viewer, qtbo
 def test_a_failure_in_the_worker_becomes_a_warning(
     make_napari_viewer, qtbot, warnings_shown, monkeypatch
 ):
-    def out_of_memory(data, params, source):
+    def out_of_memory(data, params, source, tile=None):
         yield from ()
         raise MemoryError("cannot allocate the label image")
 
@@ -128,3 +141,93 @@ def test_a_failure_in_the_worker_becomes_a_warning(
     run_and_wait(widget, qtbot)
     assert "cannot allocate" in warnings_shown[-1]
     assert widget.status.value.startswith("failed") and widget.run_button.enabled
+
+
+@pytest.fixture(scope="module")
+def smear():
+    return make_brightfield_field(3, shape=(750, 1000), look=BrightfieldLook(scale=0.5))
+
+
+def test_auto_on_a_smear_outlines_the_white_cells_and_names_the_mode(
+    make_napari_viewer, qtbot, warnings_shown, smear
+):
+    image, truth = smear
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="smear", rgb=True)
+    widget = SegmentWidget(viewer)
+    assert widget.background.value == "auto"
+    assert list(widget.background.choices) == ["auto", "dark", "bright"]
+    run_and_wait(widget, qtbot)
+    cells = viewer.layers["cells [smear]"]
+    expected = segment_auto(image, widget.params(), "smear")
+    assert expected.n_cells > 0 and cells.data.max() == expected.n_cells
+    np.testing.assert_array_equal(cells.data, expected.labels)
+    assert cells.contour > 0
+    assert set(cells.features["mode"]) == {"bright"}
+    for row, col in zip(
+        cells.features["centroid_row"], cells.features["centroid_col"], strict=True
+    ):
+        assert any(  # every cell outlined is a white cell, not a red cell
+            np.hypot(row - cell.centre[0], col - cell.centre[1]) < cell.radius
+            for cell in truth.white_cells
+        )
+    assert "bright-field (auto)" in widget.status.value and warnings_shown == []
+
+    widget.background.value = "dark"  # forced dark on a smear: one huge "cell", said in words
+    run_and_wait(widget, qtbot)
+    assert warnings_shown and "doubtful segmentation" in warnings_shown[-1]
+    assert set(cells.features["mode"]) == {"dark"}
+
+
+def test_a_multiscale_layer_is_segmented_in_tiles_at_full_resolution(
+    make_napari_viewer, qtbot, warnings_shown, smear
+):
+    image, _ = smear
+    viewer = make_napari_viewer()
+    layer = viewer.add_image([image, image[::2, ::2]], name="slide", rgb=True, multiscale=True)
+    assert layer.multiscale
+    widget = SegmentWidget(viewer)
+    widget.tile = 800  # two windows across the field
+    events = []
+    show = widget.controls.on_progress
+    widget.controls.on_progress = lambda event: (events.append(event), show(event))
+    run_and_wait(widget, qtbot)
+    whole = segment_auto(image, widget.params(), "slide")
+    cells = viewer.layers["cells [slide]"]
+    assert cells.data.shape == image.shape[:2]  # full resolution, not the overview level
+    assert cells.data.max() == whole.n_cells > 0
+    np.testing.assert_allclose(
+        np.sort(cells.features["centroid_col"]), np.sort(whole.table["centroid_col"]), atol=3
+    )
+    tiles = [e for e in events if e.stage == "segmenting tiles" and e.total]
+    assert [e.done for e in tiles] == [1, 2]  # progress per tile
+    assert "bright-field (auto)" in widget.status.value
+
+
+def test_a_whole_slide_too_large_for_labels_gets_box_outlines(
+    make_napari_viewer, qtbot, warnings_shown, smear, monkeypatch
+):
+    monkeypatch.setattr("napari_allbag.widgets.segment.LABELS_MEGAPIXELS", 0.1)
+    image, _ = smear
+    viewer = make_napari_viewer()
+    viewer.add_image([image, image[::2, ::2]], name="slide", rgb=True, multiscale=True)
+    widget = SegmentWidget(viewer)
+    widget.tile = 800
+    run_and_wait(widget, qtbot)
+    outlines = viewer.layers[f"{OUTLINES_LAYER} [slide]"]
+    assert "cells [slide]" not in viewer.layers
+    assert len(outlines.data) == len(outlines.features) > 0
+    assert set(outlines.shape_type) == {"rectangle"}
+    assert viewer.layers["cell crops [slide]"].data.shape[0] == len(outlines.data)
+
+
+def test_cancel_stops_a_tiled_run(make_napari_viewer, qtbot, warnings_shown, smear):
+    image, _ = smear
+    viewer = make_napari_viewer()
+    viewer.add_image([image, image[::2, ::2]], name="slide", rgb=True, multiscale=True)
+    widget = SegmentWidget(viewer)
+    widget.tile = 300  # many tiles
+    widget.run_button.clicked()
+    widget.cancel_button.clicked()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=20000)
+    assert widget.status.value == "cancelled" and "cells [slide]" not in viewer.layers

@@ -136,3 +136,23 @@ def test_errors_are_shown_not_raised(widget, qtbot, tmp_path):
     assert "not found" in widget.last_error
     assert not widget.resume_run(tmp_path / "not_a_run")
     assert "Nothing to resume" in widget.last_error
+
+
+def test_fine_tune_device_workers_and_subjects_fields(make_napari_viewer, tmp_path):
+    from tests.model_factory import TINY_BACKBONE, TINY_SIZE, make_tiny_bundle
+
+    bundle = make_tiny_bundle(tmp_path / "parent", seed=4)
+    widget = TrainWidget(make_napari_viewer())
+    widget.data_edit.setText(str(tmp_path / "data"))
+    widget.out_edit.setText(str(tmp_path / "run"))
+    config = widget.config()
+    assert config.init_from is None and config.device is None and config.workers is None
+    widget.init_edit.setText(str(bundle))
+    widget.device_combo.setCurrentText("cpu")
+    widget.workers_spin.setValue(3)
+    widget.subjects_edit.setText(str(tmp_path / "subjects.csv"))
+    config = widget.config()
+    assert config.init_from == bundle and config.device == "cpu" and config.workers == 3
+    assert config.subjects_csv == tmp_path / "subjects.csv"
+    assert (config.backbone, config.img_size) == (TINY_BACKBONE, TINY_SIZE)  # the bundle's
+    assert widget.minimumSizeHint().height() < 1000  # the fields scroll in a small dock

@@ -24,6 +24,7 @@ from napari_allbag.cli.options import (
     add_cache_dir_option,
     add_device_option,
     add_engine_option,
+    add_subjects_csv_option,
     add_workers_option,
     checked_engine,
     claim_outputs,
@@ -41,11 +42,25 @@ def register(subparsers) -> None:
             "file names) with a model bundle and report precision, recall, F1-score and support "
             "for HEM and ALL and their support-weighted average, for model-A, model-B, the "
             "combined model and the ensemble rule side by side, with confusion matrices and the "
-            "accuracy per subject."
+            "accuracy per subject. --labels-csv reads a folder of numbered images whose "
+            "classes are in a CSV, as the C-NMC preliminary and final test sets come."
         ),
     )
     parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="model bundle folder")
-    parser.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="annotated folder")
+    parser.add_argument(
+        "data_dir",
+        type=Path,
+        metavar="DATA_DIR",
+        help="annotated folder (all/ and hem/), or with --labels-csv the folder of numbered images",
+    )
+    parser.add_argument(
+        "--labels-csv",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="classes (and subjects) of DATA_DIR's images from a CSV, as the C-NMC test sets come: "
+        "columns Patient_ID, new_names, labels (1 = ALL, 0 = HEM; names matched in any case)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -53,9 +68,7 @@ def register(subparsers) -> None:
         metavar="JSON",
         help="write the report as JSON here, and as text beside it (.txt)",
     )
-    parser.add_argument(
-        "--subjects", type=Path, default=None, metavar="CSV", help="CSV with columns file, subject"
-    )
+    add_subjects_csv_option(parser)
     add_device_option(parser)
     add_batch_size_option(parser)
     add_engine_option(parser)
@@ -80,12 +93,32 @@ def text_path(json_path: Path) -> Path:
     )
 
 
+def annotated_set(args: argparse.Namespace):
+    """DATA_DIR's cells: from --labels-csv (the C-NMC test sets) or from all/ and hem/ folders."""
+    from napari_allbag.data.annotations import (
+        AnnotationError,
+        scan_annotated_folder,
+        scan_labels_csv,
+    )
+
+    if args.labels_csv is not None:
+        if args.subjects_csv is not None:
+            raise AnnotationError(
+                "--labels-csv already gives the subjects (its Patient_ID column): drop "
+                "--subjects-csv"
+            )
+        return scan_labels_csv(args.labels_csv, args.data_dir)
+    return scan_annotated_folder(
+        args.data_dir, subjects_csv=args.subjects_csv, require_both_classes=False
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     return guarded("evaluate", _run, args)
 
 
 def _run(args: argparse.Namespace, claims: ExitStack) -> int:
-    from napari_allbag.data.annotations import AnnotationError, scan_annotated_folder
+    from napari_allbag.data.annotations import AnnotationError
     from napari_allbag.evaluation.evaluate import evaluate_folder
     from napari_allbag.evaluation.report import format_report
     from napari_allbag.inference.engines import EngineError
@@ -109,9 +142,7 @@ def _run(args: argparse.Namespace, claims: ExitStack) -> int:
             if target.exists() and not args.overwrite:
                 return _fail(f"{target} already exists: choose another name or pass --overwrite")
     try:
-        annotated = scan_annotated_folder(
-            args.data_dir, subjects_csv=args.subjects, require_both_classes=False
-        )
+        annotated = annotated_set(args)
     except AnnotationError as error:
         return _fail(str(error))
     try:

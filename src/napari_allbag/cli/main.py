@@ -9,7 +9,7 @@ import sys
 from napari_allbag import __version__
 
 #: Subcommand name -> module in napari_allbag.cli exposing `register(subparsers)`.
-SUBCOMMANDS = ("segment", "predict", "train", "evaluate", "demo")
+SUBCOMMANDS = ("segment", "predict", "train", "evaluate", "demo", "info", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -99,6 +99,20 @@ def add_cache_dir_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_subjects_csv_option(parser: argparse.ArgumentParser) -> None:
+    """`--subjects-csv FILE` (train and evaluate alike); `--subjects` stays as a hidden alias."""
+    parser.add_argument(
+        "--subjects-csv",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="CSV with columns file,subject (default: subjects from C-NMC file names)",
+    )
+    parser.add_argument(  # evaluate's old name (before 0.2): accepted, not shown
+        "--subjects", dest="subjects_csv", type=Path, help=argparse.SUPPRESS
+    )
+
+
 def add_background_option(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
     """`--background auto|dark|bright`; `default=None` means the model bundle's own setting."""
     where = "" if default else " Default: the bundle's (auto unless it was trained otherwise)."

@@ -22,7 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from napari_allbag.cli.options import add_background_option, add_cache_dir_option
+from napari_allbag.cli.options import (
+    add_background_option,
+    add_cache_dir_option,
+    add_subjects_csv_option,
+)
 from napari_allbag.defaults import (
     DEFAULT_BACKBONE,
     DEFAULT_DIST_TIMEOUT_S,
@@ -91,9 +95,33 @@ def register(subparsers) -> None:
         help="local backbone weights (.safetensors) instead of the download",
     )
     parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="BUNDLE",
+        help="start warm from a bundle's backbones and head (e.g. to fine-tune on corrected "
+        "cells); the new bundle records it as its parent",
+    )
+    parser.add_argument(
         "--finetune-backbones",
         action="store_true",
         help="train the combined model end to end (default: frozen backbones)",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.3,
+        metavar="F",
+        help="share of the subjects kept for validation (default 0.3: the paper's 7:3 split, "
+        "by subject, stratified)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        metavar="LR",
+        help="initial learning rate of RMSprop (default 0.001, the paper's: Keras's RMSprop "
+        "default; lowered x0.1 when the validation loss stalls)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
@@ -115,13 +143,7 @@ def register(subparsers) -> None:
         metavar="PX",
         help="side of the segmented crops (default 299, the paper's)",
     )
-    parser.add_argument(
-        "--subjects-csv",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="CSV with columns file,subject (default: from C-NMC file names)",
-    )
+    add_subjects_csv_option(parser)
     add_cache_dir_option(parser)
     add_background_option(parser)
     parser.add_argument(
@@ -181,21 +203,39 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run, train_parser=parser)
 
 
+def _warm_backbone(args: argparse.Namespace) -> tuple[str, int | None]:
+    """The backbone and image size: with --init-from and no --backbone, the bundle's own."""
+    if args.init_from is None or args.backbone != DEFAULT_BACKBONE:
+        return args.backbone, args.img_size
+    from napari_allbag.model.bundle import BundleError, read_bundle_meta
+    from napari_allbag.training.config import TrainingError
+
+    try:
+        backbone = read_bundle_meta(args.init_from)["backbone"]
+    except BundleError as error:
+        raise TrainingError(f"--init-from {args.init_from}: {error}") from error
+    return backbone["name"], args.img_size or backbone.get("img_size")
+
+
 def config_from_args(args: argparse.Namespace):
     from napari_allbag.training.run import TrainConfig
 
+    backbone, img_size = _warm_backbone(args)
     return TrainConfig(
         data_dir=args.data_dir,
         out_dir=args.out,
-        backbone=args.backbone,
-        img_size=args.img_size,
+        backbone=backbone,
+        img_size=img_size,
         pretrained=not args.no_pretrained,
         weights_path=args.weights,
+        init_from=args.init_from,
         epochs=args.epochs,
         batch_size=args.batch_size,
         device=args.device,
         finetune_backbones=args.finetune_backbones,
         seed=args.seed,
+        val_fraction=args.val_fraction,
+        lr=args.lr,
         resume=args.resume,
         workers=args.workers,
         crop_size=args.crop_size,
@@ -323,6 +363,7 @@ def _launch_device(name: str | None, count: int) -> str:
 
 def _preflight(args: argparse.Namespace) -> None:
     """Errors worth catching before starting processes: settings, folders."""
+    from napari_allbag.training.config import check_new_run_folder
     from napari_allbag.training.run import TrainingError
 
     config = config_from_args(args)
@@ -331,12 +372,8 @@ def _preflight(args: argparse.Namespace) -> None:
             f"Annotated folder not found: {config.data_dir}. Choose the folder that holds the "
             "all/ and hem/ folders."
         )
-    out = config.out_dir
-    if not config.resume and out.is_dir() and any(out.iterdir()):
-        raise TrainingError(
-            f"The run folder {out} already holds files and is never overwritten. Continue a run "
-            "with --resume, or choose a new or empty folder."
-        )
+    if not config.resume:
+        check_new_run_folder(config.out_dir)  # the rule prepare_run applies (a failed start: retry)
 
 
 def for_terminal(

@@ -4,7 +4,9 @@ A cell's class comes from an `all`/`hem` folder at any depth below the root (the
 `training_data/fold_0/all/...`) or, where no such folder names it, from a `_all`/`_hem` file-name
 suffix. Subjects come from C-NMC names `UID_<subject>_<image>_<cell>_<class>` or from an optional
 CSV with the columns `file` and `subject`. Subjects are kept so the train/validation split can keep
-each subject's cells together (see `splits`).
+each subject's cells together (see `splits`). The C-NMC training release scans as it unpacks
+(`C-NMC_training_data/fold_0..2/{all,hem}`); its test sets (numbered images and a labels CSV with
+`Patient_ID`, `new_names`, `labels`) are read by `read_labels_csv`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ CNMC_NAME = re.compile(
     r"^UID_(?P<subject>[^_]+)_(?P<image>\d+)_(?P<cell>\d+)_(?P<label>all|hem)$", re.I
 )
 SUFFIX_LABEL = re.compile(r"_(all|hem)$", re.I)
+#: Column names a labels CSV may use (compared lower-case, spaces and hyphens as underscores);
+#: the C-NMC preliminary test set's CSV has Patient_ID, new_names, labels (1 = ALL, 0 = HEM).
+LABELS_CSV_COLUMNS = {
+    "file": ("new_names", "new_name", "file", "filename", "file_name", "image", "image_name"),
+    "label": ("labels", "label", "class", "class_name", "target"),
+    "subject": ("patient_id", "patient", "subject", "subject_id"),
+}
+LABEL_VALUES = {"1": "all", "all": "all", "0": "hem", "hem": "hem", "normal": "hem"}
 
 
 class AnnotationError(ValueError):
@@ -344,3 +354,95 @@ def class_indices(
 def labels_of(items: Sequence[AnnotatedItem]) -> np.ndarray:
     """Class indices (0 HEM, 1 ALL) of `items` as an int64 array."""
     return np.array([item.label_index for item in items], dtype=np.int64)
+
+
+def _labels_csv_columns(fieldnames: Sequence[str] | None, csv_path: Path) -> dict[str, str | None]:
+    """The CSV's own name for the file, label and (optional) subject columns."""
+    found = {re.sub(r"[\s-]+", "_", (n or "").strip().lower()): n for n in fieldnames or []}
+    columns = {
+        role: next((found[a] for a in aliases if a in found), None)
+        for role, aliases in LABELS_CSV_COLUMNS.items()
+    }
+    missing = [role for role in ("file", "label") if columns[role] is None]
+    if missing:
+        expected = "; ".join(
+            f"{role}: one of {', '.join(LABELS_CSV_COLUMNS[role])}" for role in missing
+        )
+        raise AnnotationError(
+            f"Labels CSV {csv_path} has no {' or '.join(missing)} column (found: "
+            f"{', '.join(fieldnames or []) or 'none'}; expected {expected}). Rename the column."
+        )
+    return columns
+
+
+def _label_value(value: str, csv_path: Path, line: int) -> str:
+    text = (value or "").strip().lower()
+    label = LABEL_VALUES.get(text[:-2] if text.endswith(".0") else text)
+    if label is None:
+        raise AnnotationError(
+            f"Labels CSV {csv_path}, line {line}: label {value!r} is neither ALL (1, all) nor "
+            "HEM (0, hem)."
+        )
+    return label
+
+
+def read_labels_csv(csv_path: str | Path, images_dir: str | Path) -> list[AnnotatedItem]:
+    """The cells of a folder of numbered images whose classes are in a CSV (C-NMC's test sets).
+
+    Columns are found by name (`LABELS_CSV_COLUMNS`, any case). Subjects come from the subject
+    column: from the C-NMC name it holds (`UID_57_29_1_all.bmp` -> 57), else the value itself.
+    Raises `AnnotationError` naming the columns found, a bad label, or images that are missing.
+    """
+    csv_path, images_dir = Path(csv_path).expanduser(), Path(images_dir).expanduser()
+    if not csv_path.is_file():
+        raise AnnotationError(f"Labels CSV not found: {csv_path}")
+    if not images_dir.is_dir():
+        raise AnnotationError(f"Image folder not found: {images_dir}")
+    by_name = {path.name.lower(): path for path in find_images([images_dir])}
+    items: list[AnnotatedItem] = []
+    missing: list[str] = []
+    seen: set[Path] = set()
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = _labels_csv_columns(reader.fieldnames, csv_path)
+        for line, row in enumerate(reader, start=2):
+            name = (row[columns["file"]] or "").strip()
+            if not name:
+                continue
+            label = _label_value(row[columns["label"]], csv_path, line)
+            path = by_name.get(Path(name.replace("\\", "/")).name.lower())
+            if path is None:
+                missing.append(name)
+                continue
+            if path in seen:
+                raise AnnotationError(
+                    f"Labels CSV {csv_path}, line {line}: {name} is listed twice."
+                )
+            seen.add(path)
+            raw = (row[columns["subject"]] or "").strip() if columns["subject"] else ""
+            subject = subject_from_name(raw) or raw or None
+            items.append(AnnotatedItem(path=path, label=label, subject=subject))
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise AnnotationError(
+            f"{len(missing)} image(s) named in {csv_path} are not in {images_dir}: {shown}."
+        )
+    if not items:
+        raise AnnotationError(f"Labels CSV {csv_path} names no image.")
+    return items
+
+
+def scan_labels_csv(csv_path: str | Path, images_dir: str | Path) -> AnnotatedSet:
+    """The annotated set of a folder of numbered images with a labels CSV (C-NMC's test sets).
+
+    What `evaluate --labels-csv` reads: classes and subjects from the CSV (`read_labels_csv`).
+    """
+    items = read_labels_csv(csv_path, images_dir)
+    has_subjects = any(item.subject for item in items)
+    return AnnotatedSet(
+        root=Path(images_dir).expanduser(),
+        items=items,
+        subjects_source="csv" if has_subjects else "none",
+    )

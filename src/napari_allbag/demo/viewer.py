@@ -89,7 +89,7 @@ def show_demo(bundle_path: str | os.PathLike, demo_dir: str | os.PathLike | None
     viewer = napari.Viewer(title="napari-allbag demo (synthetic cells, not for diagnosis)")
     open_demo(viewer, bundle_path, demo_dir)
     print(
-        "napari is open: press Run in 'Segment cells' to find the cells, then in 'Classify "
-        "cells' choose the layer 'cells' and press Run to tag them ALL or HEM with the bundle."
+        "napari is open: press Run in 'Segment cells' to find the cells, then Run in 'Classify "
+        "cells' (it picks the image's 'cells [...]' layer) to tag them ALL or HEM with the bundle."
     )
     napari.run()

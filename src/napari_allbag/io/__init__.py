@@ -12,8 +12,10 @@ _EXPORTS = {
         ("IMAGE_EXTENSIONS", "ImageReadError", "read_image", "to_rgb_uint8", "find_images"),
         "images",
     ),
+    **dict.fromkeys(
+        ("write_bytes_atomic", "write_text_atomic", "write_json_atomic", "new_file_mode"), "atomic"
+    ),
     "ordered_map": "ordered_pool",
-    **dict.fromkeys(("write_bytes_atomic", "write_text_atomic"), "atomic"),
     **dict.fromkeys(
         ("load_settings", "save_settings", "last_bundle_dir", "remember_bundle_dir"), "settings"
     ),

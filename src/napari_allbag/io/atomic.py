@@ -29,8 +29,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-#: Permissions of written files (mkstemp makes them private; outputs are ordinary files).
-FILE_MODE = 0o644
+#: `mode` value meaning "the permissions `open()` gives a new file": 0o666 less the umask (0644
+#: under the usual umask 022). Outputs are ordinary files: a report made 0600 (mkstemp's, or a
+#: library writer's) surprised users sharing it, and a fixed 0644 would override a umask 077.
+FILE_MODE = -1
 TEMP_SUFFIX = ".tmp"
 #: What `AtomicCsv` does with its rows when the `with` block ends in an exception.
 ON_ERROR_CHOICES = ("discard", "partial", "commit")
@@ -98,6 +100,24 @@ def _os_error_in(error: BaseException) -> OSError | None:
     return OSError(code, os.strerror(code))
 
 
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file under the current umask (0o666 & ~umask)."""
+    return 0o666 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)  # elsewhere reading it means setting it: put it back at once
+    os.umask(umask)
+    return umask
+
+
 def temp_path_for(path: str | os.PathLike) -> Path:
     """A fresh hidden temporary name beside `path` (same folder, so `os.replace` is atomic)."""
     path = Path(path)
@@ -120,7 +140,8 @@ def atomic_path(
 
     For writers that want a file name (safetensors `save_file`, `savefig`, pandas, zip files).
     On any exception the temporary file is removed; an `OSError` becomes an `OutputError`.
-    `mode`: the file's permissions (None: as the writer made it); `sync=False` skips the fsync
+    `mode`: the file's permissions (`FILE_MODE`: as `open()` would make it, 0o666 & ~umask;
+    None: as the writer made it); `sync=False` skips the fsync
     (outputs that are cheap to make again, such as crops, where a sync per file is slow).
     """
     dest = Path(dest)
@@ -134,7 +155,7 @@ def atomic_path(
         if sync:
             _fsync(temp)
         if mode is not None:
-            os.chmod(temp, mode)
+            os.chmod(temp, new_file_mode() if mode == FILE_MODE else mode)
         os.replace(temp, dest)
     except Exception as error:
         cause = _os_error_in(error)
@@ -150,7 +171,8 @@ def write_bytes_atomic(
 ) -> None:
     """Write `data` to `path` atomically (synced to disk before the replace, unless `sync=False`).
 
-    `mode`: the file's permissions (default 0o644); None leaves them to the umask.
+    `mode`: the file's permissions (default `FILE_MODE`: 0o666 & ~umask); None leaves them as
+    the temporary file was made (also 0o666 & ~umask here).
     """
     path = Path(path)
     with atomic_path(path, mode, sync) as temp:

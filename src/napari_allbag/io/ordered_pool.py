@@ -1,19 +1,30 @@
 """Run a task over many items in worker processes, results in order, a bounded number in flight.
 
 Used to segment thousands of files on all cores with bounded memory (`segmentation`,
-`cli.segment`). Workers are started with "spawn" (safe when the parent runs threads: Qt,
+`cli.segment`). Large arrays in a task's result (crops, label images) do not travel through the
+pool's pipe: the worker pickles the result with protocol 5 and writes the arrays' buffers to one
+spool file (on /dev/shm where there is one), the parent reads that file in one call and rebuilds
+the result around it (`_spooled_call`, `_unspool`). Pickling 300 KB crops through the pipe cost the
+parent more than the worker's segmentation saved: two workers were slower than one. Workers are started with "spawn" (safe when the parent runs threads: Qt,
 torch) and use one OpenCV thread each. As with any spawn pool, a script that calls this must
 guard its entry point with ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
+import os
+import pickle
+import shutil
 import signal
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import cv2
@@ -22,6 +33,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 WORKER_DIED = "the worker process died while working on this item (out of memory?)"
+#: Results whose out-of-band buffers total at least this many bytes go through a spool file.
+SPOOL_MIN_BYTES = 32 * 1024
 
 
 def ordered_map(
@@ -31,13 +44,15 @@ def ordered_map(
     workers: int = 2,
     max_in_flight: int | None = None,
     on_worker_death: Callable[[T, str], R] | None = None,
+    chunk_size: int = 1,
 ) -> Iterator[R]:
     """Yield ``task(item, *task_args)`` for each item, in order, from `workers` processes.
 
-    ``workers=1`` runs the task in this process (no pool, nothing to pickle).
+    ``workers=1`` runs the task in this process (no pool, nothing to pickle). Items go to the
+    workers `chunk_size` at a time (fewer round trips for short tasks: one small image each).
 
     `task` must be picklable (a module-level function). At most `max_in_flight` (default
-    ``4 * workers``) items are submitted and not yet yielded, and `items` is consumed lazily.
+    ``4 * workers`` items, at least two chunks per worker) items are submitted and not yet yielded, and `items` is consumed lazily.
     A worker that dies (killed for memory, a crashing decoder) breaks the pool: the items then in
     flight are re-run one at a time in a single-worker pool, so that only an item that kills
     its worker again gives ``on_worker_death(item, WORKER_DIED)`` (or raises BrokenProcessPool
@@ -48,45 +63,65 @@ def ordered_map(
     if workers == 1:
         yield from (task(item, *task_args) for item in items)
         return
-    max_in_flight = max(1, max_in_flight or 4 * workers)
-    items = iter(items)
+    spool = _spool_folder()
+    try:
+        chunk_size = max(1, int(chunk_size))
+        chunks = (
+            max(1, max_in_flight // chunk_size)
+            if max_in_flight
+            else max(2 * workers, 4 * workers // chunk_size)
+        )
+        yield from _pooled(
+            _chunks(iter(items), chunk_size),
+            (spool, task, *task_args),
+            workers,
+            chunks,
+            on_worker_death,
+        )
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+def _pooled(chunks, spooled_args, workers, max_chunks, on_worker_death):
+    """`ordered_map`'s loop: submit up to `max_chunks`, yield in order, survive a dead worker."""
     pool = _new_pool(workers)
-    pending: deque[tuple[T, Future]] = deque()
+    pending: deque[tuple[list, Future]] = deque()
     try:
         while True:
-            while len(pending) < max_in_flight:
-                item = next(items, _END)
-                if item is _END:
+            while len(pending) < max_chunks:
+                chunk = next(chunks, None)
+                if chunk is None:
                     break
-                pending.append((item, pool.submit(task, item, *task_args)))
+                pending.append((chunk, pool.submit(_spooled_call, chunk, *spooled_args)))
             if not pending:
                 return
-            item, future = pending[0]
             try:
-                outcome = future.result()
+                outcomes = _unspool(pending[0][1].result())
             except BrokenProcessPool:
-                stranded = [stranded_item for stranded_item, _ in pending]
+                stranded = [item for chunk, _ in pending for item in chunk]
                 pending.clear()
                 pool.shutdown(wait=True, cancel_futures=True)
-                yield from _run_one_at_a_time(task, stranded, task_args, on_worker_death)
+                yield from _run_one_at_a_time(stranded, spooled_args, on_worker_death)
                 pool = _new_pool(workers)
                 continue
             pending.popleft()
-            yield outcome
+            yield from outcomes
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-_END = object()
-
-
-def _run_one_at_a_time(task, items, task_args, on_worker_death):
+def _run_one_at_a_time(items, spooled_args, on_worker_death):
     """Run items one by one in a single worker, so that a death names its item exactly."""
     pool = _new_pool(1)
     try:
         for item in items:
             try:
-                yield pool.submit(task, item, *task_args).result()
+                yield _unspool(pool.submit(_spooled_call, [item], *spooled_args).result())[0]
             except BrokenProcessPool:
                 if on_worker_death is None:
                     raise
@@ -95,6 +130,60 @@ def _run_one_at_a_time(task, items, task_args, on_worker_death):
                 pool = _new_pool(1)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class _Spooled:
+    """A result pickled (protocol 5) with its large buffers in `path`, `sizes` bytes each."""
+
+    data: bytes
+    path: str
+    sizes: list[int]
+
+
+def _spool_folder() -> str:
+    """A private folder for spool files: in /dev/shm (memory) where it can be written."""
+    shm = Path("/dev/shm")
+    base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return tempfile.mkdtemp(prefix="napari-allbag-spool-", dir=base)
+
+
+def _spooled_call(chunk: list, spool: str, task: Callable[..., Any], *task_args: Any) -> Any:
+    """Run the task on each item of `chunk` (in a worker): a list of results, or `_Spooled`
+    when they hold large arrays."""
+    result = [task(item, *task_args) for item in chunk]
+    buffers: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(result, protocol=5, buffer_callback=buffers.append)
+    views = [buffer.raw() for buffer in buffers]
+    if sum(view.nbytes for view in views) < SPOOL_MIN_BYTES:
+        return result
+    handle, path = tempfile.mkstemp(dir=spool, suffix=".buffers")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for view in views:
+                out.write(view)
+    except OSError:  # a full /dev/shm: send the result through the pipe instead
+        Path(path).unlink(missing_ok=True)
+        return result
+    return _Spooled(data, path, [view.nbytes for view in views])
+
+
+def _unspool(outcome: Any) -> Any:
+    """The task's result back from a `_Spooled` (arrays are views of one writable buffer)."""
+    if not isinstance(outcome, _Spooled):
+        return outcome
+    path = Path(outcome.path)
+    try:
+        memory = bytearray(sum(outcome.sizes))
+        with open(path, "rb", buffering=0) as source:
+            source.readinto(memory)
+    finally:
+        path.unlink(missing_ok=True)
+    view, buffers, start = memoryview(memory), [], 0
+    for size in outcome.sizes:
+        buffers.append(view[start : start + size])
+        start += size
+    return pickle.loads(outcome.data, buffers=buffers)
 
 
 def _worker_init() -> None:

@@ -1,7 +1,8 @@
 """The networks: timm backbones, the stage-1 and combined models, the ensemble and its decision
 rule (`networks`), the other ensemble rules and the threshold (`rules`), temperature scaling, ECE
-and the sensitivity-first threshold (`calibration`), the model bundle folder (`bundle`), and the
-compute device (`devices`).
+and the sensitivity-first threshold (`calibration`), the model bundle folder (`bundle`; `meta`
+reads its bundle.json without torch), its model card (`card`, torch-free), the bioimage.io export
+(`export_bioimageio`), and the compute device (`devices`).
 
 May import: `io`, `data`, `segmentation` (the bundle records its segmentation parameters),
 `progress`, `defaults`. `networks` imports torch and timm only;
@@ -31,15 +32,27 @@ _EXPORTS = {
     ),
     **dict.fromkeys(
         (
-            "FORMAT_VERSION",
-            "BundleError",
             "LoadedBundle",
             "save_bundle",
             "load_bundle",
-            "read_bundle_meta",
         ),
         "bundle",
     ),
+    **dict.fromkeys(
+        ("FORMAT_VERSION", "META_FILE", "BundleError", "bundle_folder", "read_bundle_meta"), "meta"
+    ),
+    **dict.fromkeys(
+        (
+            "ModelCardError",
+            "build_model_card",
+            "format_model_card",
+            "read_model_card",
+            "validate_model_card",
+            "software_versions",
+        ),
+        "card",
+    ),
+    **dict.fromkeys(("ExportSettings", "export_bioimageio"), "export_bioimageio"),
     **dict.fromkeys(
         ("RULES", "DEFAULT_RULE", "decide_rule", "rule_p_all", "decide_threshold", "model_labels"),
         "rules",

@@ -32,7 +32,14 @@ import torch
 
 from napari_allbag import __version__
 from napari_allbag.io.atomic import OutputError, replace_atomic
-from napari_allbag.io.schema import check_finite_tensors, validate_bundle_meta
+from napari_allbag.io.schema import check_finite_tensors
+from napari_allbag.model.meta import (  # noqa: F401  (FORMAT_VERSION, read_bundle_meta: re-exported)
+    FORMAT_VERSION,
+    META_FILE,
+    BundleError,
+    bundle_folder,
+    read_bundle_meta,
+)
 from napari_allbag.model.networks import (
     CLASS_NAMES,
     BackboneConfig,
@@ -47,20 +54,11 @@ from napari_allbag.model.networks import (
 )
 from napari_allbag.model.trust import TrustSettings, trust_from_meta
 
-#: Bumped when a bundle written by this version could not be read by an older one.
-#: 2: temperatures, the default rule, the sensitivity threshold and the subjects (`model.trust`);
-#: an older reader would drop them silently. Format-1 bundles load and predict as before.
-FORMAT_VERSION = 2
-META_FILE = "bundle.json"
 MODEL_A_FILE = "model_a.safetensors"
 MODEL_B_FILE = "model_b.safetensors"
 COMBINED_FILE = "combined.safetensors"
 WEIGHT_FILES = (MODEL_A_FILE, MODEL_B_FILE, COMBINED_FILE)
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
-
-
-class BundleError(ValueError):
-    """A model bundle that cannot be saved or loaded; the message names the file and the fix."""
 
 
 @dataclass
@@ -302,68 +300,6 @@ def _move_into_place(temp: Path, out_dir: Path, overwrite: bool) -> None:
 # ----------------------------------------------------------------------------- loading
 
 
-def _bundle_folder(path: str | Path) -> Path:
-    path = Path(path).expanduser()
-    if path.is_file() and path.name == META_FILE:
-        path = path.parent
-    if not path.exists():
-        raise BundleError(f"No model bundle at {path}: the folder does not exist.")
-    if not path.is_dir():
-        raise BundleError(
-            f"{path} is a file; a model bundle is a folder (holding bundle.json and three "
-            ".safetensors files, as written by `napari-allbag train`). Choose that folder."
-        )
-    return path
-
-
-def read_bundle_meta(path: str | Path) -> dict[str, Any]:
-    """bundle.json of a bundle folder, checked for format version; no weights are read."""
-    folder = _bundle_folder(path)
-    meta_path = folder / META_FILE
-    if not meta_path.is_file():
-        raise BundleError(
-            f"{folder} is not a model bundle: {META_FILE} is missing. Choose the folder written by "
-            "`napari-allbag train` (it holds bundle.json, model_a/model_b/combined.safetensors)."
-        )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise BundleError(
-            f"{meta_path} cannot be read as JSON ({error}). The bundle is damaged: train or copy it again."
-        ) from error
-    if not isinstance(meta, dict):
-        raise BundleError(f"{meta_path} does not hold a JSON object. The bundle is damaged.")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise BundleError(
-            f"{meta_path} has no valid format_version (found {version!r}); it was not written by "
-            "napari-allbag or is damaged."
-        )
-    if version > FORMAT_VERSION:
-        raise BundleError(
-            f"{meta_path}: this bundle was made by a newer napari-allbag (bundle format {version}; "
-            f"this version {__version__} reads format {FORMAT_VERSION} and older). Upgrade "
-            "napari-allbag (pip install -U napari-allbag) to load it."
-        )
-    validate_bundle_meta(meta, meta_path, error=BundleError)  # bounded before anything is built
-    class_names = tuple(meta.get("class_names", CLASS_NAMES))
-    if class_names != CLASS_NAMES:
-        raise BundleError(
-            f"{meta_path}: class_names are {list(class_names)}, napari-allbag expects "
-            f"{list(CLASS_NAMES)}. The bundle was not made for this task."
-        )
-    if not isinstance(meta.get("backbone"), dict) or "name" not in meta["backbone"]:
-        raise BundleError(f"{meta_path} does not say which backbone it uses ('backbone.name').")
-    try:
-        trust_from_meta(meta)
-    except ValueError as error:
-        raise BundleError(
-            f"{meta_path}: {error}. The calibration fields are damaged: train the bundle again, "
-            "or delete the 'calibration', 'decision' and 'subjects' fields to use it uncalibrated."
-        ) from error
-    return meta
-
-
 def _looks_like_pickle(path: Path) -> bool:
     """True when the file starts like a pickle or a zip (torch.save) archive; nothing is loaded."""
     with open(path, "rb") as handle:
@@ -469,7 +405,7 @@ def _segmentation_params(meta: dict[str, Any], meta_path: Path) -> Any:
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> LoadedBundle:
     """Load a bundle folder onto `device`, checked file by file; returns a ready `LoadedBundle`."""
-    folder = _bundle_folder(path)
+    folder = bundle_folder(path)
     meta = read_bundle_meta(folder)
     meta_path = folder / META_FILE
     info = meta["backbone"]

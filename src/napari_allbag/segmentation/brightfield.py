@@ -19,12 +19,14 @@ single-cell crops with too few whole red cells fall back to a tenth of the image
 2. nuclei = stain above the upper threshold of a three-class Otsu (background / red cells and
    cytoplasm / nuclei) of the valid pixels, opened to drop specks;
 3. lobes closer than about one red-cell radius are grouped into one white cell (a neutrophil's
-   segmented nucleus is one cell); groups too large and not compact for one cell are split by
-   distance transform + watershed;
-4. nuclei below 0.2 red-cell areas and cells (hulls) smaller than a red cell (platelets,
-   debris) or not bluer than the red cells
-   are rejected; each kept cell grows into the stained cytoplasm around its nucleus (pixels above
-   the lower Otsu threshold within one red-cell radius), then takes its convex hull;
+   segmented nucleus is one cell); a group holding two or more nuclei at least as thick as a
+   red cell (distance-transform domes with a neck between them, the h-maxima) is split by a
+   watershed, and each part's cytoplasm is what lies nearer to it than to the others (fields
+   only: a single-cell crop's scale is a guess);
+4. nuclei below 0.2 red-cell areas or without a clearly purple core, and cells (hulls)
+   smaller than a red cell (platelets, debris; a quarter of one where the border cuts the
+   cell) are rejected; each kept cell grows into the stained cytoplasm around its nucleus
+   (pixels above the lower Otsu threshold within one red-cell radius), then takes its hull;
 5. crops exactly like the dark path's (`segmentation.dark._crop`): the hull on black, centred, resized.
 """
 
@@ -38,6 +40,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu
+from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from napari_allbag.progress import Progress, drive
@@ -60,6 +63,8 @@ _BLACK = 40
 _MIN_RED_CELLS = 20
 #: Erosion depths (pixels) tried in turn to part touching red cells when too few are isolated.
 _CONTACT_EROSIONS = (1, 2, 3)
+#: How `red_cell_radius` names its fallback for single-cell crops (a guess, not a measurement).
+_CROP_GUESS = "a crop, side / 10"
 #: A single-cell crop with more cells than this looks wrong.
 _MANY_CELLS = 20
 #: Above-threshold nucleus pixels of one white cell (lobes together) cover at least this many
@@ -68,6 +73,9 @@ _MIN_NUCLEUS = 0.2
 #: A white cell (nucleus and cytoplasm, its hull) is larger than a red cell; a platelet or a
 #: clump of them is smaller.
 _MIN_CELL = 1.0
+#: A cell cut by the border or field stop may show any part of itself: its visible hull need
+#: only be about as large as the smallest nucleus (`_MIN_NUCLEUS`), which rejected platelets.
+_MIN_CUT_CELL = 0.25
 #: Share of valid pixels surely red cells or background, even where a white cell fills a crop.
 _UNSTAINED_SHARE = 0.25
 #: A nucleus's stain exceeds that level (red cells, background) by at least this much
@@ -78,6 +86,13 @@ _MIN_CONTRAST = 20
 #: core). On the sample nuclei reach 41 to 134 above; lilac red cells, their rims and overlaps,
 #: which pass the lower level where the image has little contrast, 23 to 30.
 _MIN_PEAK_CONTRAST = 35
+#: Two touching nuclei: each one's distance-transform dome rises above the neck between them
+#: by at least this many red-cell radii, and this share of the deepest dome (an elongated
+#: single nucleus has two shallow domes on one ridge).
+_NECK_DEPTH = 0.25
+_NECK_SHARE = 0.3
+#: A nucleus of its own is at least this many red-cell radii thick (its dome this deep).
+_DOME = 1.0
 #: Nuclei never cover more than this share of a bright-field image's valid pixels.
 _MOST_STAINED = 0.3
 
@@ -170,7 +185,7 @@ def red_cell_radius(grey: np.ndarray, valid: np.ndarray) -> tuple[float, str]:
         middle = order[np.searchsorted(cumulative, cumulative[-1] / 2)]
         return float(radii[middle]), f"area-weighted median of {len(best)} red cells"
     height, width = grey.shape
-    return min(height, width) / 10.0, f"only {len(best)} whole red cells: a crop, side / 10"
+    return min(height, width) / 10.0, f"only {len(best)} whole red cells: {_CROP_GUESS}"
 
 
 def _compact_dark_objects(
@@ -207,6 +222,7 @@ class _Scene:
     low: int  # stain level of cytoplasm (lower three-class Otsu threshold)
     high: int  # stain level of nuclei (upper threshold)
     red_stain: float  # stain level of red cells and background
+    measured: bool = True  # the scale came from whole red cells (not a crop's guess)
 
 
 def segment_brightfield(
@@ -299,12 +315,30 @@ def _scene(image: np.ndarray) -> _Scene | str:
         return "no cell found: the image is uniform, nothing is stained"
     high = _nucleus_threshold(hist)
     shrink = 2 if min(grey.shape) >= 1000 else 1  # the scale needs no more pixels than this
-    radius, _ = red_cell_radius(grey[::shrink, ::shrink], valid[::shrink, ::shrink])
+    radius, how = red_cell_radius(grey[::shrink, ::shrink], valid[::shrink, ::shrink])
     radius *= shrink
     red_stain = float(_unstained_level(hist))
     low = round((red_stain + high) / 2)
+    if stop.any():  # its coloured fringe is about a red-cell radius wide, whatever the size
+        stop = _widened(stop, radius)
+        valid &= ~stop
     stain[~valid] = 0
-    return _Scene(image, stain, stop, radius, low, high, red_stain)
+    measured = _CROP_GUESS not in how  # a guessed scale is not trusted to split nuclei
+    return _Scene(image, stain, stop, radius, low, high, red_stain, measured)
+
+
+def _widened(mask: np.ndarray, width: float) -> np.ndarray:
+    """Bool mask grown by `width` pixels (distance transform on a copy shrunk so that `width`
+    is about 8 pixels: a full-size transform would cost more than the rest of the field)."""
+    shrink = max(1.0, width / 8.0)
+    height, width_px = mask.shape
+    small_size = (max(1, round(width_px / shrink)), max(1, round(height / shrink)))
+    small = cv2.resize(mask.view(np.uint8), small_size, interpolation=cv2.INTER_AREA) > 0
+    clear = cv2.distanceTransform((~small).view(np.uint8), cv2.DIST_L2, 3)
+    grown = cv2.resize(
+        (clear <= width / shrink).view(np.uint8), (width_px, height), cv2.INTER_NEAREST
+    )
+    return grown.view(bool) | mask
 
 
 def _nucleus_threshold(hist: np.ndarray) -> int:
@@ -335,6 +369,8 @@ class _Nucleus:
     top: int
     left: int
     pixels: np.ndarray
+    #: the other nuclei split from the same group (same box), whose cytoplasm is not this cell's
+    siblings: np.ndarray | None = None
 
 
 def _white_cell_groups(scene: _Scene) -> tuple[list[_Nucleus], list[str]]:
@@ -361,8 +397,12 @@ def _white_cell_groups(scene: _Scene) -> tuple[list[_Nucleus], list[str]]:
         if not _clearly_purple(scene, scene.stain[box][lobes > 0]):
             rejected.append("not bluer than the red cells")
             continue
-        for part in _split_touching(lobes, group, scene.radius):
-            groups.append(_Nucleus(int(top), int(left), part))
+        parts = _split_touching(lobes, group, scene.radius) if scene.measured else [lobes]
+        for k, part in enumerate(parts):
+            siblings = None
+            if len(parts) > 1:
+                siblings = np.bitwise_or.reduce([p for j, p in enumerate(parts) if j != k])
+            groups.append(_Nucleus(int(top), int(left), part, siblings))
     return groups, rejected
 
 
@@ -393,22 +433,21 @@ def _group_lobes(nuclei: np.ndarray, radius: float) -> np.ndarray:
 def _split_touching(lobes: np.ndarray, group: np.ndarray, radius: float) -> list[np.ndarray]:
     """Split a group holding several white cells (distance transform + watershed).
 
-    A compact group (solidity above 0.85) or one no larger than two big white-cell nuclei is
-    one cell. Otherwise the peaks of the group's distance transform at least a red-cell diameter
-    apart, each at least half a red-cell radius deep, seed a watershed.
+    Every dome of the distance transform of the group's (hole-filled) nuclei at least a red-cell
+    radius deep and rising well above the neck to any other (the h-maxima; `_NECK_DEPTH`,
+    `_NECK_SHARE`) is a nucleus of its own: a neutrophil's lobes are thinner than a red cell,
+    so they raise no such dome. Two or more domes seed a watershed of the group.
     """
-    area = cv2.countNonZero(group)
-    contours, _ = cv2.findContours(group, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    hull_area = cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea)))
-    if area <= 2 * math.pi * (1.6 * radius) ** 2 or area > 0.85 * max(hull_area, 1):
+    filled = _filled(lobes)
+    if cv2.countNonZero(filled) < 2 * math.pi * (_DOME * radius) ** 2:  # too small for two
         return [lobes]
-    distance = cv2.distanceTransform(group, cv2.DIST_L2, 5)
-    size = max(3, round(2 * radius)) | 1
-    peaks = (distance == cv2.dilate(distance, _disc(size))) & (distance >= 0.5 * radius)
-    markers, n_peaks = ndi.label(peaks)
+    distance = _inside_distance(filled)
+    neck = max(_NECK_DEPTH * radius, _NECK_SHARE * float(distance.max()))
+    domes = h_maxima(distance, neck).astype(bool) & (distance >= _DOME * radius)
+    markers, n_peaks = ndi.label(domes)
     if n_peaks < 2:
         return [lobes]
-    parts = watershed(-distance, markers, mask=group > 0)
+    parts = watershed(-_inside_distance(group), markers, mask=group > 0)
     split = [(lobes & (parts == k)).view(np.uint8) for k in range(1, n_peaks + 1)]
     return [part for part in split if cv2.countNonZero(part) > 0]
 
@@ -424,12 +463,15 @@ def _grow_cell(scene: _Scene, nucleus: _Nucleus) -> tuple[_Component, str]:
     height, width = scene.stain.shape
     y0, x0 = max(0, top - margin), max(0, left - margin)
     y1, x1 = min(height, top + h + margin), min(width, left + w + margin)
+    inner = (slice(top - y0, top - y0 + h), slice(left - x0, left - x0 + w))
     core = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    n_rows, n_cols = nucleus.pixels.shape
-    core[
-        nucleus.top - y0 : nucleus.top - y0 + n_rows, nucleus.left - x0 : nucleus.left - x0 + n_cols
-    ] = nucleus.pixels
+    core[inner] = nucleus.pixels
     near = cv2.dilate(core, _disc(2 * margin + 1))
+    if nucleus.siblings is not None:  # a touching cell's cytoplasm is nearer its own nucleus
+        others = np.zeros_like(core)
+        others[inner] = nucleus.siblings
+        to_core = cv2.distanceTransform(1 - core, cv2.DIST_L2, 3)
+        near &= (to_core <= cv2.distanceTransform(1 - others, cv2.DIST_L2, 3)).view(np.uint8)
     cytoplasm = (scene.stain[y0:y1, x0:x1] > scene.low).view(np.uint8) & near
     cytoplasm = cv2.morphologyEx(cytoplasm, cv2.MORPH_OPEN, _disc(3))
     cell = _component_touching(cytoplasm | core, core)
@@ -467,8 +509,8 @@ def _whole_cells(scene: _Scene, groups: list[_Nucleus]):
         host = next((k for k in kept if _mostly_inside(cell, hull, k[0], k[2])), None)
         if host is not None:
             continue  # part of a bigger cell, already inside its hull and crop
-        cut = _is_cut(scene, cell, hull)  # only part of it is visible: half the size will do
-        if cv2.countNonZero(hull) < _MIN_CELL * red_area * (0.5 if cut else 1.0):
+        cut = _is_cut(scene, cell, hull)  # any part may be visible: its nucleus test suffices
+        if cv2.countNonZero(hull) < red_area * (_MIN_CUT_CELL if cut else _MIN_CELL):
             dropped.append("smaller than a red cell (platelet or debris)")
             continue
         kept.append((cell, reason, hull))
@@ -566,12 +608,29 @@ def _otsu(hist: np.ndarray) -> int:
     return int(np.argmax(between))
 
 
+def _inside_distance(mask: np.ndarray) -> np.ndarray:
+    """Distance of each mask pixel to the nearest pixel outside it, the box's edge counting as
+    outside (OpenCV alone treats beyond the edge as inside, which would put domes on the edge)."""
+    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    return cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
+
+
+def _filled(mask: np.ndarray) -> np.ndarray:
+    """0/1 mask with the holes of its parts filled."""
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros_like(mask)
+    cv2.drawContours(filled, contours, -1, 1, cv2.FILLED)
+    return filled
+
+
 def _disc(size: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
 
 
 def _thumbnail(image: np.ndarray, side: int) -> np.ndarray:
-    scale = side / max(image.shape[:2])
+    height, width = image.shape[:2]
+    scale = side / max(height, width)
     if scale >= 1:
         return image
-    return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # a 2 x 4000 strip too
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)

@@ -279,6 +279,11 @@ def segment_image_progress(
     return SegmentationResult(labels, table, crops, oddity, mode="dark", doubtful=oddity)
 
 
+#: Files a worker process segments per task: one C-NMC cell takes ~3 ms, so one file per task
+#: spent a fifth of the time on round trips between processes (benchmarks/bench_segment.py).
+FILES_PER_TASK = 4
+
+
 def iter_segment_files(
     paths: Iterable[str | os.PathLike],
     params: SegmentationParams | None = None,
@@ -302,8 +307,9 @@ def iter_segment_files(
         (Path(p) for p in paths),
         (params, keep_labels),
         workers,
-        max_in_flight=workers * max(1, in_flight_per_worker),
+        max_in_flight=workers * max(in_flight_per_worker, 2 * FILES_PER_TASK),
         on_worker_death=lambda path, why: FileSegmentation(path, None, why),
+        chunk_size=FILES_PER_TASK,
     )
 
 

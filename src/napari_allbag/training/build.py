@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 from typing import Any
 
@@ -30,11 +31,59 @@ def place_on(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 
 def new_stage1_model(config: TrainConfig, name: str, device: torch.device) -> Stage1Model:
+    """A fresh stage-1 model; with `config.init_from`, the bundle's model-A or model-B."""
+    warm = initial_weights(config)
     with seeded(config, name, "init"):
-        model = Stage1Model(
-            create_backbone(config.backbone, config.pretrained, config.weights_path)
-        )
+        if warm is not None:
+            model = Stage1Model(create_backbone(config.backbone, pretrained=False))
+        else:
+            model = Stage1Model(
+                create_backbone(config.backbone, config.pretrained, config.weights_path)
+            )
+    if warm is not None:
+        _load_warm(model, warm["model_b" if name.endswith("B") else "model_a"], name)
     return place_on(model, device)
+
+
+def initial_weights(config: TrainConfig) -> dict[str, dict] | None:
+    """The state dicts of `config.init_from`'s model-A, model-B and combined head (None without
+    one), loaded once per run."""
+    if config.init_from is None:
+        return None
+    return _bundle_states(str(config.init_from), config.backbone)
+
+
+@functools.lru_cache(maxsize=1)
+def _bundle_states(path: str, backbone: str) -> dict[str, dict]:
+    from napari_allbag.model.bundle import BundleError, load_bundle
+
+    try:
+        loaded = load_bundle(path, "cpu")
+    except BundleError as error:
+        raise TrainingError(f"cannot start from the bundle {path}: {error}") from error
+    if loaded.backbone.name != backbone:
+        raise TrainingError(
+            f"the bundle {path} holds {loaded.backbone.name!r} backbones, not {backbone!r}: "
+            f"train with --backbone {loaded.backbone.name}"
+        )
+    ensemble = loaded.ensemble
+    states = {
+        part: {k: v.clone() for k, v in getattr(ensemble, part).state_dict().items()}
+        for part in ("model_a", "model_b", "head")
+    }
+    head_info = loaded.meta.get("combined_head") or {}
+    states["head_shape"] = {
+        "hidden": int(states["head"]["mlp.0.weight"].shape[0]),
+        "dropout": float(head_info.get("dropout", 0.6)),
+    }
+    return states
+
+
+def _load_warm(module: torch.nn.Module, state: dict, what: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise TrainingError(f"the starting bundle's {what} does not fit: {error}") from error
 
 
 def make_runners(config, model, dist: Distributed, device, sync_bn: bool, compile: bool = True):
@@ -91,8 +140,12 @@ def without_sync_batchnorm(
 
 
 def new_combined_head(config, model_a, model_b, device) -> CombinedHead:
+    warm = initial_weights(config)
+    shape = warm["head_shape"] if warm is not None else {}
     with seeded(config, "stage2", "init"):
-        head = CombinedHead(model_a.num_features, model_b.num_features)
+        head = CombinedHead(model_a.num_features, model_b.num_features, **shape)
+    if warm is not None:
+        _load_warm(head, warm["head"], "combined head")
     return head.to(device)
 
 

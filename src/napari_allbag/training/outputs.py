@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_allbag.model.card import build_model_card
 from napari_allbag.model.networks import BackboneConfig
 from napari_allbag.model.trust import calibrate_ensemble
 from napari_allbag.training.config import RunPaths
@@ -32,9 +34,23 @@ def calibration_fields(config, data: PreparedData, probs: np.ndarray) -> dict[st
     return calibrate_ensemble(probs, labels, config.rule, config.target_sensitivity, subjects)
 
 
+def parent_record(bundle_dir) -> dict[str, Any]:
+    """What a fine-tuned bundle records of the bundle it started from."""
+    from napari_allbag.model.bundle import read_bundle_meta
+
+    parent = read_bundle_meta(bundle_dir)
+    return {
+        "path": str(Path(bundle_dir).resolve()),
+        "created": parent.get("created"),
+        "backbone": (parent.get("backbone") or {}).get("name"),
+        "ensemble_weighted_f1": (parent.get("metrics") or {}).get("ensemble_weighted_f1"),
+    }
+
+
 def bundle_meta(
-    config, backbone: BackboneConfig, data: PreparedData, outcomes, report
+    config, backbone: BackboneConfig, data: PreparedData, outcomes, report, trust=None
 ) -> dict[str, Any]:
+    """bundle.json's content; `trust` (calibration, decision, subjects) joins it and the card."""
     training = {
         "config": json.loads(json.dumps(config.to_dict())),
         "data_dir": str(config.data_dir),
@@ -43,6 +59,11 @@ def bundle_meta(
             "val": class_counts(data.labels[data.val]),
         },
         "split": data.split_note,
+        "subjects": {
+            part: sorted({str(data.subjects[i]) for i in rows if data.subjects[i] is not None})
+            for part, rows in (("train", data.train), ("val", data.val))
+        },
+        "synthetic_data": bool(config.synthetic_data),
         "stages": {
             name: {
                 "epochs": outcome.extra.get("last_epoch"),
@@ -70,9 +91,14 @@ def bundle_meta(
     }
     # Training keeps the largest cell of each (one-cell) C-NMC image; a bundle classifies every
     # cell an image holds, so it carries the same crop settings without that restriction.
-    return {
+    meta = {
         "backbone": backbone,
         "segmentation": replace(segmentation_params(config), largest_only=False),
         "training": training,
         "metrics": metrics,
+        **(trust or {}),
     }
+    if getattr(config, "init_from", None) is not None:
+        meta["parent"] = parent_record(config.init_from)
+    meta["model_card"] = build_model_card(meta)
+    return meta

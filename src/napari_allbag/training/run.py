@@ -494,7 +494,7 @@ def _train(
 
     def write_bundle() -> None:
         if main:
-            meta = {**bundle_meta(config, backbone, data, outcomes, report), **trust}
+            meta = bundle_meta(config, backbone, data, outcomes, report, trust)
             overwrite = (paths.bundle / "bundle.json").is_file()
             save_bundle(paths.bundle, model_a, model_b, head_for_bundle, meta, overwrite=overwrite)
 

@@ -1,4 +1,4 @@
-"""napari dock widgets: Segment, Classify and Train. They gather parameters, run a core generator
+"""napari dock widgets: Segment, Classify, Train and the Cell table. They gather parameters, run a core generator
 in napari's worker thread through one shared lifecycle (`base.WorkerControls`: start, progress,
 Cancel, errors, no second Run while one runs) and put its results into layers.
 
@@ -12,6 +12,7 @@ _EXPORTS = {
     "SegmentWidget": "segment",
     "ClassifyWidget": "classify",
     "TrainWidget": "train",
+    "CellTableWidget": "cell_table",
     **dict.fromkeys(("WorkerControls", "start_worker"), "base"),
 }
 __all__ = sorted(_EXPORTS)

@@ -31,16 +31,40 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_allbag.defaults import BACKGROUND_HELP, BACKGROUND_MODES
 from napari_allbag.io.atomic import atomic_path
 from napari_allbag.progress import Progress
 from napari_allbag.widgets.base import WorkerControls, show_error
+from napari_allbag.widgets.results import (
+    ALL_COLOUR,
+    CELLS,
+    CLASSES,
+    CORRECTED_COLOUR,
+    CROPS,
+    CROPS_KEY,
+    FLAGGED_COLOUR,
+    HEM_COLOUR,
+    SOURCE_KEY,
+    SUMMARY_KEY,
+    cell_colours,
+    cell_summary,
+    corrected_mask,
+    find_result,
+    flagged_mask,
+    image_of,
+    is_result,
+    legend_html,
+    mark_result,
+    place_above,
+    result_metadata,
+    result_name,
+)
 
-CELLS_LAYER = "cells"
-CROPS_LAYER = "cell crops"
-CLASSES_LAYER = "cell classes"
-#: Colours of the two classes (RGBA): ALL orange-red, HEM sky blue (distinct for colour-blind eyes).
-ALL_COLOUR = (0.93, 0.33, 0.05, 1.0)
-HEM_COLOUR = (0.15, 0.62, 0.95, 1.0)
+CELLS_LAYER, CROPS_LAYER, CLASSES_LAYER = CELLS, CROPS, CLASSES  # a layer is `cells [image]`
+#: The background choice that keeps the bundle's own segmentation mode.
+BUNDLE_BACKGROUND = "bundle's"
+#: Text size of the label and confidence shown at each cell (points).
+TEXT_SIZE = 12
 
 
 class _ModelHolder:
@@ -72,6 +96,7 @@ class _Job:
     table: dict[str, np.ndarray] | None  # existing features (column -> values)
     crops: np.ndarray | None  # matching "cell crops", when usable
     source: str
+    background: str | None = None  # the segmentation's mode (None: the bundle's)
 
 
 def _classify_job(holder: _ModelHolder, job: _Job) -> Generator[Progress, None, Any]:
@@ -87,7 +112,8 @@ def _classify_job(holder: _ModelHolder, job: _Job) -> Generator[Progress, None, 
         holder.path = job.bundle_path
     bundle = holder.bundle
     if job.labels is None:
-        return (yield from classify_image(bundle, job.image, PipelineOptions(), job.source))
+        options = PipelineOptions(background=job.background)
+        return (yield from classify_image(bundle, job.image, options, job.source))
     return (yield from classify_labels(bundle, job.image, job.labels, job.table, job.crops))
 
 
@@ -117,6 +143,12 @@ class ClassifyWidget(QWidget):
         self.bundle_info = QLabel("")
         self.bundle_info.setWordWrap(True)
         self.layer_combo = QComboBox()
+        self.background_combo = QComboBox()
+        self.background_combo.addItems([BUNDLE_BACKGROUND, *BACKGROUND_MODES])
+        self.background_combo.setToolTip(
+            f"segmentation of an image layer: {BACKGROUND_HELP}; {BUNDLE_BACKGROUND}: the "
+            "bundle's own setting"
+        )
         self.device_label = QLabel(f"Device: {device_description(self.device)}")
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
@@ -128,6 +160,8 @@ class ClassifyWidget(QWidget):
         self.status.setWordWrap(True)
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
+        self.legend = QLabel(legend_html())
+        self.legend.setToolTip("outline colours: class, corrected by you, flagged for review")
         self.export_button = QPushButton("Export CSV…")
         self.export_button.setEnabled(False)
         self.controls = WorkerControls(
@@ -148,6 +182,7 @@ class ClassifyWidget(QWidget):
         form.addRow("Bundle", bundle_row)
         form.addRow("", self.bundle_info)
         form.addRow("Layer", self.layer_combo)
+        form.addRow("Background", self.background_combo)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.device_label)
@@ -155,6 +190,7 @@ class ClassifyWidget(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.summary)
+        layout.addWidget(self.legend)
         layout.addWidget(self.export_button)
         layout.addStretch(1)
 
@@ -165,6 +201,8 @@ class ClassifyWidget(QWidget):
         self.export_button.clicked.connect(self._export_dialog)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.selection.events.active.connect(self._follow_active)
+        self.layer_combo.currentTextChanged.connect(self._show_summary)
         for layer in self.viewer.layers:
             layer.events.name.connect(self._refresh_layers)
         holder = self._holder
@@ -232,18 +270,49 @@ class ClassifyWidget(QWidget):
 
         names = []
         for layer in self.viewer.layers:
-            if isinstance(layer, Labels) and layer.name == CELLS_LAYER:
+            if isinstance(layer, Labels) and _is_cells_layer(layer):
                 names.append(layer)
-            elif isinstance(layer, Image) and layer.name != CROPS_LAYER:
+            elif isinstance(layer, Image) and not is_result(layer) and layer.name != CROPS_LAYER:
                 names.append(layer)
         return names
+
+    def _follow_active(self, event=None) -> None:
+        """Pick the active layer's image: its cells layer when it has one, else the image."""
+        image = image_of(self.viewer, self.viewer.layers.selection.active)
+        if image is None:
+            return
+        cells = find_result(self.viewer, CELLS, image.name)
+        wanted = cells.name if cells is not None else image.name
+        if self.layer_combo.findText(wanted) >= 0:
+            self.layer_combo.setCurrentText(wanted)
+
+    def image_name(self) -> str | None:
+        """The name of the image the picked layer is or belongs to."""
+        name = self.layer_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[name]
+        if is_result(layer):
+            return layer.metadata.get(SOURCE_KEY)
+        from napari.layers import Labels
+
+        if isinstance(layer, Labels):
+            source = self._source_image(layer)
+            return source.name if source is not None else None
+        return name
+
+    def _show_summary(self, _text: str = "") -> None:
+        """The summary of the picked image's cells (empty before it was classified)."""
+        name = self.image_name()
+        cells = find_result(self.viewer, CELLS, name) if name else None
+        self.summary.setText(cells.metadata.get(SUMMARY_KEY, "") if cells is not None else "")
 
     def _refresh_layers(self, event=None) -> None:
         current = self.layer_combo.currentText()
         if event is not None and getattr(event, "type", "") == "inserted":
             event.value.events.name.connect(self._refresh_layers)
-            if event.value.name == CELLS_LAYER:
-                current = CELLS_LAYER  # fresh Segment widget output: the recommended input
+            if _is_cells_layer(event.value):
+                current = event.value.name  # fresh Segment widget output: the recommended input
         names = [layer.name for layer in self._candidate_layers()]
         self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
@@ -255,6 +324,7 @@ class ClassifyWidget(QWidget):
             if images:
                 self.layer_combo.setCurrentText(images[-1])
         self.layer_combo.blockSignals(False)
+        self._show_summary()
 
     def _prepare_job(self) -> _Job:
         from napari.layers import Labels
@@ -270,14 +340,15 @@ class ClassifyWidget(QWidget):
             raise ValueError("choose an image layer, or the 'cells' layer of the Segment widget")
         layer = self.viewer.layers[name]
         if not isinstance(layer, Labels):
-            return _Job(path, self.device, _layer_rgb(layer), None, None, None, layer.name)
+            image = _layer_rgb(layer)
+            return _Job(path, self.device, image, None, None, None, layer.name, self.background())
         labels = np.asarray(layer.data)
         if labels.ndim != 2:
             raise ValueError(f"the '{name}' layer is not a 2-D label image")
         table = {str(k): np.asarray(v) for k, v in layer.features.items()}
         crop_size = int((meta.get("segmentation") or {}).get("crop_size") or 0)
         ids = _cell_ids(table, labels)
-        crops = self._matching_crops(len(ids), crop_size)
+        crops = self._matching_crops(layer, len(ids), crop_size)
         image = None
         if crops is None:
             image_layer = self._source_image(layer)
@@ -290,10 +361,19 @@ class ClassifyWidget(QWidget):
             image = _layer_rgb(image_layer)
         return _Job(path, self.device, image, labels, table, crops, layer.name)
 
-    def _matching_crops(self, count: int, crop_size: int) -> np.ndarray | None:
-        if CROPS_LAYER not in self.viewer.layers:
+    def background(self) -> str | None:
+        """The background mode chosen (None: the bundle's own)."""
+        text = self.background_combo.currentText()
+        return None if text == BUNDLE_BACKGROUND else text
+
+    def _matching_crops(self, cells_layer, count: int, crop_size: int) -> np.ndarray | None:
+        source = cells_layer.metadata.get(SOURCE_KEY)
+        crops_layer = find_result(self.viewer, CROPS, source) if source else None
+        if crops_layer is None and CROPS_LAYER in self.viewer.layers:
+            crops_layer = self.viewer.layers[CROPS_LAYER]
+        if crops_layer is None:
             return None
-        data = np.asarray(self.viewer.layers[CROPS_LAYER].data)
+        data = np.asarray(crops_layer.data)
         if data.ndim == 3 and count == 1:
             data = data[None]
         if (
@@ -309,12 +389,14 @@ class ClassifyWidget(QWidget):
     def _source_image(self, labels_layer) -> Any:
         from napari.layers import Image
 
-        wanted = labels_layer.metadata.get("source_layer") or labels_layer.metadata.get("image")
+        meta = labels_layer.metadata
+        wanted = meta.get(SOURCE_KEY) or meta.get("source_layer") or meta.get("image")
         shape = labels_layer.data.shape
         candidates = [
             layer
             for layer in self.viewer.layers
             if isinstance(layer, Image)
+            and not is_result(layer)
             and layer.name != CROPS_LAYER
             and np.asarray(layer.data.shape[:2]).tolist() == list(shape)
         ]
@@ -338,6 +420,7 @@ class ClassifyWidget(QWidget):
             return
         self.status.setText("starting…")
         self._found_afresh = job.labels is None
+        self._running_image = self.image_name() or job.source
         self.controls.start(
             _classify_job,
             self._holder,
@@ -388,89 +471,65 @@ class ClassifyWidget(QWidget):
     # ------------------------------------------------------------------ results
 
     def _show_result(self, result: Any) -> None:
-        """Show an `ImagePredictions`: cells coloured by class, the table, the summary."""
+        """Show an `ImagePredictions` in the image's own layers: outlines by class, the table,
+        the label text, the summary; other images' layers are left alone."""
         import pandas as pd
-
-        from napari_allbag.model.networks import CLASS_NAMES
 
         predictions = result.predictions
         table = {k: np.asarray(v) for k, v in result.table.items()}
-        for name in ("p_all_model_a", "p_all_model_b", "p_all_combined", "label", "confidence"):
+        for name in (*PREDICTION_NAMES, "predicted_label", "corrected"):
             table.pop(name, None)
         table.update(predictions.columns())
         frame = pd.DataFrame(table)
-        ids = _cell_ids(table, result.labels)
         if "index" not in frame:
-            frame.insert(0, "index", ids)
+            frame.insert(0, "index", _cell_ids(table, result.labels))
+        frame["predicted_label"] = frame["label"]
+        frame["corrected"] = False
         self._table = frame
-
-        source = self.layer_combo.currentText()
-        reference = self.viewer.layers[source] if source in self.viewer.layers else None
-        geometry = {}
-        if reference is not None:
-            geometry = {"scale": reference.scale[-2:], "translate": reference.translate[-2:]}
-        colours = {None: (0.5, 0.5, 0.5, 1.0), 0: (0.0, 0.0, 0.0, 0.0)}
-        all_index = CLASS_NAMES.index("all")
-        for cell_id, label in zip(ids.tolist(), predictions.labels.tolist(), strict=True):
-            colours[int(cell_id)] = ALL_COLOUR if label == all_index else HEM_COLOUR
-        from napari.utils.colormaps import DirectLabelColormap
-
-        colormap = DirectLabelColormap(color_dict=colours)
-        if CELLS_LAYER in self.viewer.layers:
-            layer = self.viewer.layers[CELLS_LAYER]
-            if layer.data is not result.labels:
-                layer.data = result.labels
-            layer.features = frame
-            layer.colormap = colormap
-        else:
-            layer = self.viewer.add_labels(
-                result.labels, name=CELLS_LAYER, features=frame, colormap=colormap, **geometry
-            )
-        layer.opacity = max(layer.opacity, 0.6)
-        if self._found_afresh and CROPS_LAYER in self.viewer.layers:
-            # keep the Segment widget's crop stack in step with the cells it shows
-            self.viewer.layers[CROPS_LAYER].data = result.crops
-        self._show_classes(frame, predictions, layer)
-
+        image_name = getattr(self, "_running_image", None) or self.layer_combo.currentText()
+        layer = self._cells_layer_for(image_name, result.labels, frame)
+        layer.metadata[CROPS_KEY] = result.crops
+        if self._found_afresh:
+            crops_layer = find_result(self.viewer, CROPS, image_name)
+            if crops_layer is not None:  # keep the Segment widget's crops in step with the cells
+                crops_layer.data = result.crops
+        self.refresh_display(layer)
         cells = len(predictions)
-        n_all = predictions.n_all
-        fraction = f"{100 * n_all / cells:.1f}%" if cells else "n/a"
-        self.summary.setText(
-            f"{cells} cell(s): {n_all} ALL, {cells - n_all} HEM — ALL fraction {fraction}"
-        )
-        self.status.setText(result.message or "done")
+        self.status.setText(_segmentation_note(result.segmentation) or "done")
         self.export_button.setEnabled(cells > 0)
 
-    def _show_classes(self, frame, predictions, cells_layer) -> None:
-        """A Points layer with the label and confidence at each cell's centroid."""
-        if {"centroid_row", "centroid_col"} <= set(frame.columns):
-            points = frame[["centroid_row", "centroid_col"]].to_numpy(dtype=float)
+    def _cells_layer_for(self, image_name: str, labels: np.ndarray, frame) -> Any:
+        """The image's `cells [name]` layer, updated or made, just above the image."""
+        image = self.viewer.layers[image_name] if image_name in self.viewer.layers else None
+        layer = find_result(self.viewer, CELLS, image_name)
+        if layer is None and CELLS_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[CELLS_LAYER]  # an unnamed cells layer (older sessions)
+            layer.name = result_name(CELLS, image_name)
+            mark_result(layer, CELLS, image_name)
+        if layer is None:
+            geometry = {}
+            if image is not None:
+                geometry = {"scale": image.scale[-2:], "translate": image.translate[-2:]}
+            layer = self.viewer.add_labels(
+                labels,
+                name=result_name(CELLS, image_name),
+                features=frame,
+                metadata=result_metadata(CELLS, image_name),
+                **geometry,
+            )
         else:
-            points = _centroids(cells_layer.data, frame["index"].to_numpy())
-        text = [
-            f"{label.upper()} {conf:.2f}"
-            for label, conf in zip(
-                predictions.label_names, predictions.confidence.tolist(), strict=True
-            )
-        ]
-        colours = [
-            ALL_COLOUR if label == "all" else HEM_COLOUR for label in predictions.label_names
-        ]
-        features = {"text": text}
-        text_style = {"string": "{text}", "size": 9, "color": "white", "anchor": "upper_left"}
-        if CLASSES_LAYER in self.viewer.layers:
-            self.viewer.layers.remove(CLASSES_LAYER)
-        if len(points):
-            self.viewer.add_points(
-                points,
-                name=CLASSES_LAYER,
-                features=features,
-                text=text_style,
-                face_color=np.asarray(colours),
-                size=6,
-                scale=cells_layer.scale,
-                translate=cells_layer.translate,
-            )
+            if layer.data is not labels:
+                layer.data = labels
+            layer.features = frame
+        layer.contour = 2  # outlines: the morphology stays visible
+        layer.opacity = 1.0
+        place_above(self.viewer, layer, image)
+        return layer
+
+    def refresh_display(self, cells_layer: Any) -> None:
+        """Colours, label text and summary of one cells layer from its features."""
+        refresh_cells_display(self.viewer, cells_layer)
+        self._show_summary()
 
     @property
     def results_table(self):
@@ -502,6 +561,99 @@ class ClassifyWidget(QWidget):
         self.cancel()
         self.release_model()
         super().closeEvent(event)
+
+
+def refresh_cells_display(viewer: Any, cells_layer: Any) -> None:
+    """Colours, label text and summary of one cells layer from its features (after a run
+    or a correction: the Classify and Cell table widgets)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    frame = cells_layer.features
+    cells_layer.colormap = DirectLabelColormap(color_dict=cell_colours(frame))
+    summary = cell_summary(frame["label"]) if "label" in frame else ""
+    corrected = int(corrected_mask(frame, len(frame)).sum())
+    flagged = int(flagged_mask(frame, len(frame)).sum())
+    if corrected:
+        summary += f"; {corrected} corrected"
+    if flagged:
+        summary += f"; {flagged} flagged for review"
+    cells_layer.metadata[SUMMARY_KEY] = summary
+    _show_classes(viewer, frame, cells_layer)
+
+
+def _show_classes(viewer: Any, frame, cells_layer) -> None:
+    """The image's `classes [name]` Points layer: label and confidence at each cell."""
+    image_name = cells_layer.metadata.get(SOURCE_KEY, "image")
+    if {"centroid_row", "centroid_col"} <= set(frame.columns):
+        points = frame[["centroid_row", "centroid_col"]].to_numpy(dtype=float)
+    else:
+        points = _centroids(cells_layer.data, frame["index"].to_numpy())
+    text, colours = _class_texts(frame)
+    old = find_result(viewer, CLASSES, image_name)
+    if old is not None:
+        viewer.layers.remove(old)
+    if not len(points):
+        return
+    text_style = {
+        "string": "{text}",
+        "size": TEXT_SIZE,
+        "color": "white",
+        "anchor": "upper_left",
+    }
+    layer = viewer.add_points(
+        points,
+        name=result_name(CLASSES, image_name),
+        metadata=result_metadata(CLASSES, image_name),
+        features={"text": text},
+        text=text_style,
+        face_color=np.asarray(colours),
+        border_color=np.asarray(colours),
+        size=8,
+        scale=cells_layer.scale,
+        translate=cells_layer.translate,
+    )
+    place_above(viewer, layer, cells_layer)
+    viewer.layers.selection.active = cells_layer
+
+
+PREDICTION_NAMES = ("p_all_model_a", "p_all_model_b", "p_all_combined", "label", "confidence")
+
+
+def _is_cells_layer(layer: Any) -> bool:
+    """A cells Labels layer of the Segment or Classify widget (or one named plainly "cells")."""
+    return layer.metadata.get("allbag_kind") == CELLS or layer.name == CELLS_LAYER
+
+
+def _class_texts(frame) -> tuple[list[str], list[tuple]]:
+    """Each cell's text ("ALL 0.93", "HEM 0.61 ?" flagged, "ALL ✓" corrected) and colour."""
+    n = len(frame)
+    corrected, flagged = corrected_mask(frame, n), flagged_mask(frame, n)
+    labels = [str(v) for v in frame["label"]]
+    confidence = np.asarray(frame.get("confidence", np.full(n, np.nan)), dtype=float)
+    texts, colours = [], []
+    for row, label in enumerate(labels):
+        if corrected[row]:
+            texts.append(f"{label.upper()} \u2713")
+            colours.append(CORRECTED_COLOUR)
+            continue
+        mark = " ?" if flagged[row] else ""
+        texts.append(f"{label.upper()} {confidence[row]:.2f}{mark}")
+        if flagged[row]:
+            colours.append(FLAGGED_COLOUR)
+        else:
+            colours.append(ALL_COLOUR if label == "all" else HEM_COLOUR)
+    return texts, colours
+
+
+def _segmentation_note(segmented: Any) -> str:
+    """The mode the image got and any warning, in words (the message alone for given cells)."""
+    from napari_allbag.segmentation.feedback import ImageFeedback
+
+    feedback = ImageFeedback.of(segmented)
+    if not feedback.mode:
+        return segmented.message or ""
+    warnings = feedback.warnings()
+    return f"{feedback.mode_text}" + (f": {'; '.join(warnings)}" if warnings else "")
 
 
 def _validation_f1(metrics: dict[str, Any]) -> float | None:

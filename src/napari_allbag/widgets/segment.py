@@ -1,10 +1,15 @@
-"""The Segment cells dock widget: pick an image layer and parameters, press Run.
+"""The Segment cells dock widget: pick an image layer, a background mode and parameters, Run.
 
-The work (`segmentation.segment_image_progress`) runs in a napari `thread_worker` through
-`widgets.base.WorkerControls`, so the viewer stays responsive; its progress events drive the progress bar and Cancel stops it at the next
-event. The result goes into a Labels layer "cells" (features: the per-cell table) and an RGB
-image layer "cell crops" (the N x S x S x 3 stack), placed to the right of the image. Running
-again updates those two layers instead of adding new ones.
+The work (`segmentation.segment_auto_progress`, or `tiles.segment_large` for a multiscale layer
+or a large image: its full-resolution level read window by window) runs in a napari
+`thread_worker` through `widgets.base.WorkerControls`, so the viewer stays responsive; its
+progress events drive the progress bar and Cancel stops it at the next event (the next tile).
+The result goes into a Labels layer `cells [image]` drawn as outlines (features: the per-cell
+table, with the mode the image got) and an RGB image layer `cell crops [image]` (the N x S x S x 3
+stack, placed to the right of the image), both just above their image (`widgets.results`). A
+whole slide too large for a full-size label image gets a Shapes layer `cell outlines [image]`
+(one box per cell) instead. Running an image again updates its own layers; other images'
+results are left alone. The image picker follows the active layer.
 """
 
 from __future__ import annotations
@@ -18,27 +23,54 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
 
+from napari_allbag.defaults import BACKGROUND_HELP, BACKGROUND_MODES
 from napari_allbag.io.images import to_rgb_uint8
 from napari_allbag.progress import Progress
-from napari_allbag.segmentation.dark import (
-    SegmentationParams,
-    SegmentationResult,
-    segment_image_progress,
-)
+from napari_allbag.segmentation.brightfield import segment_auto_progress
+from napari_allbag.segmentation.dark import SegmentationParams, SegmentationResult
+from napari_allbag.segmentation.feedback import ImageFeedback
+from napari_allbag.segmentation.tiles import TileOptions, needs_tiling, segment_large
 from napari_allbag.widgets.base import WorkerControls
+from napari_allbag.widgets.results import (
+    CELLS,
+    CLASSES,
+    CROPS,
+    CROPS_KEY,
+    SUMMARY_KEY,
+    find_result,
+    image_of,
+    is_result,
+    place_above,
+    result_metadata,
+    result_name,
+)
 
-CELLS_LAYER = "cells"
-CROPS_LAYER = "cell crops"
+CELLS_LAYER, CROPS_LAYER = CELLS, CROPS  # kinds; a layer's name is `cells [image]`
+
+OUTLINES_LAYER = "cell outlines"  # kind of the box outlines of a slide without a label image
 _GAP = 20  # pixels between the image and the crops placed beside it
+#: Outline width of the cells in the cells Labels layer (napari's `contour`).
+CONTOUR = 2
+#: Above this many megapixels a tiled result keeps no full-size label image (4 bytes a pixel).
+LABELS_MEGAPIXELS = 100.0
 
 
 def segment_layer_data(
-    data, params: SegmentationParams, source: str
+    data, params: SegmentationParams, source: str, tile: int | None = None
 ) -> Generator[Progress, None, SegmentationResult]:
-    """Convert layer data to RGB uint8 and segment it (the worker's job)."""
+    """Segment layer data (the worker's job): in memory with `segment_auto_progress`, or in
+    tiles (`tiles.segment_large`) when the data is large or lazily sliced (a multiscale layer's
+    full-resolution level, a dask or zarr array), so only one window is in memory at a time.
+    """
+    shape = tuple(data.shape[:2])
+    if tile is not None or not isinstance(data, np.ndarray) or needs_tiling(shape):
+        keep_labels = not needs_tiling(shape, LABELS_MEGAPIXELS)
+        sizes = {"tile": tile} if tile else {}
+        options = TileOptions(workers=1, keep_labels=keep_labels, **sizes)
+        return (yield from segment_large(data, params, options, source))
     yield Progress(0, None, "segmenting", "converting the image to 8-bit RGB")
     image = to_rgb_uint8(np.asarray(data))
-    return (yield from segment_image_progress(image, params, source))
+    return (yield from segment_auto_progress(image, params, source))
 
 
 class SegmentWidget(QWidget):
@@ -53,6 +85,10 @@ class SegmentWidget(QWidget):
         defaults = SegmentationParams()
 
         self.image_choice = ComboBox(label="image", choices=self._image_layer_choices)
+        self.background = ComboBox(
+            label="background", choices=list(BACKGROUND_MODES), value=defaults.background
+        )
+        self.background.tooltip = BACKGROUND_HELP
         self.crop_size = SpinBox(label="crop size (px)", value=defaults.crop_size, min=8, max=4096)
         self.erosion_size = SpinBox(
             label="erosion size (px)", value=defaults.erosion_size, min=0, max=99
@@ -81,6 +117,7 @@ class SegmentWidget(QWidget):
         form = Container(
             widgets=[
                 self.image_choice,
+                self.background,
                 self.crop_size,
                 self.erosion_size,
                 self.min_area,
@@ -104,6 +141,7 @@ class SegmentWidget(QWidget):
             napari_viewer.layers.events.moved,
         ):
             event.connect(self._refresh_choices)
+        napari_viewer.layers.selection.events.active.connect(self._follow_active)
         self._refresh_choices()
 
     # --- parameters -----------------------------------------------------------------------
@@ -114,13 +152,14 @@ class SegmentWidget(QWidget):
             erosion_size=int(self.erosion_size.value),
             min_area=int(self.min_area.value),
             largest_only=bool(self.largest_only.value),
+            background=str(self.background.value),
         )
 
     def _image_layer_choices(self, _widget=None) -> list[tuple[str, Image]]:
         return [
             (layer.name, layer)
             for layer in self.viewer.layers
-            if isinstance(layer, Image) and layer is not self._crops_layer
+            if isinstance(layer, Image) and not is_result(layer)
         ]
 
     def _refresh_choices(self, _event=None) -> None:
@@ -132,6 +171,12 @@ class SegmentWidget(QWidget):
             self.image_choice.value = current
         elif active in layers:
             self.image_choice.value = active
+
+    def _follow_active(self, event=None) -> None:
+        """The picker follows the active layer (an image, or one of its results)."""
+        image = image_of(self.viewer, self.viewer.layers.selection.active)
+        if image is not None and image in [layer for _, layer in self._image_layer_choices()]:
+            self.image_choice.value = image
 
     # --- running ----------------------------------------------------------------------------
 
@@ -163,10 +208,14 @@ class SegmentWidget(QWidget):
             data,
             self.params(),
             layer.name,
+            self.tile,
             on_result=self._on_result,
             on_error=self._on_error,
             on_aborted=self._on_aborted,
         )
+
+    #: Tile side for tiled runs (None: the default, and tiles only where needed); tests set it.
+    tile: int | None = None
 
     def cancel(self) -> None:
         """Stop the running segmentation at its next progress event."""
@@ -189,21 +238,24 @@ class SegmentWidget(QWidget):
         return data
 
     def _on_progress(self, event: Progress) -> None:
-        if event.message:
+        if event.stage == "segmenting tiles" and event.total:
+            self.status.value = f"tile {event.done} of {event.total}"
+        elif event.message:
             self.status.value = event.message
 
     def _on_result(self, result: SegmentationResult) -> None:
         layer = self._source_layer
+        feedback = ImageFeedback.of(result)
+        warnings = feedback.warnings()
         if result.n_cells == 0:
             self._clear_results(result)
-            self.status.value = result.message
-            show_warning(f"Segment cells: {result.message}")
-            return
-        self._show_cells(result, layer)
-        self._show_crops(result, layer)
-        self.status.value = f"{result.n_cells} cell(s) found"
-        if result.message:
-            show_warning(f"Segment cells: {result.message}")
+        else:
+            self._show_cells(result, layer)
+            self._show_crops(result, layer)
+        said = [f"{result.n_cells} {feedback.cell_word}(s) found"] if result.n_cells else []
+        self.status.value = f"{feedback.mode_text}: {'; '.join(said + warnings)}"
+        if warnings:
+            show_warning(f"Segment cells ({feedback.mode_text}): {'; '.join(warnings)}")
 
     def _on_error(self, error: Exception) -> None:
         self.status.value = f"failed: {error}"
@@ -214,50 +266,114 @@ class SegmentWidget(QWidget):
 
     # --- layers -----------------------------------------------------------------------------
 
-    def _alive(self, layer):
-        return layer if layer is not None and layer in self.viewer.layers else None
+    def _result_layer(self, kind: str, source: Image | None):
+        """This image's layer of `kind` (None when it has none yet)."""
+        if source is None:
+            return None
+        return find_result(self.viewer, kind, source.name)
 
     def _show_cells(self, result: SegmentationResult, source: Image | None) -> None:
+        """Outlines over the image: the cells Labels layer drawn as contours, or (no label
+        image kept for a whole slide) a Shapes layer of one box per cell."""
         features = pd.DataFrame({"index": result.table["cell_id"], **result.table})
         scale, translate = _plane_geometry(source)
-        layer = self._alive(self._cells_layer)
+        name = source.name if source is not None else "image"
+        if result.labels is None:
+            self._show_outlines(result, features, source)
+            return
+        self._remove(OUTLINES_LAYER, source)
+        layer = self._result_layer(CELLS, source)
         if layer is None:
-            self._cells_layer = self.viewer.add_labels(
+            layer = self.viewer.add_labels(
                 result.labels,
-                name=CELLS_LAYER,
+                name=result_name(CELLS, name),
                 features=features,
+                metadata=result_metadata(CELLS, name),
                 scale=scale,
                 translate=translate,
             )
-            return
-        layer.data = result.labels
-        layer.features = features
-        layer.scale, layer.translate = scale, translate
+        else:
+            layer.data = result.labels
+            layer.features = features
+            layer.scale, layer.translate = scale, translate
+        layer.contour = CONTOUR  # outlines: the morphology stays visible
+        layer.metadata[CROPS_KEY] = result.crops
+        layer.metadata[SUMMARY_KEY] = f"{result.n_cells} cell(s) found, not classified yet"
+        self._cells_layer = layer
+        place_above(self.viewer, layer, source)
+
+    def _show_outlines(self, result, features, source: Image | None) -> None:
+        scale, translate = _plane_geometry(source)
+        name = source.name if source is not None else "image"
+        table = result.table
+        corners = zip(
+            table["bbox_min_row"],
+            table["bbox_min_col"],
+            table["bbox_max_row"],
+            table["bbox_max_col"],
+            strict=True,
+        )
+        boxes = [np.array([[t, left], [b, r]], float) for t, left, b, r in corners]
+        self._remove(CELLS, source)
+        self._remove(OUTLINES_LAYER, source)
+        layer = self.viewer.add_shapes(
+            boxes,
+            shape_type="rectangle",
+            name=result_name(OUTLINES_LAYER, name),
+            metadata=result_metadata(OUTLINES_LAYER, name),
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=3.0,
+            features=features,
+            scale=scale,
+            translate=translate,
+        )
+        place_above(self.viewer, layer, source)
+
+    def _remove(self, kind: str, source: Image | None) -> None:
+        stale = self._result_layer(kind, source)
+        if stale is not None:
+            self.viewer.layers.remove(stale)
 
     def _show_crops(self, result: SegmentationResult, source: Image | None) -> None:
         scale, translate = _plane_geometry(source)
-        width = result.labels.shape[1] if result.labels is not None else 0
+        width = (
+            result.labels.shape[1]
+            if result.labels is not None
+            else int(result.table["bbox_max_col"].max(initial=0))
+        )
         translate = (0.0, translate[0], translate[1] + (width + _GAP) * scale[1])
         scale = (1.0, *scale)
-        layer = self._alive(self._crops_layer)
+        name = source.name if source is not None else "image"
+        layer = self._result_layer(CROPS, source)
         if layer is None:
-            self._crops_layer = self.viewer.add_image(
-                result.crops, name=CROPS_LAYER, rgb=True, scale=scale, translate=translate
+            layer = self.viewer.add_image(
+                result.crops,
+                name=result_name(CROPS, name),
+                rgb=True,
+                metadata=result_metadata(CROPS, name),
+                scale=scale,
+                translate=translate,
             )
             self._refresh_choices()
-            return
-        layer.data = result.crops
-        layer.scale, layer.translate = scale, translate
+        else:
+            layer.data = result.crops
+            layer.scale, layer.translate = scale, translate
+        self._crops_layer = layer
+        place_above(self.viewer, layer, source)
 
     def _clear_results(self, result: SegmentationResult) -> None:
         """An empty result: no stale cells or crops left on screen."""
-        layer = self._alive(self._cells_layer)
+        source = self._source_layer
+        layer = self._result_layer(CELLS, source)
         if layer is not None and result.labels is not None:
             layer.data = np.zeros_like(result.labels)
             layer.features = pd.DataFrame({"index": result.table["cell_id"], **result.table})
-        crops = self._alive(self._crops_layer)
-        if crops is not None:
-            self.viewer.layers.remove(crops)
+            layer.metadata[SUMMARY_KEY] = "0 cells found"
+        for kind in (CROPS, CLASSES, OUTLINES_LAYER):
+            stale = self._result_layer(kind, source)
+            if stale is not None:
+                self.viewer.layers.remove(stale)
         self._crops_layer = None
 
 

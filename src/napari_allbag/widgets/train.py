@@ -17,6 +17,7 @@ from typing import Any
 from qtpy.QtGui import QFont
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -25,6 +26,7 @@ from qtpy.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -76,6 +78,21 @@ class TrainWidget(QWidget):
         self.pretrained_check = QCheckBox("ImageNet weights (download)")
         self.pretrained_check.setChecked(True)
         self.finetune_check = QCheckBox("fine-tune backbones in stage 2")
+        self.init_edit = QLineEdit()
+        self.init_edit.setPlaceholderText("optional: a bundle to fine-tune (warm start)")
+        self.init_edit.setToolTip(
+            "Fine-tune from bundle: the backbones and head start from this bundle's weights "
+            "(its backbone is used when Backbone is left at the default); the new bundle "
+            "records it as its parent. CLI: train --init-from BUNDLE"
+        )
+        self.init_browse = QPushButton("Browse…")
+        self.device_combo = QComboBox()
+        self.device_combo.setEditable(True)  # any torch device: cuda:1, mps, ...
+        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.workers_spin = _spin(0, 256, 0, special="auto")
+        self.subjects_edit = QLineEdit()
+        self.subjects_edit.setPlaceholderText("optional: CSV with file,subject columns")
+        self.subjects_browse = QPushButton("Browse…")
         self.start_button = QPushButton("Start")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -110,16 +127,29 @@ class TrainWidget(QWidget):
         form.addRow("Seed", self.seed_spin)
         form.addRow("", self.pretrained_check)
         form.addRow("", self.finetune_check)
-        layout = QVBoxLayout(self)
+        form.addRow("Fine-tune from bundle", _row(self.init_edit, self.init_browse))
+        form.addRow("Subjects CSV", _row(self.subjects_edit, self.subjects_browse))
+        form.addRow("Device", self.device_combo)
+        form.addRow("Workers", self.workers_spin)
+        inner = QWidget()
+        layout = QVBoxLayout(inner)
         layout.addLayout(form)
         layout.addLayout(_row(self.start_button, self.cancel_button, self.resume_button))
         layout.addWidget(self.stage_label)
         layout.addWidget(self.progress)
         layout.addWidget(self.curves.widget)
         layout.addWidget(self.report)
+        scroll = QScrollArea()  # the dock fits a small screen: the fields scroll
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
         self.data_browse.clicked.connect(lambda: self._pick_folder(self.data_edit, "annotated"))
         self.out_browse.clicked.connect(lambda: self._pick_folder(self.out_edit, "run"))
+        self.init_browse.clicked.connect(lambda: self._pick_folder(self.init_edit, "bundle"))
+        self.subjects_browse.clicked.connect(self._pick_subjects)
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.resume_button.clicked.connect(self._resume_dialog)
@@ -133,11 +163,22 @@ class TrainWidget(QWidget):
         data, out = self.data_edit.text().strip(), self.out_edit.text().strip()
         if not data or not out:
             raise TrainingError("Choose the annotated folder and a run folder first.")
+        init = self.init_edit.text().strip()
+        backbone = self.backbone_edit.text().strip() or DEFAULT_BACKBONE
+        img_size = self.img_size_spin.value() or None
+        if init and backbone == DEFAULT_BACKBONE:
+            backbone, img_size = _bundle_backbone(Path(init), img_size)
+        device = self.device_combo.currentText().strip()
+        subjects = self.subjects_edit.text().strip()
         return TrainConfig(
             data_dir=Path(data),
             out_dir=Path(out),
-            backbone=self.backbone_edit.text().strip() or DEFAULT_BACKBONE,
-            img_size=self.img_size_spin.value() or None,
+            backbone=backbone,
+            img_size=img_size,
+            init_from=Path(init) if init else None,
+            device=None if device in ("", "auto") else device,
+            workers=self.workers_spin.value() or None,
+            subjects_csv=Path(subjects) if subjects else None,
             pretrained=self.pretrained_check.isChecked(),
             epochs=self.epochs_spin.value(),
             batch_size=self.batch_spin.value() or None,
@@ -152,6 +193,12 @@ class TrainWidget(QWidget):
         chosen = QFileDialog.getExistingDirectory(self, f"Choose the {what} folder", start)
         if chosen:
             edit.setText(chosen)
+
+    def _pick_subjects(self) -> None:
+        start = self.subjects_edit.text().strip() or str(Path.home())
+        chosen, _ = QFileDialog.getOpenFileName(self, "Subjects CSV", start, "CSV (*.csv)")
+        if chosen:
+            self.subjects_edit.setText(chosen)
 
     def _resume_dialog(self) -> None:
         start = self.out_edit.text().strip() or str(Path.home())
@@ -341,6 +388,18 @@ class _CurvesView:
         draw_curves(self.figure, current)
         self.widget.draw_idle()
         self.draws += 1
+
+
+def _bundle_backbone(bundle: Path, img_size: int | None) -> tuple[str, int | None]:
+    """A bundle's backbone name and image size, to fine-tune it (TrainingError when unusable)."""
+    from napari_allbag.model.bundle import BundleError, read_bundle_meta
+    from napari_allbag.training.run import TrainingError
+
+    try:
+        backbone = read_bundle_meta(bundle)["backbone"]
+    except BundleError as error:
+        raise TrainingError(f"Fine-tune from bundle: {error}") from error
+    return backbone["name"], img_size or backbone.get("img_size")
 
 
 def _spin(low: int, high: int, value: int, special: str | None = None) -> QSpinBox:
