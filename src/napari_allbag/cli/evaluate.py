@@ -6,7 +6,9 @@ training and earlier evaluations, so a second run only hashes the files) and its
 by model-A, model-B, the combined model and the ensemble rule. Prints, side by side, precision,
 recall, F1 and support for HEM and ALL with the support-weighted average, the confusion matrices,
 and the accuracy per subject where subject ids are known; `--out` writes the same as JSON and,
-beside it, as text (`report.txt` next to `report.json`).
+beside it, as text (`report.txt` next to `report.json`). `--labels-csv FILE` reads a folder of
+numbered images whose classes and subjects are in a CSV (the C-NMC test sets as they come, see
+docs/reproduce.md); `--subjects-csv` is train's option of the same name (`--subjects`: hidden alias).
 """
 
 from __future__ import annotations
