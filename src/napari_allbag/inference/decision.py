@@ -6,7 +6,9 @@ spread and review flags, for every front end alike (`inference.pipeline` calls `
   `decision="threshold"` calls ALL where the calibrated ensemble P(ALL) reaches the bundle's
   sensitivity-first threshold (chosen at training for one rule, which must be the one in use).
 - `p_all`: the ensemble's P(ALL) under the rule, after the bundle's temperatures when it has
-  them (`model.calibration.apply_temperatures`); `confidence` is that of the chosen label.
+  them (`model.calibration.apply_temperatures`). `confidence` keeps its meaning: the rule's own
+  (uncalibrated) probability of its label (for "max" the winning one of the six); with
+  `decision="threshold"` the calibrated probability of the label called.
 - Test-time augmentation: probabilities of the 8 dihedral views (N, 8, 3, 2) are averaged; the
   spread is the standard deviation of the rule's P(ALL) across the views.
 - `review` / `review_reason`: `inference.review.review_flags` (models disagree, P(ALL) near the
@@ -105,9 +107,12 @@ def judge(probs: np.ndarray, decision: Decision, touches_border: Any = None) -> 
     p_all = rule_p_all(shown, decision.rule) if len(probs) else np.zeros(0)
     if decision.mode == "threshold":
         labels = (p_all >= decision.threshold).astype(np.int64)
+        confidence = np.where(labels == 1, p_all, 1.0 - p_all).astype(np.float32)
+    elif len(probs):
+        labels, confidence = decide_rule(probs, decision.rule)[:2]
+        confidence = confidence.astype(np.float32)
     else:
-        labels = decide_rule(probs, decision.rule)[0] if len(probs) else np.zeros(0, np.int64)
-    confidence = np.where(labels == 1, p_all, 1.0 - p_all).astype(np.float32)
+        labels, confidence = np.zeros(0, np.int64), np.zeros(0, np.float32)
     border = None
     if touches_border is not None and len(touches_border) == len(probs):
         border = np.asarray(touches_border, dtype=bool)
