@@ -124,6 +124,40 @@ def test_clear_errors(setup, tmp_path, capsys):
     assert "nobundle" in capsys.readouterr().err
 
 
+def test_evaluate_report_folder_threshold_and_seen_subjects(setup, tmp_path, capsys):
+    """A calibrated bundle that learnt from one subject of the folder: loud warning, those
+    cells scored apart, the threshold decision, figures and a self-contained report.html."""
+    from napari_allbag.model.trust import calibrate_ensemble
+
+    root, data, _ = setup
+    files, truth, subjects, probs = _independent_predictions(setup[2], data)
+    learnt = sorted(set(subjects))[0]
+    fragment = calibrate_ensemble(probs, truth, "mean", 0.9, {"train": [learnt], "val": []})
+    bundle = make_tiny_bundle(tmp_path / "calibrated", seed=1, extra_meta=fragment)
+    out = tmp_path / "report"
+    args = ["evaluate", str(bundle), str(data), "--out", str(out), "--device", "cpu"]
+    args += ["--cache-dir", str(root / "cache"), "--workers", "1", "--quiet"]
+    assert main([*args, "--rule", "mean", "--decision", "threshold"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING" in captured.out and learnt in captured.out and "WARNING" in captured.err
+    report = json.loads((out / "report.json").read_text())
+    seen = report["seen_subjects"]
+    assert seen["subjects"] == {learnt: "train"}
+    assert seen["seen"]["cells"] == subjects.count(learnt)
+    assert seen["seen"]["cells"] + seen["unseen"]["cells"] == report["n_cells"]
+    threshold = fragment["decision"]["threshold"]["threshold"]
+    for cell in report["cells"]:
+        assert cell["ensemble"] == ("all" if cell["p_all_ensemble"] >= threshold else "hem")
+    assert report["trust"]["decision"] == "threshold" and report["trust"]["calibrated"]
+    for name in ("confusion_matrix", "roc_curve", "reliability", "per_subject"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and 'src="http' not in page
+    assert learnt in page and (out / "report.txt").is_file()
+    assert main([*args, "--rule", "max", "--decision", "threshold", "--overwrite"]) == 2
+    assert "--rule mean" in capsys.readouterr().err
+
+
 def _numbered_test_set(data, folder):
     """C-NMC's preliminary test set as it comes: numbered images and a labels CSV."""
     folder.mkdir()

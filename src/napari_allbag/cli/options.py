@@ -163,3 +163,30 @@ def checked_engine(engine: str, device: Any, compile: bool = False) -> str:
         raise EngineError(f"--compile applies to --engine torch only, not {engine}")
     resolve_engine(engine, device)
     return "torch" if compile else engine
+
+
+def add_trust_options(parser: argparse.ArgumentParser) -> None:
+    """--rule, --tta and --decision, alike for predict and evaluate (issue 11)."""
+    from napari_allbag.defaults import DECISIONS, ENSEMBLE_RULES
+
+    parser.add_argument(
+        "--rule",
+        choices=ENSEMBLE_RULES,
+        default=None,
+        help="ensemble rule: max (the paper's: the highest of the six probabilities), mean (of "
+        "the three models), agree (A and B where they agree, else the combined model), "
+        "combined (that model alone); default: the bundle's (max)",
+    )
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the 8 flips/rotations of each crop (about 8x the "
+        "time) and report their spread",
+    )
+    parser.add_argument(
+        "--decision",
+        choices=DECISIONS,
+        default="paper",
+        help="paper: the rule's own label (default); threshold: ALL where the calibrated P(ALL) "
+        "reaches the bundle's sensitivity-first threshold (train --target-sensitivity)",
+    )
