@@ -310,6 +310,7 @@ def _train(
         """Train model-A or model-B on `team`; returns (model, outcome)."""
         team_batch = local_batch_size(config.batch_size, team.world_size)
         team_sync_bn = use_sync_batchnorm(config, team, device, team_batch)
+        yield Progress(0, None, name, f"building the model ({config.backbone})")
         model = new_stage1_model(config, name, device)
         runner, eval_runner = make_runners(config, model, team, device, team_sync_bn)
         positions = data.train[subset.indices]
