@@ -17,12 +17,14 @@ if [ "$SMOKE" = 1 ]; then
   E2E_ARGS=(--smoke)
   PYTEST_ARGS=(-k "cuda or gpu")  # collect the CUDA tests only (they skip without a GPU)
   PYTEST_LIMIT=600                # importing torch and timm on a busy CPU machine is slow
+  E2E_LIMIT=600
   echo "smoke run on the CPU: no GPU figures" | tee "$OUT/gpu.txt"
 else
   SMOKE_ARGS=()
   E2E_ARGS=()
   PYTEST_ARGS=()
   PYTEST_LIMIT=120
+  E2E_LIMIT=150
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 fi
 
@@ -43,4 +45,4 @@ step pytest_cuda "$PYTEST_LIMIT" python3 -m pytest -q -p no:cacheprovider tests/
 step gpu_bench 330 python3 benchmarks/gpu_bench.py --budget-s 270 --out "$OUT/gpu_bench.json" \
   "${SMOKE_ARGS[@]}"
 # The real trainer end to end: DataLoader workers, pinned memory, checkpoints, fine-tuning.
-step e2e 150 python3 benchmarks/gpu_train_e2e.py --out "$OUT/e2e" "${E2E_ARGS[@]}"
+step e2e "$E2E_LIMIT" python3 benchmarks/gpu_train_e2e.py --out "$OUT/e2e" "${E2E_ARGS[@]}"

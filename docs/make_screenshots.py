@@ -8,6 +8,7 @@ short training in the Train widget, and saves:
 
     segment.png   the Segment widget and the cells it found (outlines, crops)
     classify.png  the Classify widget and the cells tagged ALL / HEM with confidence
+    cell-table.png  the Cell table beside the viewer: a cell selected, one corrected
     train.png     the Train widget after a short run (curves, validation report)
     overview.png  the whole window, the README's picture
     demo-overlay.png  the demo's overlay.png (the sample field, each cell outlined and tagged)
@@ -33,8 +34,8 @@ from qtpy.QtWidgets import QApplication
 
 from napari_allbag.demo.run import is_finished_demo, run_demo
 from napari_allbag.demo.viewer import WIDGETS, fill_train_widget, open_demo
+from napari_allbag.io.atomic import write_bytes_atomic
 from napari_allbag.progress import drive
-from napari_allbag.training.checkpoint import write_bytes_atomic
 
 IMAGES = Path(__file__).resolve().parent / "images"
 MAX_BYTES = 300_000
@@ -76,7 +77,7 @@ def save_small(rgba: np.ndarray, path: Path) -> None:
 
 def show_only(viewer: napari.Viewer, names: tuple[str, ...]) -> None:
     """Show the named plugin docks and hide the others."""
-    for name in WIDGETS:
+    for name in (*WIDGETS, "Cell table"):
         dock, _widget = viewer.window.add_plugin_dock_widget("napari-allbag", name)
         dock.setVisible(name in names)
     QApplication.processEvents()
@@ -104,6 +105,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo-dir", type=Path, default=None, help="a finished demo folder")
     parser.add_argument("--quick", action="store_true", help="run the quick demo for the bundle")
+    parser.add_argument("--skip-train", action="store_true", help="no training (train.png kept)")
     args = parser.parse_args()
     IMAGES.mkdir(parents=True, exist_ok=True)
 
@@ -128,15 +130,26 @@ def main() -> int:
         screenshot(viewer, "segment.png")
 
         show_only(viewer, ("Classify cells",))
-        classify.layer_combo.setCurrentText("cells")
-        classify.run()
+        classify.run()  # its picker followed the Segment widget's `cells [image]` layer
         wait_until(lambda: not classify.is_running, 300, "Classify")
-        viewer.layers.selection.active = viewer.layers["cells"]
+        cells = next(layer for layer in viewer.layers if layer.name.startswith("cells ["))
+        viewer.layers.selection.active = cells
         screenshot(viewer, "classify.png")
+
+        show_only(viewer, ("Cell table",))
+        _dock, table = viewer.window.add_plugin_dock_widget("napari-allbag", "Cell table")
+        first = int(cells.features["index"].iloc[0])
+        table.correct("hem" if cells.features["label"].iloc[0] == "all" else "all", first)
+        table.table.selectRow(table.row_of(int(cells.features["index"].iloc[-1])))
+        screenshot(viewer, "cell-table.png")
+        viewer.reset_view()
 
         show_only(viewer, ("Segment cells", "Classify cells"))
         screenshot(viewer, "overview.png")
 
+        if args.skip_train:
+            viewer.close()
+            return 0
         show_only(viewer, ("Train ensemble",))
         fill_train_widget(train, demo_dir)
         train.out_edit.setText(str(Path(scratch) / "training-again"))

@@ -10,7 +10,20 @@ CLASS_NAMES = ("hem", "all")
 DEFAULT_BACKBONE = "inception_resnet_v2"
 
 #: Columns the predictions add to a cell table, in order.
-PREDICTION_COLUMNS = ("p_all_model_a", "p_all_model_b", "p_all_combined", "label", "confidence")
+#: p_all: the ensemble's P(ALL) under the rule in use (calibrated when the bundle has
+#: temperatures); tta_spread: the std of P(ALL) over the 8 views (empty without TTA); review:
+#: the cell needs a human look, review_reason: why (`inference.decision`).
+PREDICTION_COLUMNS = (
+    "p_all_model_a",
+    "p_all_model_b",
+    "p_all_combined",
+    "label",
+    "confidence",
+    "p_all",
+    "tta_spread",
+    "review",
+    "review_reason",
+)
 
 #: The ensemble rules (`model.rules`); "max" is the paper's.
 ENSEMBLE_RULES = ("max", "mean", "agree", "combined")

@@ -124,6 +124,94 @@ def test_clear_errors(setup, tmp_path, capsys):
     assert "nobundle" in capsys.readouterr().err
 
 
+def test_evaluate_report_folder_threshold_and_seen_subjects(setup, tmp_path, capsys):
+    """A calibrated bundle that learnt from one subject of the folder: loud warning, those
+    cells scored apart, the threshold decision, figures and a self-contained report.html."""
+    from napari_allbag.model.trust import calibrate_ensemble
+
+    root, data, _ = setup
+    files, truth, subjects, probs = _independent_predictions(setup[2], data)
+    learnt = sorted(set(subjects))[0]
+    fragment = calibrate_ensemble(probs, truth, "mean", 0.9, {"train": [learnt], "val": []})
+    bundle = make_tiny_bundle(tmp_path / "calibrated", seed=1, extra_meta=fragment)
+    out = tmp_path / "report"
+    args = ["evaluate", str(bundle), str(data), "--out", str(out), "--device", "cpu"]
+    args += ["--cache-dir", str(root / "cache"), "--workers", "1", "--quiet"]
+    assert main([*args, "--rule", "mean", "--decision", "threshold"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING" in captured.out and learnt in captured.out and "WARNING" in captured.err
+    report = json.loads((out / "report.json").read_text())
+    seen = report["seen_subjects"]
+    assert seen["subjects"] == {learnt: "train"}
+    assert seen["seen"]["cells"] == subjects.count(learnt)
+    assert seen["seen"]["cells"] + seen["unseen"]["cells"] == report["n_cells"]
+    threshold = fragment["decision"]["threshold"]["threshold"]
+    for cell in report["cells"]:
+        assert cell["ensemble"] == ("all" if cell["p_all_ensemble"] >= threshold else "hem")
+    assert report["trust"]["decision"] == "threshold" and report["trust"]["calibrated"]
+    for name in ("confusion_matrix", "roc_curve", "reliability", "per_subject"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and 'src="http' not in page
+    assert learnt in page and (out / "report.txt").is_file()
+    assert main([*args, "--rule", "max", "--decision", "threshold", "--overwrite"]) == 2
+    assert "--rule mean" in capsys.readouterr().err
+
+
+def _numbered_test_set(data, folder):
+    """C-NMC's preliminary test set as it comes: numbered images and a labels CSV."""
+    folder.mkdir()
+    rows, sources = ["Patient_ID,new_names,labels"], sorted(data.rglob("*.bmp"))
+    for number, path in enumerate(sources, start=1):
+        (folder / f"{number}.bmp").write_bytes(path.read_bytes())
+        rows.append(f"{path.name},{number}.bmp,{1 if path.parent.name == 'all' else 0}")
+    csv_path = folder.parent / "labels.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    return csv_path, sources
+
+
+def test_labels_csv_reads_the_test_set_as_it_comes(setup, tmp_path, capsys):
+    root, data, bundle = setup
+    csv_path, sources = _numbered_test_set(data, tmp_path / "C-NMC_test_prelim_phase_data")
+    out = tmp_path / "report.json"
+    args = ["evaluate", str(bundle), str(tmp_path / "C-NMC_test_prelim_phase_data")]
+    args += ["--labels-csv", str(csv_path), "--out", str(out), "--device", "cpu", "--quiet"]
+    assert main(args + ["--cache-dir", str(root / "cache"), "--workers", "1"]) == 0
+    by_label = json.loads(out.read_text())
+    assert by_label["n_cells"] == len(sources) == N_ALL + N_HEM
+    # the same classes and subjects as the named folder: the same Table 1
+    named = tmp_path / "named.json"
+    assert main(["evaluate", str(bundle), str(data), "--out", str(named), "--quiet"]) == 0
+    by_folder = json.loads(named.read_text())
+    assert by_label["weighted_f1"] == by_folder["weighted_f1"]
+    assert sorted(c["subject"] for c in by_label["cells"]) == sorted(
+        c["subject"] for c in by_folder["cells"]
+    )
+    assert oct(out.stat().st_mode & 0o777) == oct(0o644)  # as every other output (umask 022)
+
+
+def test_labels_csv_with_wrong_columns_says_which(setup, tmp_path, capsys):
+    _, data, bundle = setup
+    images = tmp_path / "images"
+    csv_path, _ = _numbered_test_set(data, images)
+    csv_path.write_text(csv_path.read_text().replace("new_names", "names"))
+    assert main(["evaluate", str(bundle), str(images), "--labels-csv", str(csv_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no file column" in err and "new_names" in err
+
+
+def test_subjects_csv_is_the_option_and_subjects_a_hidden_alias(setup, tmp_path, capsys):
+    from napari_allbag.cli.main import build_parser
+
+    _, data, bundle = setup
+    parser = build_parser()
+    help_text = parser._subparsers._group_actions[0].choices["evaluate"].format_help()
+    assert "--subjects-csv" in help_text and "--subjects " not in help_text
+    old = parser.parse_args(["evaluate", str(bundle), str(data), "--subjects", "s.csv"])
+    new = parser.parse_args(["evaluate", str(bundle), str(data), "--subjects-csv", "s.csv"])
+    assert old.subjects_csv == new.subjects_csv and str(new.subjects_csv) == "s.csv"
+
+
 def test_background_option_and_per_image_warnings(setup, tmp_path, capsys):
     root, data, bundle = setup
     common = [str(bundle), str(data), "--device", "cpu", "--workers", "1", "--quiet"]

@@ -136,6 +136,52 @@ def test_predict_help_lists_the_options(capsys):
         assert option in text
 
 
+def _run_predict(bundle_dir, folder, out, *extra):
+    return main(
+        [
+            "predict", str(bundle_dir), str(folder), "--out", str(out),
+            "--device", "cpu", "--workers", "1", "--batch-size", "8", "--quiet", *extra,
+        ]
+    )  # fmt: skip
+
+
+def test_predict_rules_tta_review_summary_and_cam(bundle_dir, images, tmp_path, capsys):
+    folder, cells = images
+    plain, tta = tmp_path / "plain.csv", tmp_path / "tta.csv"
+    assert _run_predict(bundle_dir, folder, plain, "--rule", "mean") == 0
+    cams = tmp_path / "cams"
+    assert _run_predict(bundle_dir, folder, tta, "--rule", "mean", "--tta", "--cam", str(cams)) == 0
+    plain_rows, tta_rows = _rows(plain), _rows(tta)
+    assert len(plain_rows) == len(tta_rows) > 0
+    for row in plain_rows:  # mean rule: P(ALL) is the mean of the three, label p >= 0.5
+        mean = sum(float(row[k]) for k in ("p_all_model_a", "p_all_model_b", "p_all_combined"))
+        assert float(row["p_all"]) == pytest.approx(mean / 3, abs=1e-5)
+        assert row["label"] == ("all" if float(row["p_all"]) >= 0.5 else "hem")
+        assert row["tta_spread"] == "" and row["review"] in ("True", "False")
+        assert (row["review"] == "True") == bool(row["review_reason"])
+    assert all(float(row["tta_spread"]) >= 0 for row in tta_rows)
+    summary = _rows(tmp_path / "tta.images.csv")
+    assert tuple(summary[0]) == SUMMARY_COLUMNS
+    by_file = {row["source"]: row for row in summary}
+    for path in cells:
+        row = by_file[str(path)]
+        mine = [r for r in tta_rows if r["source"] == str(path)]
+        assert int(row["cells"]) == len(mine) == int(row["n_all"]) + int(row["n_hem"])
+        assert int(row["flagged"]) == sum(r["review"] == "True" for r in mine)
+    pngs = sorted(cams.glob("*.png"))
+    assert len(pngs) == len(tta_rows)
+    overlay = cv2.imread(str(pngs[0]))
+    assert overlay is not None and overlay.shape[:2] == (64, 64)
+
+
+def test_predict_threshold_needs_a_bundle_with_one(bundle_dir, images, tmp_path, capsys):
+    folder, _ = images
+    code = _run_predict(bundle_dir, folder, tmp_path / "r.csv", "--decision", "threshold")
+    assert code == 2
+    assert "no sensitivity threshold" in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()
+
+
 def test_background_bright_on_dark_cells_says_so_per_image_and_in_the_summary(
     bundle_dir, images, tmp_path, capsys
 ):

@@ -63,8 +63,31 @@ def test_help_lists_the_options():
         "--resume",
         "--workers",
         "--crop-size",
+        "--val-fraction",
+        "--lr",
+        "--subjects-csv",
     ):
         assert option in help_text
+    assert "7:3" in help_text and "0.001" in help_text  # the paper's settings, named
+
+
+def test_val_fraction_and_lr_reach_the_config(tmp_path):
+    from napari_allbag.cli.train import config_from_args
+
+    args = build_parser().parse_args(
+        ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--val-fraction", "0.2"]
+        + ["--lr", "0.0005"]
+    )
+    config = config_from_args(args)
+    assert config.val_fraction == 0.2 and config.lr == 0.0005
+    default = config_from_args(build_parser().parse_args(["train", str(tmp_path), "--out", "r"]))
+    assert default.val_fraction == 0.3 and default.lr == 0.001
+
+
+def test_a_bad_val_fraction_is_refused_by_name(annotated, tmp_path, capsys):
+    code = main(["train", str(annotated), "--out", str(tmp_path / "r"), "--val-fraction", "1.5"])
+    assert code == 2
+    assert "val" in capsys.readouterr().err
 
 
 def test_train_writes_a_run_folder(annotated, tmp_path, capsys):

@@ -245,3 +245,19 @@ def test_true_classes_match_centroids_to_the_truth_boxes():
         "centroid_col": np.array([30.0, 30.0, 300.0]),
     }
     assert true_classes(table, truth) == ["hem", "all", ""]
+
+
+def test_progress_names_the_bundle_where_the_demo_leaves_it(tmp_path):
+    from napari_allbag.demo.run import _named_for_demo
+    from napari_allbag.progress import Progress, drive
+
+    run_dir, out_dir = tmp_path / "training", tmp_path
+
+    def trainer():
+        yield Progress(1, 2, "report", "saving")
+        yield Progress(2, 2, "report", f"done: bundle in {run_dir / 'bundle'}")
+        return "result"
+
+    events = []
+    assert drive(_named_for_demo(trainer(), run_dir, out_dir), events.append) == "result"
+    assert events[-1].message == f"done: bundle in {out_dir / 'bundle'}"

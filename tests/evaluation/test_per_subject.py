@@ -20,3 +20,8 @@ def test_per_subject_rows_by_hand():
     assert [row["label"] for row in rows] == ["all", "all", "hem"]
     with pytest.raises(ValueError, match="lengths differ"):
         per_subject_rows(y_true, y_pred[:3], subjects)
+
+
+def test_a_mixed_subject_is_labelled_mixed_with_its_sensitivity():
+    rows = per_subject_rows([0, 0, 1, 1], [0, 1, 1, 0], ["7", "7", "7", "7"])
+    assert rows[0]["label"] == "mixed" and rows[0]["sensitivity"] == 0.5

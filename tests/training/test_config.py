@@ -30,7 +30,7 @@ def test_every_bad_setting_is_named_in_one_error(tmp_path):
     with pytest.raises(TrainingError) as caught:
         _config(tmp_path, epochs=0, batch_size=1, lr=0, val_fraction=1.0, sync_batchnorm="x")
     message = str(caught.value)
-    for part in ("epochs", "batch size", "learning rate", "val_fraction", "sync_batchnorm"):
+    for part in ("--epochs", "--batch-size", "--lr", "--val-fraction", "--sync-batchnorm"):
         assert part in message, part
     with pytest.raises(TrainingError, match="class_weights"):
         _config(tmp_path, class_weights=(1.0, 0.0))
@@ -52,6 +52,8 @@ def test_a_new_run_gets_its_folder_and_config(tmp_path):
     assert load_run_config(config.out_dir) == config
     saved = json.loads(RunPaths(config.out_dir).config.read_text())
     assert "napari_allbag" in saved
+    (RunPaths(config.out_dir).checkpoints).mkdir()
+    (RunPaths(config.out_dir).checkpoints / "stage1-A.json").write_text("{}")
     with pytest.raises(TrainingError, match="continue it with --resume"):
         prepare_run(config)
     other = _config(tmp_path, out_dir=tmp_path / "other")
@@ -68,6 +70,7 @@ def test_a_new_run_gets_its_folder_and_config(tmp_path):
 def test_a_resumed_run_keeps_what_shapes_the_result(tmp_path):
     first = _config(tmp_path, epochs=4, lr=0.01, batch_size=8, workers=0)
     prepare_run(first)
+    RunPaths(first.out_dir).log.write_text("stage,epoch\n")  # an epoch was trained
     asked = _config(tmp_path, resume=True, epochs=9, workers=2, device="cpu")
     resumed, notes = prepare_run(asked)
     assert resumed.epochs == 4 and resumed.lr == 0.01 and resumed.batch_size == 8
@@ -75,7 +78,7 @@ def test_a_resumed_run_keeps_what_shapes_the_result(tmp_path):
     assert {name: getattr(resumed, name) for name in RUNTIME_FIELDS} == {
         name: getattr(asked, name) for name in RUNTIME_FIELDS
     }
-    assert notes == ["epochs=9 ignored: the run continues with epochs=4"]
+    assert notes == ["--epochs 9 ignored: the run continues with --epochs 4"]
     smaller, notes = prepare_run(_config(tmp_path, resume=True, batch_size=4))
     assert smaller.batch_size == 4 and "batch size changed from 8 to 4" in notes[0]
     assert load_run_config(first.out_dir).batch_size == 4  # the run goes on with it
@@ -145,3 +148,37 @@ def test_the_run_folder_is_locked_and_never_inside_the_data(tmp_path):
     finally:
         lock.release()
     assert not lock_path_for(config.out_dir).exists()
+
+
+def test_a_failed_start_can_be_retried(tmp_path):
+    # the first start stopped before its first epoch (no network for the ImageNet weights):
+    # config.json and the data summary are all the folder holds
+    first = _config(tmp_path)
+    prepare_run(first)
+    paths = RunPaths(first.out_dir)
+    paths.summary_json.write_text("{}")
+    (paths.root / ".log.csv.1234abcd.tmp").write_text("half")
+    again, notes = prepare_run(_config(tmp_path, pretrained=False))
+    assert not again.pretrained and notes == []
+    assert load_run_config(first.out_dir).pretrained is False
+    assert not (paths.root / ".log.csv.1234abcd.tmp").exists()
+    # --resume after such a start honours the settings given now (--no-pretrained is not dropped)
+    prepare_run(_config(tmp_path, pretrained=True))
+    resumed, notes = prepare_run(_config(tmp_path, resume=True, pretrained=False))
+    assert not resumed.pretrained and not resumed.resume and "nothing was trained" in notes[0]
+
+
+def test_resume_refuses_other_starting_weights_naming_the_flag(tmp_path):
+    prepare_run(_config(tmp_path, pretrained=True))
+    RunPaths(tmp_path / "run").log.write_text("stage,epoch\n")
+    with pytest.raises(TrainingError, match="--no-pretrained cannot change on --resume") as caught:
+        prepare_run(_config(tmp_path, resume=True, pretrained=False))
+    assert "pretrained=" not in str(caught.value)
+
+
+def test_a_folder_with_the_users_files_is_still_refused(tmp_path):
+    config = _config(tmp_path)
+    prepare_run(config)
+    (config.out_dir / "notes.txt").write_text("mine")
+    with pytest.raises(TrainingError, match="never overwritten"):
+        prepare_run(config)

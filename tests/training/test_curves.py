@@ -1,4 +1,4 @@
-"""log.csv round trip and the training-curve PNG (Agg, no pyplot), written by rank 0 only."""
+"""log.csv round trip and the training-curve PNG (Agg, no pyplot)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,45 @@ def test_curves_png_has_a_panel_row_per_stage(tmp_path):
     assert image[..., :3].std() > 0.05  # something was drawn
     empty = imread(io.BytesIO(render_curves_png([])))
     assert empty.size > 0
+
+
+def test_the_kept_epoch_is_the_first_lowest_validation_loss():
+    from napari_allbag.training.curves import kept_epoch
+
+    rows = [
+        {"stage": "stage1-A", "epoch": 1, "val_loss": 0.9},
+        {"stage": "stage1-A", "epoch": 2, "val_loss": 0.4},
+        {"stage": "stage1-A", "epoch": 3, "val_loss": float("nan")},
+        {"stage": "stage1-A", "epoch": 4, "val_loss": 0.4},
+        {"stage": "stage1-A", "epoch": 5, "val_loss": 0.8},
+    ]
+    assert kept_epoch(rows) == 2
+    assert kept_epoch([{"epoch": 1, "val_loss": float("nan")}]) is None
+
+
+def test_curves_mark_the_kept_epoch():
+    from matplotlib.figure import Figure
+
+    from napari_allbag.training.curves import draw_curves
+
+    rows = [
+        {
+            "stage": "stage1-A",
+            "epoch": e,
+            "loss": 1 / e,
+            "accuracy": 0.5,
+            "val_loss": v,
+            "val_accuracy": a,
+        }
+        for e, v, a in ((1, 0.7, 0.6), (2, 0.3, 1.0), (3, 0.9, 0.525))
+    ]
+    figure = Figure()
+    draw_curves(figure, rows)
+    titles = [axis.get_title() for axis in figure.axes]
+    assert titles and all("kept: epoch 2" in title for title in titles)
+    accuracy = figure.axes[1]
+    rings = [line for line in accuracy.get_lines() if line.get_label() == "kept epoch"]
+    assert len(rings) == 1 and list(rings[0].get_ydata()) == [1.0]
 
 
 def test_curves_are_drawn_by_the_main_process_only(tmp_path):

@@ -197,7 +197,7 @@ def test_resume_keeps_the_runs_own_settings(trained, annotated_dir, cache_dir):
         events.append,
     )
     notes = " ".join(str(e.metrics.get("text", "")) for e in events)
-    assert "epochs=3 ignored" in notes and "seed=5 ignored" in notes
+    assert "--epochs 3 ignored" in notes and "--seed 5 ignored" in notes
     assert not [e for e in events if "batch" in e.metrics]
     assert again.report["weighted_f1"] == trained[1].report["weighted_f1"]
 
@@ -253,8 +253,9 @@ def test_out_of_gpu_memory_says_which_batch_size_to_try(tmp_path, cache_dir, mon
         yield  # pragma: no cover
 
     monkeypatch.setattr(trainer, "_train", out_of_memory)
+    (tmp_path / "cells").mkdir()  # the run folder must be outside the data (io.paths)
     with pytest.raises(TrainingError, match="--resume --batch-size 16"):
-        drive(train(tiny_config(tmp_path, tmp_path / "run", cache_dir)))
+        drive(train(tiny_config(tmp_path / "cells", tmp_path / "run", cache_dir)))
 
 
 def test_crop_feeder_gives_the_same_batches_with_worker_processes(trained, cache_dir):

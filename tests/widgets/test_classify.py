@@ -18,7 +18,7 @@ from napari_allbag.widgets.classify import (
     HEM_COLOUR,
     ClassifyWidget,
 )
-from napari_allbag.widgets.results import mark_result, result_name
+from napari_allbag.widgets.results import FLAGGED_COLOUR, mark_result, result_name
 from tests.model_factory import make_tiny_bundle
 
 CELLS_FIELD = result_name(CELLS_LAYER, "field")
@@ -75,21 +75,36 @@ def test_classify_an_image_layer(make_napari_viewer, qtbot, bundle_dir, field, t
     assert len(features) == segmented.n_cells > 0
     expected = _expected_probs(bundle_dir, segmented.crops)
     assert np.allclose(features["p_all_combined"], expected[:, 2, 1], atol=1e-5)
-    for cell_id, label in zip(features["cell_id"], features["label"], strict=True):
+    flagged = features["review"].to_numpy(dtype=bool)
+    for i, (cell_id, label) in enumerate(zip(features["cell_id"], features["label"], strict=True)):
         colour = ALL_COLOUR if label == "all" else HEM_COLOUR
-        assert np.allclose(cells.get_color(int(cell_id)), colour)
+        assert np.allclose(cells.get_color(int(cell_id)), FLAGGED_COLOUR if flagged[i] else colour)
     points = viewer.layers[result_name(CLASSES_LAYER, "field")]
     assert len(points.data) == len(features)
+    mark = " ?" if flagged[0] else ""
     assert (
         points.features["text"][0]
-        == f"{features['label'][0].upper()} {features['confidence'][0]:.2f}"
+        == f"{features['label'][0].upper()} {features['confidence'][0]:.2f}{mark}"
     )
+
     n_all = int((features["label"] == "all").sum())
     assert widget.summary.text().startswith(f"{len(features)} cell(s): {n_all} ALL")
 
     exported = widget.export_csv(tmp_path / "cells.csv")
     text = exported.read_text().splitlines()
     assert len(text) == len(features) + 1 and "p_all_model_a" in text[0]
+
+    # TTA and another rule, then the selected cell's Grad-CAM heatmap over its crop
+    widget.rule_combo.setCurrentText("mean")
+    widget.tta_check.setChecked(True)
+    _run(widget, qtbot)
+    features = cells.features
+    mean = features[["p_all_model_a", "p_all_model_b", "p_all_combined"]].mean(axis=1)
+    assert np.allclose(features["p_all"], mean, atol=1e-5)
+    assert (features["tta_spread"] >= 0).all()
+    cells.selected_label = int(features["index"][0])
+    heatmap = widget.show_heatmap()
+    assert heatmap.data.shape == segmented.crops[0].shape and heatmap.data.dtype == np.uint8
 
     # the bundle folder is remembered for the next widget
     again = ClassifyWidget(viewer)

@@ -9,7 +9,7 @@ import pytest
 
 from napari_allbag.data.synthetic import write_annotated_folder
 from napari_allbag.io.images import find_images
-from napari_allbag.progress import drive
+from napari_allbag.progress import Progress, drive
 from napari_allbag.segmentation.crop_cache import build_crop_cache
 from napari_allbag.segmentation.dark import SegmentationParams
 from napari_allbag.widgets.train import TrainWidget
@@ -156,3 +156,11 @@ def test_fine_tune_device_workers_and_subjects_fields(make_napari_viewer, tmp_pa
     assert config.subjects_csv == tmp_path / "subjects.csv"
     assert (config.backbone, config.img_size) == (TINY_BACKBONE, TINY_SIZE)  # the bundle's
     assert widget.minimumSizeHint().height() < 1000  # the fields scroll in a small dock
+
+
+def test_the_stage_label_counts_the_steps(make_napari_viewer):
+    widget = TrainWidget(make_napari_viewer())
+    widget._on_progress(Progress(0, None, "preprocess", "scanning /data"))
+    assert widget.stage_label.text() == "Step 1 of 5: Preprocessing — scanning /data"
+    widget._on_progress(Progress(0, None, "stage1-A", "building the model (test_resnet)"))
+    assert widget.stage_label.text().startswith("Step 2 of 5: Stage 1: model-A — building")

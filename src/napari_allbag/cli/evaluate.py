@@ -6,7 +6,9 @@ training and earlier evaluations, so a second run only hashes the files) and its
 by model-A, model-B, the combined model and the ensemble rule. Prints, side by side, precision,
 recall, F1 and support for HEM and ALL with the support-weighted average, the confusion matrices,
 and the accuracy per subject where subject ids are known; `--out` writes the same as JSON and,
-beside it, as text (`report.txt` next to `report.json`).
+beside it, as text (`report.txt` next to `report.json`). `--labels-csv FILE` reads a folder of
+numbered images whose classes and subjects are in a CSV (the C-NMC test sets as they come, see
+docs/reproduce.md); `--subjects-csv` is train's option of the same name (`--subjects`: hidden alias).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from napari_allbag.cli.options import (
     add_cache_dir_option,
     add_device_option,
     add_engine_option,
+    add_subjects_csv_option,
+    add_trust_options,
     add_workers_option,
     checked_engine,
     claim_outputs,
@@ -41,27 +45,42 @@ def register(subparsers) -> None:
             "file names) with a model bundle and report precision, recall, F1-score and support "
             "for HEM and ALL and their support-weighted average, for model-A, model-B, the "
             "combined model and the ensemble rule side by side, with confusion matrices and the "
-            "accuracy per subject."
+            "accuracy per subject. --labels-csv reads a folder of numbered images whose "
+            "classes are in a CSV, as the C-NMC preliminary and final test sets come."
         ),
     )
     parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="model bundle folder")
-    parser.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="annotated folder")
+    parser.add_argument(
+        "data_dir",
+        type=Path,
+        metavar="DATA_DIR",
+        help="annotated folder (all/ and hem/), or with --labels-csv the folder of numbered images",
+    )
+    parser.add_argument(
+        "--labels-csv",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="classes (and subjects) of DATA_DIR's images from a CSV, as the C-NMC test sets come: "
+        "columns Patient_ID, new_names, labels (1 = ALL, 0 = HEM; names matched in any case)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
         default=None,
-        metavar="JSON",
-        help="write the report as JSON here, and as text beside it (.txt)",
+        metavar="JSON|DIR",
+        help="a .json file: the report as JSON there and as text beside it (.txt); a folder "
+        "(an existing one, or a name without .json): report.json, report.txt, the figures as "
+        "PNG (confusion matrix, ROC, reliability, per subject) and a self-contained report.html",
     )
-    parser.add_argument(
-        "--subjects", type=Path, default=None, metavar="CSV", help="CSV with columns file, subject"
-    )
+    add_subjects_csv_option(parser)
     add_device_option(parser)
     add_batch_size_option(parser)
     add_engine_option(parser)
     add_workers_option(parser, "segmenting images")
     add_cache_dir_option(parser)
     add_background_option(parser, default=None)
+    add_trust_options(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -80,17 +99,37 @@ def text_path(json_path: Path) -> Path:
     )
 
 
+def annotated_set(args: argparse.Namespace):
+    """DATA_DIR's cells: from --labels-csv (the C-NMC test sets) or from all/ and hem/ folders."""
+    from napari_allbag.data.annotations import (
+        AnnotationError,
+        scan_annotated_folder,
+        scan_labels_csv,
+    )
+
+    if args.labels_csv is not None:
+        if args.subjects_csv is not None:
+            raise AnnotationError(
+                "--labels-csv already gives the subjects (its Patient_ID column): drop "
+                "--subjects-csv"
+            )
+        return scan_labels_csv(args.labels_csv, args.data_dir)
+    return scan_annotated_folder(
+        args.data_dir, subjects_csv=args.subjects_csv, require_both_classes=False
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     return guarded("evaluate", _run, args)
 
 
 def _run(args: argparse.Namespace, claims: ExitStack) -> int:
-    from napari_allbag.data.annotations import AnnotationError, scan_annotated_folder
+    from napari_allbag.data.annotations import AnnotationError
     from napari_allbag.evaluation.evaluate import evaluate_folder
     from napari_allbag.evaluation.report import format_report
+    from napari_allbag.evaluation.trust_report import format_trust
     from napari_allbag.inference.engines import EngineError
-    from napari_allbag.inference.pipeline import PipelineOptions
-    from napari_allbag.io.atomic import write_text_atomic
+    from napari_allbag.inference.pipeline import PipelineOptions, decision_for
     from napari_allbag.model.bundle import BundleError, load_bundle
     from napari_allbag.model.devices import DeviceError, select_device
     from napari_allbag.progress import drive_with_bar
@@ -100,18 +139,15 @@ def _run(args: argparse.Namespace, claims: ExitStack) -> int:
     if args.workers is not None and args.workers < 1:
         return _fail("--workers must be at least 1")
     if args.out is not None:
-        if args.out.is_dir():
-            return _fail(
-                f"{args.out} is a folder; give a file name such as {args.out / 'report.json'}"
-            )
-        claim_outputs(claims, (args.out, text_path(args.out)), [args.data_dir], args.bundle)
-        for target in (args.out, text_path(args.out)):
-            if target.exists() and not args.overwrite:
-                return _fail(f"{target} already exists: choose another name or pass --overwrite")
+        if is_folder_out(args.out):
+            claim_outputs(claims, [args.out], [args.data_dir], args.bundle, folder=True)
+        else:
+            claim_outputs(claims, report_files(args.out), [args.data_dir], args.bundle)
+    for target in report_files(args.out):
+        if target.exists() and not args.overwrite:
+            return _fail(f"{target} already exists: choose another name or pass --overwrite")
     try:
-        annotated = scan_annotated_folder(
-            args.data_dir, subjects_csv=args.subjects, require_both_classes=False
-        )
+        annotated = annotated_set(args)
     except AnnotationError as error:
         return _fail(str(error))
     try:
@@ -128,7 +164,14 @@ def _run(args: argparse.Namespace, claims: ExitStack) -> int:
         workers=args.workers,
         background=args.background,
         engine=engine,
+        rule=args.rule,
+        tta=args.tta,
+        decision=args.decision,
     )
+    try:
+        decision_for(bundle, options)  # a threshold the bundle lacks: say so before any work
+    except ValueError as error:
+        return _fail(str(error))
     report = drive_with_bar(
         evaluate_folder(bundle, annotated, options, args.cache_dir), quiet=args.quiet
     )
@@ -138,13 +181,42 @@ def _run(args: argparse.Namespace, claims: ExitStack) -> int:
     if report["n_cells"] == 0:
         print(text)
         return _fail(f"no cell in {args.data_dir} could be segmented; nothing to evaluate")
+    text += "\n\n" + format_trust(report)
     print(text)
+    if report["seen_subjects"]["subjects"]:
+        print(f"WARNING: {len(report['seen_subjects']['subjects'])} subject(s) of {args.data_dir} "
+              "trained or validated this bundle (see above)", file=sys.stderr)  # fmt: skip
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
-        write_text_atomic(text_path(args.out), text + "\n")
-        print(f"\nReport written to {args.out} and {text_path(args.out)}")
+        _write_outputs(args, report, text)
     return 0
+
+
+def is_folder_out(out: Path) -> bool:
+    """`--out` names a report folder: an existing folder, or a name not ending in .json."""
+    return out.is_dir() or out.suffix.lower() != ".json"
+
+
+def report_files(out: Path | None) -> list[Path]:
+    """The files `--out` will write that must not be replaced silently."""
+    if out is None:
+        return []
+    if is_folder_out(out):
+        return [out / "report.json", out / "report.txt", out / "report.html"]
+    return [out, text_path(out)]
+
+
+def _write_outputs(args: argparse.Namespace, report: dict, text: str) -> None:
+    from napari_allbag.evaluation.trust_report import write_report_folder
+    from napari_allbag.io.atomic import write_text_atomic
+
+    json_path, *_ = report_files(args.out)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    written = [json_path, text_path(json_path)]
+    if is_folder_out(args.out):
+        written.append(write_report_folder(args.out, report, args.bundle))
+    write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(text_path(json_path), text + "\n")
+    print("\nReport written to " + ", ".join(map(str, written)))
 
 
 def _print_segmentation_feedback(context: dict) -> None:

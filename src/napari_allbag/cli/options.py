@@ -99,6 +99,20 @@ def add_cache_dir_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_subjects_csv_option(parser: argparse.ArgumentParser) -> None:
+    """`--subjects-csv FILE` (train and evaluate alike); `--subjects` stays as a hidden alias."""
+    parser.add_argument(
+        "--subjects-csv",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="CSV with columns file,subject (default: subjects from C-NMC file names)",
+    )
+    parser.add_argument(  # evaluate's old name (before 0.2): accepted, not shown
+        "--subjects", dest="subjects_csv", type=Path, help=argparse.SUPPRESS
+    )
+
+
 def add_background_option(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
     """`--background auto|dark|bright`; `default=None` means the model bundle's own setting."""
     where = "" if default else " Default: the bundle's (auto unless it was trained otherwise)."
@@ -149,3 +163,30 @@ def checked_engine(engine: str, device: Any, compile: bool = False) -> str:
         raise EngineError(f"--compile applies to --engine torch only, not {engine}")
     resolve_engine(engine, device)
     return "torch" if compile else engine
+
+
+def add_trust_options(parser: argparse.ArgumentParser) -> None:
+    """--rule, --tta and --decision, alike for predict and evaluate (issue 11)."""
+    from napari_allbag.defaults import DECISIONS, ENSEMBLE_RULES
+
+    parser.add_argument(
+        "--rule",
+        choices=ENSEMBLE_RULES,
+        default=None,
+        help="ensemble rule: max (the paper's: the highest of the six probabilities), mean (of "
+        "the three models), agree (A and B where they agree, else the combined model), "
+        "combined (that model alone); default: the bundle's (max)",
+    )
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the 8 flips/rotations of each crop (about 8x the "
+        "time) and report their spread",
+    )
+    parser.add_argument(
+        "--decision",
+        choices=DECISIONS,
+        default="paper",
+        help="paper: the rule's own label (default); threshold: ALL where the calibrated P(ALL) "
+        "reaches the bundle's sensitivity-first threshold (train --target-sensitivity)",
+    )

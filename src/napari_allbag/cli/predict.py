@@ -22,6 +22,7 @@ from napari_allbag.cli.options import (
     add_batch_size_option,
     add_device_option,
     add_engine_option,
+    add_trust_options,
     add_workers_option,
     checked_engine,
     claim_outputs,
@@ -35,7 +36,7 @@ from napari_allbag.io.atomic import AtomicCsv
 if TYPE_CHECKING:  # torch loads only when a prediction runs, so `--help` stays fast
     from napari_allbag.inference.predict import FilePredictions, PredictionRun
 
-SUMMARY_COLUMNS = ("source", "cells", "n_all", "all_fraction", "error")
+SUMMARY_COLUMNS = ("source", "cells", "n_all", "n_hem", "all_fraction", "flagged", "error")
 #: Above this many files the terminal shows totals only (the per-file table goes to --summary).
 MAX_FILES_SHOWN = 100
 
@@ -64,6 +65,14 @@ def register(subparsers) -> None:
     )
     add_engine_option(parser)
     add_workers_option(parser, "reading and segmenting images")
+    add_trust_options(parser)
+    parser.add_argument(
+        "--cam",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write a Grad-CAM overlay PNG per cell here (where the combined model saw ALL)",
+    )
     add_background_option(parser, default=None)
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --out / --summary if they exist"
@@ -82,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, claims: ExitStack) -> int:
     from napari_allbag.inference.engines import EngineError
-    from napari_allbag.inference.pipeline import PipelineOptions, predict_files
+    from napari_allbag.inference.gradcam import CamWriter
+    from napari_allbag.inference.pipeline import PipelineOptions, decision_for, predict_files
     from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
     from napari_allbag.model.bundle import BundleError, load_bundle
     from napari_allbag.model.devices import DeviceError, select_device
@@ -92,8 +102,12 @@ def _run(args: argparse.Namespace, claims: ExitStack) -> int:
         return _fail("--batch-size must be at least 1")
     if args.workers is not None and args.workers < 1:
         return _fail("--workers must be at least 1")
-    outputs = [args.out] + ([args.summary] if args.summary else [])
+    if args.summary is None:
+        args.summary = summary_path(args.out)
+    outputs = [args.out, args.summary]
     claim_outputs(claims, outputs, args.inputs, args.bundle)
+    if args.cam is not None:
+        claim_outputs(claims, [args.cam], args.inputs, args.bundle, folder=True)
     for target in outputs:
         if target.is_dir():
             return _fail(f"{target} is a folder; give a file name such as {target / 'results.csv'}")
@@ -126,11 +140,25 @@ def _run(args: argparse.Namespace, claims: ExitStack) -> int:
         compile=args.compile,
         background=args.background,
         engine=engine,
+        rule=args.rule,
+        tta=args.tta,
+        decision=args.decision,
     )
     try:
-        work = predict_files(
-            bundle, paths, options, sink=lambda result: _write_rows(writer, result)
-        )
+        decision_for(bundle, options)  # a threshold the bundle lacks: say so before any work
+    except ValueError as error:
+        writer.abandon(keep=False)
+        return _fail(str(error))
+    cams = CamWriter(bundle, args.cam) if args.cam else None
+
+    def sink(result: FilePredictions) -> None:
+        _write_rows(writer, result)
+        if cams is not None:
+            cams.write(result)
+
+    try:
+        stream = cams.stream if cams is not None else None
+        work = predict_files(bundle, paths, options, sink=sink, segment_stream=stream)
         result: PredictionRun = drive_with_bar(work, quiet=args.quiet)
     except BaseException:
         kept = writer.abandon()
@@ -142,6 +170,11 @@ def _run(args: argparse.Namespace, claims: ExitStack) -> int:
         _write_summary(args.summary, result)
     _print_summary(result, args)
     return 0 if result.cells or len(result.errors) < len(result.files) else 1
+
+
+def summary_path(out: Path) -> Path:
+    """Where the per-image summary goes without --summary: `<out stem>.images.csv` beside it."""
+    return out.with_name(f"{out.stem}.images.csv")
 
 
 def _write_rows(writer: AtomicCsv, result: FilePredictions) -> None:
@@ -177,7 +210,7 @@ def _cell(value: Any) -> Any:
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return "" if value != value else f"{value:.6g}"  # NaN (no TTA spread): empty
     return value
 
 
@@ -191,7 +224,9 @@ def _write_summary(path: Path, result: PredictionRun) -> None:
                     str(item.path),
                     item.cells,
                     item.n_all,
+                    item.n_hem,
                     "" if fraction is None else f"{fraction:.4f}",
+                    item.flagged,
                     item.error or item.message or "",
                 ]
             )
@@ -205,14 +240,17 @@ def _print_summary(result: PredictionRun, args: argparse.Namespace) -> None:
     files = result.files
     if len(files) <= MAX_FILES_SHOWN:
         width = min(60, max([len(str(f.path)) for f in files] + [4]))
-        print(f"{'file':<{width}}  {'cells':>6}  {'ALL':>6}  {'ALL %':>6}")
+        print(f"{'file':<{width}}  {'cells':>6}  {'ALL':>6}  {'ALL %':>6}  {'review':>6}")
         for item in files:
             if item.error:
                 continue
             fraction = "" if item.all_fraction is None else f"{100 * item.all_fraction:.1f}"
             name = str(item.path)
             name = name if len(name) <= width else "..." + name[-(width - 3) :]
-            print(f"{name:<{width}}  {item.cells:>6}  {item.n_all:>6}  {fraction:>6}")
+            print(
+                f"{name:<{width}}  {item.cells:>6}  {item.n_all:>6}  {fraction:>6}  "
+                f"{item.flagged:>6}"
+            )
     elif not args.summary:
         print(f"({len(files)} files: pass --summary FILE for the per-file table)")
     cells, n_all = result.cells, result.n_all
@@ -221,8 +259,13 @@ def _print_summary(result: PredictionRun, args: argparse.Namespace) -> None:
         f"Total: {cells} cell(s) in {len(files) - len(result.errors)} image(s), {n_all} ALL "
         f"({fraction}), on {result.device} at {result.cells_per_second:.1f} cells/s -> {args.out}"
     )
+    flagged = sum(f.flagged for f in files)
+    if flagged:
+        print(f"{flagged} cell(s) flagged for review (columns review, review_reason)")
     if args.summary:
         print(f"Per-file summary -> {args.summary}")
+    if args.cam:
+        print(f"Grad-CAM overlays -> {args.cam}")
     _print_segmentation_feedback(files)
     if result.errors:
         print(f"{len(result.errors)} file(s) could not be read and were skipped:", file=sys.stderr)

@@ -22,7 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from napari_allbag.cli.options import add_background_option, add_cache_dir_option
+from napari_allbag.cli.options import (
+    add_background_option,
+    add_cache_dir_option,
+    add_subjects_csv_option,
+)
 from napari_allbag.defaults import (
     DEFAULT_BACKBONE,
     DEFAULT_DIST_TIMEOUT_S,
@@ -103,6 +107,22 @@ def register(subparsers) -> None:
         action="store_true",
         help="train the combined model end to end (default: frozen backbones)",
     )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.3,
+        metavar="F",
+        help="share of the subjects kept for validation (default 0.3: the paper's 7:3 split, "
+        "by subject, stratified)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        metavar="LR",
+        help="initial learning rate of RMSprop (default 0.001, the paper's: Keras's RMSprop "
+        "default; lowered x0.1 when the validation loss stalls)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--resume",
@@ -123,13 +143,7 @@ def register(subparsers) -> None:
         metavar="PX",
         help="side of the segmented crops (default 299, the paper's)",
     )
-    parser.add_argument(
-        "--subjects-csv",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="CSV with columns file,subject (default: from C-NMC file names)",
-    )
+    add_subjects_csv_option(parser)
     add_cache_dir_option(parser)
     add_background_option(parser)
     parser.add_argument(
@@ -220,6 +234,8 @@ def config_from_args(args: argparse.Namespace):
         device=args.device,
         finetune_backbones=args.finetune_backbones,
         seed=args.seed,
+        val_fraction=args.val_fraction,
+        lr=args.lr,
         resume=args.resume,
         workers=args.workers,
         crop_size=args.crop_size,
@@ -347,6 +363,7 @@ def _launch_device(name: str | None, count: int) -> str:
 
 def _preflight(args: argparse.Namespace) -> None:
     """Errors worth catching before starting processes: settings, folders."""
+    from napari_allbag.training.config import check_new_run_folder
     from napari_allbag.training.run import TrainingError
 
     config = config_from_args(args)
@@ -355,12 +372,8 @@ def _preflight(args: argparse.Namespace) -> None:
             f"Annotated folder not found: {config.data_dir}. Choose the folder that holds the "
             "all/ and hem/ folders."
         )
-    out = config.out_dir
-    if not config.resume and out.is_dir() and any(out.iterdir()):
-        raise TrainingError(
-            f"The run folder {out} already holds files and is never overwritten. Continue a run "
-            "with --resume, or choose a new or empty folder."
-        )
+    if not config.resume:
+        check_new_run_folder(config.out_dir)  # the rule prepare_run applies (a failed start: retry)
 
 
 def for_terminal(

@@ -432,3 +432,17 @@ def read_labels_csv(csv_path: str | Path, images_dir: str | Path) -> list[Annota
     if not items:
         raise AnnotationError(f"Labels CSV {csv_path} names no image.")
     return items
+
+
+def scan_labels_csv(csv_path: str | Path, images_dir: str | Path) -> AnnotatedSet:
+    """The annotated set of a folder of numbered images with a labels CSV (C-NMC's test sets).
+
+    What `evaluate --labels-csv` reads: classes and subjects from the CSV (`read_labels_csv`).
+    """
+    items = read_labels_csv(csv_path, images_dir)
+    has_subjects = any(item.subject for item in items)
+    return AnnotatedSet(
+        root=Path(images_dir).expanduser(),
+        items=items,
+        subjects_source="csv" if has_subjects else "none",
+    )

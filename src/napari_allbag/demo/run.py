@@ -267,7 +267,26 @@ def _train(out_dir: Path, data_dir: Path, settings: DemoSettings, device: str, w
         cache_dir=out_dir / CROP_CACHE,
         synthetic_data=True,
     )
-    return (yield from train(config))
+    return (yield from _named_for_demo(train(config), config.out_dir, out_dir))
+
+
+def _named_for_demo(work, run_dir: Path, out_dir: Path):
+    """The trainer's events, naming where its outputs end up: they move from DIR/training/ to
+    DIR/ when training ends (`_collect_outputs`), so "bundle in DIR/training/bundle" would name a
+    folder that no longer exists."""
+    from dataclasses import replace
+
+    before, after = str(run_dir / "bundle"), str(out_dir / "bundle")
+    try:
+        event = next(work)
+        while True:
+            if before in event.message:
+                event = replace(event, message=event.message.replace(before, after))
+            event = work.send((yield event))
+    except StopIteration as done:
+        return done.value
+    finally:
+        work.close()  # cancelled (the widget's quit): the trainer stops at its next yield
 
 
 def _collect_outputs(out_dir: Path, run_dir: Path) -> dict[str, Path]:

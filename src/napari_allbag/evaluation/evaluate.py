@@ -3,7 +3,9 @@
 Every annotated image goes through the crop cache (shared with training, so a second run only
 hashes the files) and the one pipeline (`inference.pipeline.classify_files_cached`); its cell is
 scored for model-A, model-B, the combined model and the ensemble rule in the one report
-(`report.build_report`, kind "evaluation"; its text: `report.format_report`).
+(`report.build_report`, kind "evaluation"; its text: `report.format_report`), with the rule,
+decision, TTA and calibration of the options and the bundle, review flags, per-subject figures
+and the cells of subjects the bundle learnt from scored apart (`trust_report`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ from collections.abc import Generator
 from typing import Any
 
 from napari_allbag.evaluation.report import build_report
-from napari_allbag.inference.pipeline import DEFAULT_OPTIONS, PipelineOptions, classify_files_cached
+from napari_allbag.evaluation.trust_report import add_trust_sections
+from napari_allbag.inference.pipeline import (
+    DEFAULT_OPTIONS,
+    PipelineOptions,
+    classify_files_cached,
+    decision_for,
+)
 from napari_allbag.progress import Progress
 
 
@@ -33,12 +41,14 @@ def evaluate_folder(
     items = [annotated.items[i] for i in rows]
     device = options.device if options.device is not None else getattr(bundle, "device", "")
     cache = found.cache
-    return build_report(
+    cells = predictions.take(rows)
+    report = build_report(
         "evaluation",
         [item.label_index for item in items],
-        predictions.probs[rows],
+        cells.probs,
         files=[item.path for item in items],
         subjects=[item.subject for item in items],
+        ensemble=cells.labels,
         context={
             "bundle": str(getattr(bundle, "path", "") or ""),
             "data_dir": str(annotated.root),
@@ -51,6 +61,8 @@ def evaluate_folder(
             **segmentation_feedback(cache),
         },
     )
+    add_trust_sections(report, bundle, decision_for(bundle, options), cells, options.tta)
+    return report
 
 
 def segmentation_feedback(cache: Any) -> dict[str, Any]:

@@ -24,8 +24,9 @@ SUBJECT_COLUMNS = ("subject", "label", "cells", "correct", "accuracy", "sensitiv
 def per_subject_rows(y_true, y_pred, subjects: Sequence[str | None]) -> list[dict[str, Any]]:
     """One row per subject (natural order), keys `SUBJECT_COLUMNS`; cells without a subject left out.
 
-    `label` is the subject's majority true class ("all"/"hem"); `sensitivity` is the share of the
-    subject's ALL cells predicted ALL, for subjects whose label is ALL, else None.
+    `label` is the subject's true class ("all"/"hem"; "mixed" when its cells are of both);
+    `sensitivity` is the share of the subject's ALL cells predicted ALL, for subjects with ALL
+    cells, else None.
     """
     true = np.asarray(y_true, dtype=np.int64).reshape(-1)
     pred = np.asarray(y_pred, dtype=np.int64).reshape(-1)
@@ -37,8 +38,8 @@ def per_subject_rows(y_true, y_pred, subjects: Sequence[str | None]) -> list[dic
     rows = []
     for subject, info in per_subject_accuracy(true, pred, list(names)).items():
         sensitivity = None
-        if info["label"] == "all":
-            blasts = (names == subject) & (true == ALL)
+        blasts = (names == subject) & (true == ALL)
+        if blasts.any():
             sensitivity = float((pred[blasts] == ALL).mean())
         rows.append({"subject": subject, **info, "sensitivity": sensitivity})
     return [{key: row[key] for key in SUBJECT_COLUMNS} for row in rows]

@@ -259,14 +259,18 @@ def build_report(
     files: Sequence[Any] | None = None,
     subjects: Sequence[str | None] | None = None,
     context: dict[str, Any] | None = None,
+    ensemble: Sequence[int] | np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The report of `kind` ("evaluation" or "validation") on cells with true `labels` (class
     indices or names) and ensemble probabilities `probs` (N, 3, 2): a JSON-able dict of the shape
-    in docs/report-format.md. `context` (JSON-able) says where the figures come from."""
+    in docs/report-format.md. `context` (JSON-able) says where the figures come from; `ensemble`
+    (class indices) replaces the paper's rule as the ensemble's labels."""
     if kind not in REPORT_KINDS:
         raise ValueError(f"unknown report kind {kind!r}; expected one of {REPORT_KINDS}")
     labels = class_indices(labels, CLASS_NAMES)
     predictions = model_predictions(probs)
+    if ensemble is not None:  # another rule or the threshold decided (inference.decision)
+        predictions["ensemble"] = np.asarray(ensemble, dtype=np.int64).reshape(-1)
     if len(labels) != len(probs):
         raise ValueError(f"{len(labels)} labels for {len(probs)} cells")
     tables = {name: classification_table(labels, pred) for name, pred in predictions.items()}

@@ -40,12 +40,52 @@ class CellPredictions:
     probs: np.ndarray
     labels: np.ndarray
     confidence: np.ndarray
+    #: Set by `inference.decision.judge` (rule, calibration, TTA, review); None: the paper's
+    #: rule on the raw probabilities, nothing flagged.
+    ensemble_p_all: np.ndarray | None = None
+    spread: np.ndarray | None = None
+    review: np.ndarray | None = None
+    review_reason: np.ndarray | None = None
 
     @classmethod
     def from_probs(cls, probs: np.ndarray) -> CellPredictions:
         probs = np.asarray(probs, dtype=np.float32).reshape(-1, len(MODEL_NAMES), len(CLASS_NAMES))
         labels, confidence = decide(probs)
         return cls(probs, labels.astype(np.int64), confidence.astype(np.float32))
+
+    @classmethod
+    def from_judged(cls, judged: Any) -> CellPredictions:
+        """From an `inference.decision.Judged`."""
+        return cls(
+            np.asarray(judged.probs, np.float32),
+            np.asarray(judged.labels, np.int64),
+            np.asarray(judged.confidence, np.float32),
+            judged.p_all,
+            judged.spread,
+            judged.review,
+            judged.review_reason,
+        )
+
+    def take(self, rows: np.ndarray) -> CellPredictions:
+        """The predictions of `rows` only (every per-cell field indexed alike)."""
+
+        def pick(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[rows]
+
+        return CellPredictions(
+            self.probs[rows],
+            self.labels[rows],
+            self.confidence[rows],
+            pick(self.ensemble_p_all),
+            pick(self.spread),
+            pick(self.review),
+            pick(self.review_reason),
+        )
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """Cells flagged for review (N,) bool."""
+        return self.review if self.review is not None else np.zeros(len(self), bool)
 
     @classmethod
     def empty(cls) -> CellPredictions:
@@ -70,12 +110,24 @@ class CellPredictions:
     def columns(self) -> dict[str, np.ndarray]:
         """The prediction columns (`defaults.PREDICTION_COLUMNS`) for a cell table; labels as class names."""
         p_all = self.p_all
+        n = len(self)
+        ensemble = self.ensemble_p_all
+        if ensemble is None:  # the paper's rule: P(ALL) whose label is the rule's
+            ensemble = np.where(self.labels == 1, self.confidence, 1.0 - self.confidence)
         return {
             "p_all_model_a": p_all[:, 0],
             "p_all_model_b": p_all[:, 1],
             "p_all_combined": p_all[:, 2],
             "label": self.label_names,
             "confidence": self.confidence,
+            "p_all": np.asarray(ensemble, np.float32),
+            "tta_spread": self.spread
+            if self.spread is not None
+            else np.full(n, np.nan, np.float32),
+            "review": self.flagged,
+            "review_reason": (
+                self.review_reason if self.review_reason is not None else np.full(n, "", object)
+            ),
         }
 
 

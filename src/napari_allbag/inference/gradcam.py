@@ -180,3 +180,50 @@ def overlay_heatmap(
     weight = float(alpha) * heat[..., None]
     mixed = rgb.astype(np.float32) * (1.0 - weight) + colour * weight
     return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
+class CamWriter:
+    """`predict --cam DIR`: keeps each file's crops as the segmentation stream passes them on,
+    then writes one Grad-CAM overlay PNG per cell (the combined model's evidence for ALL) as
+    `<nnnnn>_<file stem>_cell<id>_<label>.png`, nnnnn the file's position in the run."""
+
+    def __init__(self, bundle, out_dir, batch_size: int = DEFAULT_BATCH):
+        from pathlib import Path
+
+        self.bundle = bundle
+        self.out_dir = Path(out_dir)
+        self.batch_size = batch_size
+        self.crops: dict[str, np.ndarray] = {}
+        self.files = 0
+
+    def stream(self, paths, params, workers):
+        """`inference.pipeline.segmentation_stream`, remembering each file's crops."""
+        from napari_allbag.inference.pipeline import segmentation_stream
+
+        for item in segmentation_stream(paths, params, workers):
+            crops = getattr(getattr(item, "result", None), "crops", None)
+            if crops is not None and len(crops):
+                self.crops[str(item.path)] = np.asarray(crops)
+            yield item
+
+    def write(self, result) -> int:
+        """Overlays of one `FilePredictions`' cells; returns how many were written."""
+        import cv2
+
+        from napari_allbag.io.atomic import write_bytes_atomic
+
+        crops = self.crops.pop(str(result.path), None)
+        self.files += 1
+        if crops is None or result.error or not len(result.predictions):
+            return 0
+        heat = ensemble_grad_cam(self.bundle.ensemble, crops, "combined", 1, self.batch_size)
+        ids = result.table.get("cell_id", range(1, len(crops) + 1))
+        names = result.predictions.label_names
+        stem = f"{self.files:05d}_{result.path.stem}"
+        for i, cell_id in enumerate(ids):
+            rgb = overlay_heatmap(crops[i], heat[i])
+            ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+            if ok:
+                name = f"{stem}_cell{int(cell_id)}_{names[i]}.png"
+                write_bytes_atomic(self.out_dir / name, png.tobytes())
+        return len(crops)

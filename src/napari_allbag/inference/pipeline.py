@@ -18,6 +18,7 @@ that segments runs, so `inference.classify` users on a torch-only machine are un
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -27,7 +28,9 @@ from typing import Any
 import numpy as np
 
 from napari_allbag.inference.classify import CellPredictions, EnsembleRunner, classify_crops
+from napari_allbag.inference.decision import Decision, judge, resolve_decision
 from napari_allbag.inference.predict import FilePredictions, PredictionRun, stream_predictions
+from napari_allbag.inference.tta import N_VIEWS, dihedral_views
 from napari_allbag.progress import Progress
 
 #: What `predict_files` segments with: (paths, params, workers) -> FileSegmentation-like items.
@@ -47,6 +50,11 @@ class PipelineOptions:
         the bundle's own, "auto" for bundles saved before the mode existed).
     engine: `inference.engines.ENGINES` ("torch" here; the CLI's default is "auto": ONNX Runtime
         or OpenVINO on the CPU when installed, else torch).
+    rule: the ensemble rule, `model.rules.RULES` (None: the bundle's, "max" for older bundles).
+    tta: test-time augmentation, the 8 dihedral views of each crop averaged (about 8x the cost).
+    decision: "paper" (the rule's own label) or "threshold" (the bundle's sensitivity threshold).
+    review_band: cells whose P(ALL) lies this close to the threshold in use are flagged.
+    (`inference.decision` applies the last four and the bundle's temperatures.)
     """
 
     batch_size: int | None = None
@@ -56,6 +64,10 @@ class PipelineOptions:
     segmentation: Any = None
     background: str | None = None
     engine: str = "torch"
+    rule: str | None = None
+    tta: bool = False
+    decision: str = "paper"
+    review_band: float = 0.1
 
 
 DEFAULT_OPTIONS = PipelineOptions()
@@ -123,22 +135,60 @@ def make_runner(
     )
 
 
+def decision_for(bundle: Any, options: PipelineOptions = DEFAULT_OPTIONS) -> Decision:
+    """The rule, calibration, threshold and review policy for `bundle` under `options`."""
+    from napari_allbag.model.trust import TrustSettings
+
+    trust = getattr(bundle, "trust", None) or TrustSettings()
+    return resolve_decision(trust, options.rule, options.decision, options.review_band)
+
+
+def finisher(
+    bundle: Any, options: PipelineOptions = DEFAULT_OPTIONS
+) -> Callable[[np.ndarray, dict[str, Any]], CellPredictions]:
+    """`finish(probs, table)` for the options: probabilities of one row per crop (8 rows per
+    cell with TTA) and the cells' table -> judged `CellPredictions` (`inference.decision`)."""
+    decision = decision_for(bundle, options)
+
+    def finish(probs: np.ndarray, table: dict[str, Any]) -> CellPredictions:
+        probs = np.asarray(probs, np.float32)
+        if options.tta:
+            probs = probs.reshape(-1, N_VIEWS, *probs.shape[1:])
+        border = (table or {}).get("touches_border")
+        return CellPredictions.from_judged(judge(probs, decision, border))
+
+    return finish
+
+
+def _with_views(crops: np.ndarray) -> np.ndarray:
+    """The 8 dihedral views of each crop, cell by cell: (N * 8, S, S, 3)."""
+    views = dihedral_views(np.asarray(crops))  # (8, N, S, S, 3)
+    return np.ascontiguousarray(views.swapaxes(0, 1)).reshape(-1, *views.shape[2:])
+
+
 def classify_cells(
-    bundle: Any, crops: np.ndarray, options: PipelineOptions = DEFAULT_OPTIONS
+    bundle: Any,
+    crops: np.ndarray,
+    options: PipelineOptions = DEFAULT_OPTIONS,
+    touches_border: Any = None,
 ) -> Generator[Progress, None, CellPredictions]:
-    """Classify uint8 crops (N, S, S, 3) with the options' batch size, device and compile."""
-    return (
-        yield from classify_crops(
-            bundle, crops, options.batch_size, options.device, options.compile, options.engine
-        )
+    """Classify uint8 crops (N, S, S, 3) with the options' batch size, device, compile, engine,
+    rule, TTA and decision (`touches_border` (N,) feeds the review flags)."""
+    finish = finisher(bundle, options)
+    if options.tta:
+        crops = _with_views(crops) if len(crops) else crops
+    raw = yield from classify_crops(
+        bundle, crops, options.batch_size, options.device, options.compile, options.engine
     )
+    return finish(raw.probs, {"touches_border": touches_border})
 
 
 def classify_segmented(
     bundle: Any, segmented: Any, options: PipelineOptions = DEFAULT_OPTIONS
 ) -> Generator[Progress, None, ImagePredictions]:
     """Classify the cells of a `SegmentationResult`; returns them with their predictions."""
-    predictions = yield from classify_cells(bundle, segmented.crops, options)
+    border = (segmented.table or {}).get("touches_border")
+    predictions = yield from classify_cells(bundle, segmented.crops, options, border)
     return ImagePredictions(segmented, predictions)
 
 
@@ -207,7 +257,7 @@ def classify_files_cached(
     return CachedPredictions(cache, predictions, params)
 
 
-def _segmentation_stream(paths: Sequence[Path], params: Any, workers: int | None) -> Iterable[Any]:
+def segmentation_stream(paths: Sequence[Path], params: Any, workers: int | None) -> Iterable[Any]:
     from napari_allbag.segmentation.dark import iter_segment_files
 
     return iter_segment_files(paths, params, workers=workers, keep_labels=False)
@@ -230,5 +280,21 @@ def predict_files(
     paths = [Path(p) for p in paths]
     params = segmentation_params(bundle, options)
     runner = make_runner(bundle, options, getattr(params, "crop_size", None))
-    stream = (segment_stream or _segmentation_stream)(paths, params, options.workers)
-    return (yield from stream_predictions(runner, stream, len(paths), sink))
+    stream = (segment_stream or segmentation_stream)(paths, params, options.workers)
+    if options.tta:
+        stream = map(_item_with_views, stream)
+    finish = finisher(bundle, options)
+    return (yield from stream_predictions(runner, stream, len(paths), sink, finish))
+
+
+def _item_with_views(item: Any) -> Any:
+    """A segmentation stream's item whose crops are replaced by their 8 views (TTA)."""
+    result = getattr(item, "result", None)
+    crops = getattr(result, "crops", None)
+    if crops is None or not len(crops):
+        return item
+    result = copy.copy(result)
+    result.crops = _with_views(crops)
+    item = copy.copy(item)
+    item.result = result
+    return item

@@ -37,6 +37,8 @@ from napari_allbag.model.networks import CLASS_NAMES, MODEL_NAMES
 from napari_allbag.progress import Progress
 from napari_allbag.segmentation.feedback import ImageFeedback
 
+#: A file's probabilities (crops, 3, 2) and its table -> its `CellPredictions`.
+Finish = Callable[[np.ndarray, dict[str, Any]], CellPredictions]
 #: Batches waiting for the device in `stream_predictions` (bounds host memory).
 QUEUE_BATCHES = 3
 
@@ -51,6 +53,11 @@ class FileSummary:
     error: str | None = None
     message: str = ""
     feedback: ImageFeedback | None = None  # mode, and what looks wrong (None for unreadable)
+    flagged: int = 0  # cells flagged for review
+
+    @property
+    def n_hem(self) -> int:
+        return self.cells - self.n_all
 
     @property
     def all_fraction(self) -> float | None:
@@ -77,6 +84,7 @@ class FilePredictions:
             self.error,
             self.message,
             self.feedback,
+            int(self.predictions.flagged.sum()),
         )
 
 
@@ -284,9 +292,15 @@ class _Feeder:
 class _FileAssembler:
     """Gathers each file's probabilities; hands finished files to the sink in input order."""
 
-    def __init__(self, run: PredictionRun, sink: Callable[[FilePredictions], None] | None):
+    def __init__(
+        self,
+        run: PredictionRun,
+        sink: Callable[[FilePredictions], None] | None,
+        finish: Finish | None = None,
+    ):
         self.run = run
         self.sink = sink
+        self.finish = finish
         self.pending: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self.cells_done = 0
 
@@ -317,11 +331,12 @@ class _FileAssembler:
             if entry["done"] < start.cells:
                 break
             self.pending.popitem(last=False)
-            predictions = (
-                CellPredictions.from_probs(entry["probs"])
-                if start.cells
-                else CellPredictions.empty()
-            )
+            if self.finish is not None:
+                predictions = self.finish(entry["probs"], start.table)
+            elif start.cells:
+                predictions = CellPredictions.from_probs(entry["probs"])
+            else:
+                predictions = CellPredictions.empty()
             result = FilePredictions(
                 start.path, start.table, predictions, start.error, start.message, start.feedback
             )
@@ -337,14 +352,17 @@ def stream_predictions(
     stream: Iterable[Any],
     total_files: int,
     sink: Callable[[FilePredictions], None] | None = None,
+    finish: Finish | None = None,
 ) -> Generator[Progress, None, PredictionRun]:
     """Classify the cells of a segmentation stream (FileSegmentation-like items) with `runner`.
 
     A background thread packs crops into batches while this loop keeps `PIPELINE_DEPTH` batches
-    on the device; `sink` gets each file as soon as its last cell is classified.
+    on the device; `sink` gets each file as soon as its last cell is classified. `finish(probs,
+    table)` turns a file's probabilities (one row per crop) into its `CellPredictions` (default:
+    the paper's rule; the pipeline passes its rule, calibration, TTA and review flags).
     """
     run = PredictionRun(device=runner.description)
-    files = _FileAssembler(run, sink)
+    files = _FileAssembler(run, sink, finish)
     start = time.perf_counter()
 
     def progress() -> Progress:

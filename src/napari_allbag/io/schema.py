@@ -25,6 +25,7 @@ from napari_allbag.defaults import ENSEMBLE_RULES
 
 #: A timm model name, optionally with a pretrained tag: `inception_resnet_v2`, `resnet50.a1_in1k`.
 #: No `/`, `:` or upper case, so never a path or a hub address (which would download).
+BACKGROUND = re.compile(r"auto|dark|bright")  # defaults.BACKGROUND_MODES
 BACKBONE_NAME = re.compile(r"[a-z0-9_]{1,100}(\.[a-z0-9_]{1,60})?")
 #: A checkpoint's tensor file: a plain file name beside its JSON (no folder part).
 TENSOR_FILE_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,200}\.safetensors")
@@ -280,6 +281,7 @@ BUNDLE_SCHEMA = Object(
                 "erosion_size": Integer(0, 255),
                 "min_area": Integer(0, 100_000_000),
                 "largest_only": Boolean(),
+                "background": Text(6, BACKGROUND, "one of auto, dark, bright"),
             }
         ),
         "training": ANY_OBJECT,

@@ -43,7 +43,9 @@ def fit_temperature(scores, labels, logits: bool = False) -> float:
 
     `scores` are probabilities (N, classes) (default) or logits (`logits=True`); labels are class
     indices. The NLL is convex in 1/T, so a bounded scalar search on log T finds the optimum; it is
-    kept within `TEMPERATURE_BOUNDS` (perfectly separable data would drive T to 0).
+    kept within `TEMPERATURE_BOUNDS`. Where every cell is already classified right, the NLL only
+    falls as T goes to 0, so the split does not determine T: T = 1 is kept (no scaling rather than
+    an extreme one that would make every later call look certain).
     """
     log_scores = _log_scores(scores, logits)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -51,6 +53,8 @@ def fit_temperature(scores, labels, logits: bool = False) -> float:
         raise ValueError(
             f"need as many labels as cells (> 0), got {len(labels)} and {len(log_scores)}"
         )
+    if np.array_equal(log_scores.argmax(axis=1), labels):
+        return 1.0
     low, high = (math.log(bound) for bound in TEMPERATURE_BOUNDS)
     result = minimize_scalar(
         lambda log_t: _nll(log_scores, labels, math.exp(log_t)),

@@ -214,7 +214,8 @@ def create_backbone(
             raise
         raise BackboneWeightsError(
             f"Could not get the ImageNet weights of {name!r} ({type(error).__name__}: {error}). "
-            "Offline? Pass a local weights file (weights_path / --weights), or pretrained=False."
+            "Offline? Pass a local weights file (--weights FILE.safetensors), or train from random "
+            "weights (--no-pretrained; Pretrained unticked in the Train widget)."
         ) from error
     if weights_path is not None:
         load_backbone_weights(backbone, read_weights_file(weights_path), str(weights_path))

@@ -104,22 +104,22 @@ class TrainConfig:
         self.segmentation = dict(self.segmentation or {})
         problems = []
         if self.epochs < 1:
-            problems.append(f"epochs must be at least 1 (got {self.epochs})")
+            problems.append(f"--epochs must be at least 1 (got {self.epochs})")
         if self.batch_size is not None and self.batch_size < 2:
-            problems.append(f"batch size must be at least 2 (got {self.batch_size})")
+            problems.append(f"--batch-size must be at least 2 (got {self.batch_size})")
         if self.lr <= 0:
-            problems.append(f"learning rate must be positive (got {self.lr})")
+            problems.append(f"--lr (learning rate) must be positive (got {self.lr})")
         if len(self.class_weights) != 2 or min(self.class_weights) <= 0:
             problems.append(f"class_weights need two positive values (got {self.class_weights})")
         if not 0 < self.val_fraction < 1:
-            problems.append(f"val_fraction must be between 0 and 1 (got {self.val_fraction})")
+            problems.append(f"--val-fraction must be between 0 and 1 (got {self.val_fraction})")
         if not MIN_CROP_SIZE <= self.crop_size <= MAX_CROP_SIZE:  # a bundle's bounds (io/schema.py)
             problems.append(
                 f"crop size must be {MIN_CROP_SIZE} to {MAX_CROP_SIZE} pixels (got {self.crop_size})"
             )
         if self.sync_batchnorm not in SYNC_BATCHNORM_CHOICES:
             problems.append(
-                f"sync_batchnorm must be one of {', '.join(SYNC_BATCHNORM_CHOICES)} "
+                f"--sync-batchnorm must be one of {', '.join(SYNC_BATCHNORM_CHOICES)} "
                 f"(got {self.sync_batchnorm!r})"
             )
         if not 0 < self.target_sensitivity <= 1:
@@ -227,17 +227,13 @@ def prepare_run(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
     if out_dir.exists() and not out_dir.is_dir():
         raise TrainingError(f"{out_dir} is a file; give a folder for the training run (--out).")
     notes: list[str] = []
+    if config.resume and (out_dir / CONFIG_FILE).is_file() and not has_trained(out_dir):
+        # a start that failed before its first epoch (no network for the ImageNet weights, a
+        # refused --weights file): nothing to continue, so the settings given now are honoured
+        notes.append("nothing was trained in this run folder yet: starting it again as given")
+        config = replace(config, resume=False)
     if not config.resume:
-        if out_dir.is_dir() and holds_run_files(out_dir):
-            hint = (
-                " It holds a training run: continue it with --resume (Resume in the widget)."
-                if (out_dir / CONFIG_FILE).is_file()
-                else ""
-            )
-            raise TrainingError(
-                f"The run folder {out_dir} already holds files and is never overwritten.{hint} "
-                "Or choose a new or empty folder."
-            )
+        check_new_run_folder(out_dir)
         if config.is_main_process:
             out_dir.mkdir(parents=True, exist_ok=True)
             remove_leftovers(out_dir)  # of a run killed before it saved config.json
@@ -258,8 +254,18 @@ def prepare_run(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
         if name in changes or name == "batch_size":
             continue
         given, kept = getattr(config, name), getattr(saved, name)
-        if given != kept and given != getattr(default, name):
-            notes.append(f"{name}={given!r} ignored: the run continues with {name}={kept!r}")
+        if given == kept or given == getattr(default, name):
+            continue
+        if name in WEIGHT_SOURCE_FIELDS:  # never dropped quietly: the user asked for other weights
+            raise TrainingError(
+                f"{describe_setting(name, given)} cannot change on --resume: this run's epochs "
+                f"were trained with {describe_setting(name, kept)}. Resume without it, or start a "
+                "new run (a new --out folder)."
+            )
+        notes.append(
+            f"{describe_setting(name, given)} ignored: the run continues with "
+            f"{describe_setting(name, kept)}"
+        )
     resumed = replace(saved, **changes)
     if config.is_main_process:
         remove_leftovers(out_dir)
@@ -286,6 +292,62 @@ def claim_run_folder(config: TrainConfig):
         return RunLock(config.out_dir).acquire()
     except (OutputLocationError, LockHeld) as error:
         raise TrainingError(str(error)) from error
+
+
+#: What a start leaves before its first epoch: settings and the data summary (a rerun replaces
+#: them). Anything else (checkpoints, log.csv, features, the bundle) is a run's work.
+FAILED_START_FILES = (CONFIG_FILE, "summary.json", "summary.txt")
+#: Settings that say where the starting weights come from: refused, not ignored, on --resume.
+WEIGHT_SOURCE_FIELDS = ("pretrained", "weights_path", "backbone", "init_from")
+#: The command-line flag of each TrainConfig field whose name differs from `--field-name`.
+CLI_FLAGS = {
+    "out_dir": "--out",
+    "weights_path": "--weights",
+    "compile": "--compile",
+}
+
+
+def describe_setting(name: str, value: Any) -> str:
+    """A setting as the user typed it (`--no-pretrained`, `--lr 0.01`), not its Python name."""
+    if name == "pretrained":
+        return "ImageNet weights (no --no-pretrained)" if value else "--no-pretrained"
+    flag = CLI_FLAGS.get(name, "--" + name.replace("_", "-"))
+    if isinstance(value, bool):
+        return flag if value else f"no {flag}"
+    return f"{flag} {value}" if value is not None else f"no {flag}"
+
+
+def check_new_run_folder(out_dir: Path) -> None:
+    """Refuse a folder holding a run's work or files of the user's; a failed start is retried."""
+    if not out_dir.is_dir() or not holds_run_files(out_dir) or _only_failed_start(out_dir):
+        return
+    hint = (
+        " It holds a training run: continue it with --resume (Resume in the widget)."
+        if has_trained(out_dir)
+        else ""
+    )
+    raise TrainingError(
+        f"The run folder {out_dir} already holds files and is never overwritten.{hint} "
+        "Or choose a new or empty folder."
+    )
+
+
+def has_trained(out_dir: Path) -> bool:
+    """Whether the run folder holds training work (a checkpoint, the log, the bundle)."""
+    paths = RunPaths(Path(out_dir))
+    return paths.log.is_file() or paths.bundle.exists() or any(paths.checkpoints.glob("*.json"))
+
+
+def _only_failed_start(out_dir: Path) -> bool:
+    """True when `out_dir` holds only what a start that failed before training wrote."""
+    return all(
+        _is_leftover(entry) or entry.name in FAILED_START_FILES or _empty_folder(entry)
+        for entry in Path(out_dir).iterdir()
+    )
+
+
+def _empty_folder(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not any(p.is_file() for p in path.rglob("*"))
 
 
 def holds_run_files(out_dir: Path) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,28 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def kept_epoch(history: Sequence[dict[str, Any]]) -> int | None:
+    """The epoch whose weights a stage keeps: the first with the lowest validation loss (the
+    rule of `schedule.PlateauSchedule.step`); None when no epoch has a finite one."""
+    best_loss, best = math.inf, None
+    for row in history:
+        loss = row.get("val_loss")
+        if loss is not None and loss < best_loss:  # NaN never compares less: never kept
+            best_loss, best = loss, row["epoch"]
+    return best
+
+
+def _mark_kept(axis: Any, history: Sequence[dict[str, Any]], metric: str) -> None:
+    """A vertical line and a ring at the kept epoch, so a worse last epoch does not alarm."""
+    epoch = kept_epoch(history)
+    if epoch is None:
+        return
+    value = next(row[f"val_{metric}"] for row in history if row["epoch"] == epoch)
+    axis.axvline(epoch, color="tab:green", lw=1, alpha=0.6)
+    if value is not None:
+        axis.plot([epoch], [value], "o", ms=9, mfc="none", mec="tab:green", label="kept epoch")
+
+
 def draw_curves(figure: Any, rows: Sequence[dict[str, Any]]) -> None:
     """Draw loss and accuracy curves per stage onto a matplotlib `Figure` (cleared first)."""
     figure.clear()
@@ -75,7 +98,10 @@ def draw_curves(figure: Any, rows: Sequence[dict[str, Any]]) -> None:
             axis.plot(
                 epochs, [row[f"val_{metric}"] for row in history], "s--", ms=3, label="validation"
             )
-            axis.set_title(f"{STAGE_TITLES.get(stage, stage)}: {label}", fontsize=9)
+            _mark_kept(axis, history, metric)
+            kept = kept_epoch(history)
+            title = f"{STAGE_TITLES.get(stage, stage)}: {label}"
+            axis.set_title(title + (f" (kept: epoch {kept})" if kept else ""), fontsize=9)
             axis.set_xlabel("epoch", fontsize=8)
             axis.tick_params(labelsize=7)
             axis.grid(alpha=0.3)

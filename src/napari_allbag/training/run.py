@@ -374,6 +374,7 @@ class TrainingRun:
         config, device = self.config, self.device
         team_batch = local_batch_size(config.batch_size, team.world_size)
         team_sync_bn = use_sync_batchnorm(config, team, device, team_batch)
+        yield Progress(0, None, name, f"building the model ({config.backbone})")
         model = new_stage1_model(config, name, device)
         runners = make_runners(config, model, team, device, team_sync_bn)
         subset = self.subsets[name]

@@ -57,12 +57,18 @@ COLUMNS = (
     ("cell", "index"),
     ("label", "label"),
     ("confidence", "confidence"),
-    ("P(ALL) A", "p_all_model_a"),
-    ("P(ALL) B", "p_all_model_b"),
-    ("P(ALL) combined", "p_all_combined"),
+    ("P A", "p_all_model_a"),
+    ("P B", "p_all_model_b"),
+    ("P comb.", "p_all_combined"),
     ("review", None),
     ("corrected", None),
 )
+HEADER_TIPS = {
+    4: "P(ALL) of model-A (stage 1, bagging subset A)",
+    5: "P(ALL) of model-B (stage 1, bagging subset B)",
+    6: "P(ALL) of the combined model (both backbones' features)",
+    7: "why the cell is flagged for review (when the results have review flags)",
+}
 THUMBNAIL_PX = 40
 CLASS_KEYS = {"a": "all", "h": "hem"}
 _C_NMC_NAME = re.compile(r"^UID_(?P<subject>[^_]+)_", re.I)
@@ -92,6 +98,8 @@ class CellTableWidget(QWidget):
         self.title.setWordWrap(True)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels([name for name, _ in COLUMNS])
+        for column, tip in HEADER_TIPS.items():
+            self.table.horizontalHeaderItem(column).setToolTip(tip)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -187,6 +195,9 @@ class CellTableWidget(QWidget):
         for row in range(n):
             self._fill_row(row, frame.iloc[row], crops, review[row], bool(corrected[row]))
         self.table.setSortingEnabled(True)
+        header = self.table.horizontalHeader()
+        if header.sortIndicatorSection() == 0:  # thumbnails do not sort: start by cell id
+            self.table.sortItems(1, Qt.SortOrder.AscendingOrder)
         self.table.resizeColumnsToContents()
 
     def _fill_row(self, row: int, cells: Any, crops: Any, review: str, corrected: bool) -> None:

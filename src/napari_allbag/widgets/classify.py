@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -31,7 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_allbag.defaults import BACKGROUND_HELP, BACKGROUND_MODES
+from napari_allbag.defaults import BACKGROUND_HELP, BACKGROUND_MODES, ENSEMBLE_RULES
 from napari_allbag.io.atomic import atomic_path
 from napari_allbag.progress import Progress
 from napari_allbag.widgets.base import WorkerControls, show_error
@@ -61,6 +62,8 @@ from napari_allbag.widgets.results import (
 )
 
 CELLS_LAYER, CROPS_LAYER, CLASSES_LAYER = CELLS, CROPS, CLASSES  # a layer is `cells [image]`
+#: The rule choice that keeps the bundle's own rule.
+BUNDLE_RULE = "bundle's rule"
 #: The background choice that keeps the bundle's own segmentation mode.
 BUNDLE_BACKGROUND = "bundle's"
 #: Text size of the label and confidence shown at each cell (points).
@@ -97,6 +100,8 @@ class _Job:
     crops: np.ndarray | None  # matching "cell crops", when usable
     source: str
     background: str | None = None  # the segmentation's mode (None: the bundle's)
+    rule: str | None = None  # the ensemble rule (None: the bundle's)
+    tta: bool = False  # test-time augmentation (8 views)
 
 
 def _classify_job(holder: _ModelHolder, job: _Job) -> Generator[Progress, None, Any]:
@@ -111,10 +116,12 @@ def _classify_job(holder: _ModelHolder, job: _Job) -> Generator[Progress, None, 
         holder.bundle = load_bundle(job.bundle_path, job.device)
         holder.path = job.bundle_path
     bundle = holder.bundle
+    options = PipelineOptions(background=job.background, rule=job.rule, tta=job.tta)
     if job.labels is None:
-        options = PipelineOptions(background=job.background)
         return (yield from classify_image(bundle, job.image, options, job.source))
-    return (yield from classify_labels(bundle, job.image, job.labels, job.table, job.crops))
+    return (
+        yield from classify_labels(bundle, job.image, job.labels, job.table, job.crops, options)
+    )
 
 
 def _cell_ids(table: dict[str, Any], labels: np.ndarray) -> np.ndarray:
@@ -143,6 +150,15 @@ class ClassifyWidget(QWidget):
         self.bundle_info = QLabel("")
         self.bundle_info.setWordWrap(True)
         self.layer_combo = QComboBox()
+        self.rule_combo = QComboBox()
+        self.rule_combo.addItems([BUNDLE_RULE, *ENSEMBLE_RULES])
+        self.rule_combo.setToolTip(
+            "max: the paper's (highest of the six probabilities); mean of the three models; "
+            "agree: A and B where they agree, else the combined model; combined alone"
+        )
+        self.tta_check = QCheckBox("Test-time augmentation (8 views, about 8x slower)")
+        self.heatmap_button = QPushButton("Show heatmap of selected cell")
+        self.heatmap_button.setToolTip("Grad-CAM of the combined model's evidence for ALL")
         self.background_combo = QComboBox()
         self.background_combo.addItems([BUNDLE_BACKGROUND, *BACKGROUND_MODES])
         self.background_combo.setToolTip(
@@ -183,6 +199,8 @@ class ClassifyWidget(QWidget):
         form.addRow("", self.bundle_info)
         form.addRow("Layer", self.layer_combo)
         form.addRow("Background", self.background_combo)
+        form.addRow("Rule", self.rule_combo)
+        form.addRow("", self.tta_check)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.device_label)
@@ -192,6 +210,7 @@ class ClassifyWidget(QWidget):
         layout.addWidget(self.summary)
         layout.addWidget(self.legend)
         layout.addWidget(self.export_button)
+        layout.addWidget(self.heatmap_button)
         layout.addStretch(1)
 
         self.browse_button.clicked.connect(self._browse)
@@ -199,6 +218,7 @@ class ClassifyWidget(QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.export_button.clicked.connect(self._export_dialog)
+        self.heatmap_button.clicked.connect(self._heatmap_clicked)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.selection.events.active.connect(self._follow_active)
@@ -418,6 +438,12 @@ class ClassifyWidget(QWidget):
         except (BundleError, ValueError) as error:
             self._show_error(str(error))
             return
+        from dataclasses import replace
+
+        rule = self.rule_combo.currentText()
+        job = replace(
+            job, rule=None if rule == BUNDLE_RULE else rule, tta=self.tta_check.isChecked()
+        )
         self.status.setText("starting…")
         self._found_afresh = job.labels is None
         self._running_image = self.image_name() or job.source
@@ -525,6 +551,41 @@ class ClassifyWidget(QWidget):
         layer.opacity = 1.0
         place_above(self.viewer, layer, image)
         return layer
+
+    def _heatmap_clicked(self) -> None:
+        try:
+            self.show_heatmap()
+        except ValueError as error:
+            self._show_error(str(error))
+
+    def show_heatmap(self) -> Any:
+        """Add the Grad-CAM overlay of the cells layer's selected cell as an image layer over
+        its crop (centred on the cell); returns the layer."""
+        from napari_allbag.inference.gradcam import ensemble_grad_cam, overlay_heatmap
+
+        image_name = self.image_name() or self.layer_combo.currentText()
+        layer = find_result(self.viewer, CELLS, image_name)
+        bundle = self._holder.bundle
+        if layer is None or bundle is None or CROPS_KEY not in layer.metadata:
+            raise ValueError("classify the image first (Run), then select a cell")
+        frame = layer.features
+        ids = np.asarray(frame["index"])
+        rows = np.flatnonzero(ids == int(layer.selected_label))
+        if not len(rows):
+            raise ValueError("select a cell: pick its label in the cells layer")
+        row = int(rows[0])
+        crop = np.asarray(layer.metadata[CROPS_KEY])[row]
+        heat = ensemble_grad_cam(bundle.ensemble, crop[None], "combined", 1)[0]
+        centre = frame[["centroid_row", "centroid_col"]].to_numpy(dtype=float)[row]
+        corner = centre - np.array(crop.shape[:2]) / 2.0
+        scale = np.asarray(layer.scale[-2:], dtype=float)
+        return self.viewer.add_image(
+            overlay_heatmap(crop, heat),
+            name=f"heatmap cell {ids[row]} [{image_name}]",
+            translate=np.asarray(layer.translate[-2:], dtype=float) + corner * scale,
+            scale=scale,
+            opacity=0.8,
+        )
 
     def refresh_display(self, cells_layer: Any) -> None:
         """Colours, label text and summary of one cells layer from its features."""

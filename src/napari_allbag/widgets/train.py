@@ -44,6 +44,16 @@ STAGE_NAMES = {
     "stage2": "Stage 2: combined model",
     "report": "Report",
 }
+#: Step k of STEP_COUNT for each stage, so the label says how far the run is.
+STAGE_STEPS = {
+    "preprocess": 1,
+    "stage1-A": 2,
+    "stage1-B": 3,
+    "features": 4,
+    "stage2": 4,
+    "report": 5,
+}
+STEP_COUNT = 5
 
 
 def _run_training(work: Generator[Progress, None, Any]) -> Generator[Progress, None, Any]:
@@ -292,6 +302,8 @@ class TrainWidget(QWidget):
 
     def _on_progress(self, event: Progress) -> None:
         text = STAGE_NAMES.get(event.stage, event.stage)
+        if event.stage in STAGE_STEPS:
+            text = f"Step {STAGE_STEPS[event.stage]} of {STEP_COUNT}: {text}"
         if event.message:
             text += f" — {event.message}"
         figures = [

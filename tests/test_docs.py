@@ -1,0 +1,44 @@
+"""The docs agree with what runs: one apt package list for headless Linux (the CI's)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _apt_packages(text: str) -> list[list[str]]:
+    """The package lists of every `apt-get install` command in `text` (continuations joined)."""
+    joined = text.replace("\\\n", " ")
+    found = []
+    for line in joined.splitlines():
+        if "apt-get install" in line:
+            words = line.split("apt-get install", 1)[1].split(">")[0].split()
+            found.append([w for w in words if not w.startswith("-")])
+    return found
+
+
+def test_one_apt_list_for_headless_linux():
+    ci = _apt_packages((REPO / ".ci" / "run").read_text())
+    assert len(ci) == 1 and "xvfb" in ci[0]
+    for doc in ("README.md", "docs/user-guide.md"):
+        lists = _apt_packages((REPO / doc).read_text())
+        assert lists, doc
+        for packages in lists:
+            assert packages == ci[0], doc
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/user-guide.md", "docs/reproduce.md"])
+def test_documented_options_exist(doc):
+    """Every `--option` a doc shows for train or evaluate is one the parser knows."""
+    from napari_allbag.cli.main import build_parser
+
+    choices = build_parser()._subparsers._group_actions[0].choices
+    known = {o for name in ("train", "evaluate") for o in choices[name]._option_string_actions}
+    text = (REPO / doc).read_text()
+    for command in re.findall(r"napari-allbag (?:train|evaluate)[^\n]*(?:\\\n[^\n]*)*", text):
+        for option in re.findall(r"(?<![\w-])--[a-z][a-z-]+", command):
+            assert option in known, f"{doc}: {option}"
