@@ -42,3 +42,34 @@ def test_documented_options_exist(doc):
     for command in re.findall(r"napari-allbag (?:train|evaluate)[^\n]*(?:\\\n[^\n]*)*", text):
         for option in re.findall(r"(?<![\w-])--[a-z][a-z-]+", command):
             assert option in known, f"{doc}: {option}"
+
+
+def test_user_guide_names_every_option():
+    """Every `--option` of every subcommand is named in the user guide (new options get documented)."""
+    from napari_allbag.cli.main import build_parser
+
+    choices = build_parser()._subparsers._group_actions[0].choices
+    named = set(
+        re.findall(r"(?<![\w-])--[a-z][a-z-]*(?![\w-])", (REPO / "docs/user-guide.md").read_text())
+    )
+    missing = [
+        f"{name} {option}"
+        for name, parser in choices.items()
+        for option in parser._option_string_actions
+        if option.startswith("--") and option != "--help" and option not in named
+    ]
+    assert choices and not missing, missing
+
+
+def test_architecture_lists_every_module():
+    """Every module of the package has a row in docs/architecture.md's table (or its `pkg.*` row)."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    rows = set(re.findall(r"^\| `([a-z0-9_.*]+)` \|", text, re.M))
+    package = REPO / "src" / "napari_allbag"
+    modules = [
+        ".".join(path.relative_to(package).with_suffix("").parts)
+        for path in sorted(package.rglob("*.py"))
+        if path.name not in ("__init__.py", "__main__.py")
+    ]
+    missing = [m for m in modules if m not in rows and f"{m.split('.')[0]}.*" not in rows]
+    assert modules and not missing, missing
