@@ -42,3 +42,20 @@ def test_documented_options_exist(doc):
     for command in re.findall(r"napari-allbag (?:train|evaluate)[^\n]*(?:\\\n[^\n]*)*", text):
         for option in re.findall(r"(?<![\w-])--[a-z][a-z-]+", command):
             assert option in known, f"{doc}: {option}"
+
+
+def test_user_guide_names_every_option():
+    """Every `--option` of every subcommand is named in the user guide (new options get documented)."""
+    from napari_allbag.cli.main import build_parser
+
+    choices = build_parser()._subparsers._group_actions[0].choices
+    named = set(
+        re.findall(r"(?<![\w-])--[a-z][a-z-]*(?![\w-])", (REPO / "docs/user-guide.md").read_text())
+    )
+    missing = [
+        f"{name} {option}"
+        for name, parser in choices.items()
+        for option in parser._option_string_actions
+        if option.startswith("--") and option != "--help" and option not in named
+    ]
+    assert choices and not missing, missing

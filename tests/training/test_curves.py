@@ -6,7 +6,14 @@ import io
 
 import numpy as np
 
-from napari_allbag.training.curves import LOG_COLUMNS, read_log, render_curves_png, write_log
+from napari_allbag.training.config import RunPaths
+from napari_allbag.training.curves import (
+    LOG_COLUMNS,
+    read_log,
+    render_curves_png,
+    save_curves,
+    write_log,
+)
 
 
 def _rows():
@@ -88,3 +95,25 @@ def test_curves_mark_the_kept_epoch():
     accuracy = figure.axes[1]
     rings = [line for line in accuracy.get_lines() if line.get_label() == "kept epoch"]
     assert len(rings) == 1 and list(rings[0].get_ydata()) == [1.0]
+
+
+def test_curves_are_drawn_by_the_main_process_only(tmp_path):
+    paths = RunPaths(tmp_path)
+    history = [
+        {
+            "stage": "stage1-A",
+            "epoch": e,
+            "loss": 1 / e,
+            "val_loss": 1.2 / e,
+            "accuracy": 0.5,
+            "val_accuracy": 0.5,
+            "lr": 1e-3,
+        }
+        for e in (1, 2, 3)
+    ]
+    save_curves(False, paths.curves, history)
+    assert not paths.curves.exists()
+    save_curves(True, paths.curves, [])
+    assert not paths.curves.exists()
+    save_curves(True, paths.curves, history)
+    assert paths.curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""training.outputs: the bundle's metadata from a run's report, and the curves."""
+"""training.outputs: the bundle's metadata from a run's report."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 
 from napari_allbag.evaluation.report import REPORT_MODELS, build_report
 from napari_allbag.model.networks import resolve_backbone
-from napari_allbag.training.config import RunPaths, TrainConfig
+from napari_allbag.training.config import TrainConfig
 from napari_allbag.training.loop import StageOutcome
-from napari_allbag.training.outputs import bundle_meta, draw_curves
+from napari_allbag.training.outputs import bundle_meta
 from napari_allbag.training.prepare import PreparedData
 
 
@@ -73,25 +73,3 @@ def test_bundle_meta_summarises_the_report_and_the_run(tmp_path):
     assert segmentation.largest_only is False
     assert segmentation.crop_size == 64 and segmentation.erosion_size == 3
     assert meta["backbone"] is backbone
-
-
-def test_curves_are_drawn_by_the_main_process_only(tmp_path):
-    paths = RunPaths(tmp_path)
-    history = [
-        {
-            "stage": "stage1-A",
-            "epoch": e,
-            "loss": 1 / e,
-            "val_loss": 1.2 / e,
-            "accuracy": 0.5,
-            "val_accuracy": 0.5,
-            "lr": 1e-3,
-        }
-        for e in (1, 2, 3)
-    ]
-    draw_curves(False, paths, history)
-    assert not paths.curves.exists()
-    draw_curves(True, paths, [])
-    assert not paths.curves.exists()
-    draw_curves(True, paths, history)
-    assert paths.curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -281,9 +281,37 @@ def build_crop_cache(
     cache_dir.mkdir(parents=True, exist_ok=True)
     workers = max(1, int(workers or 1))
     params_json = _params_json(params)
-    size = params.crop_size
     total = len(paths)
 
+    keys, hash_errors = yield from _hash_all(paths, params_json, workers)
+    folder = cache_dir / _set_key(params_json, keys)
+    index = _read_index(folder)
+    if index is not None and not index.get("retry"):
+        yield Progress(total, total, "preprocessing: segmenting", "all crops cached")
+        return _load(folder, paths, index, reused=total)
+
+    _remove_dead_temporaries(cache_dir)
+    temp = cache_dir / f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    temp.mkdir()
+    try:
+        rows = _NewSet.allocate(temp, total, params.crop_size, hash_errors)
+        todo = rows.copy_reusable(cache_dir, keys, hash_errors)
+        reused = total - len(todo) - len(hash_errors)
+        yield from _segment_rows(rows, [paths[i] for i in todo], todo, params, workers, reused)
+        index = rows.write(temp, keys, paths, params_json)
+        _move_into_place(temp, folder)
+        temp = None
+        return _load(folder, paths, _read_index(folder) or index, reused)
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _hash_all(
+    paths: list[Path], params_json: str, workers: int
+) -> Generator[Progress, None, tuple[list[str], dict[int, str]]]:
+    """Every file's key (a stand-in for an unreadable one), and why files could not be read."""
+    total = len(paths)
     keys: list[str] = []
     hash_errors: dict[int, str] = {}
     step = max(1, total // 100)
@@ -295,101 +323,122 @@ def build_crop_cache(
         keys.append(key)
         if (i + 1) % step == 0 or i + 1 == total:
             yield Progress(i + 1, total, "preprocessing: hashing")
+    return keys, hash_errors
 
-    folder = cache_dir / _set_key(params_json, keys)
-    index = _read_index(folder)
-    if index is not None and not index.get("retry"):
-        yield Progress(total, total, "preprocessing: segmenting", "all crops cached")
-        return _load(folder, paths, index, reused=total)
 
-    _remove_dead_temporaries(cache_dir)
-    temp = cache_dir / f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    temp.mkdir()
-    try:
-        ok = np.zeros(total, dtype=bool)
-        errors: list[str | None] = [None] * total
-        notes: list[str | None] = [None] * total
-        feedback: list[dict[str, Any] | None] = [None] * total
+@dataclass
+class _NewSet:
+    """The rows of a set being built in its temporary folder: crops (a writable memory map,
+    None for an empty set), whether each worked, why not, notes, segmentation feedback
+    (`ImageFeedback` fields), rows to retry next run."""
+
+    crops: np.ndarray | None
+    ok: np.ndarray
+    errors: list[str | None]
+    notes: list[str | None]
+    crop_size: int
+    feedback: list[dict[str, Any] | None] = field(default_factory=list)
+    retry: list[int] = field(default_factory=list)
+
+    @classmethod
+    def allocate(cls, temp: Path, total: int, size: int, hash_errors: dict[int, str]) -> _NewSet:
         crops = None
         if total:
             crops = np.lib.format.open_memmap(
                 temp / CROPS_FILE, mode="w+", dtype=np.uint8, shape=(total, size, size, 3)
             )
+        rows = cls(
+            crops, np.zeros(total, dtype=bool), [None] * total, [None] * total, size, [None] * total
+        )
         for i, error in hash_errors.items():
-            errors[i] = error
+            rows.errors[i] = error
+        return rows
+
+    def copy_reusable(
+        self, cache_dir: Path, keys: list[str], hash_errors: dict[int, str]
+    ) -> list[int]:
+        """Copy the rows found in complete sets; returns the rows still to segment."""
         wanted = {key for i, key in enumerate(keys) if i not in hash_errors}
-        reusable = _reusable_rows(cache_dir, wanted, size)
+        reusable = _reusable_rows(cache_dir, wanted, self.crop_size)
         opened: dict[Path, np.ndarray] = {}
         todo: list[int] = []
-        retry: list[int] = []
         for i, key in enumerate(keys):
             if i in hash_errors:
                 continue
             if key not in reusable:
                 todo.append(i)
                 continue
-            source, row, ok[i], errors[i], notes[i], feedback[i] = reusable[key]
-            if ok[i]:
+            source, row, self.ok[i], self.errors[i], self.notes[i], self.feedback[i] = reusable[key]
+            if self.ok[i]:
                 if source not in opened:
                     opened[source] = np.load(source / CROPS_FILE, mmap_mode="r")
-                crops[i] = opened[source][row]
+                self.crops[i] = opened[source][row]
         opened.clear()
-        reused = total - len(todo) - len(hash_errors)
+        return todo
 
-        done = total - len(todo)
-        step = max(1, len(todo) // 200)
-        message = f"{reused} reused" if reused else ""
-        yield Progress(done, total, "preprocessing: segmenting", message)
-        stream = iter_segment_files(
-            [paths[i] for i in todo],
-            replace(params, largest_only=False),
-            workers,
-            keep_labels=False,
-        )
-        try:
-            for n, (i, outcome) in enumerate(zip(todo, stream, strict=True), start=1):
-                if outcome.error is not None:
-                    errors[i] = outcome.error
-                    if any(marker in outcome.error for marker in TRANSIENT_ERRORS):
-                        retry.append(i)
-                else:
-                    feedback[i] = asdict(ImageFeedback.of(outcome.result))
-                    crop, errors[i], notes[i] = _choose_crop(outcome.result)
-                    if crop is not None:
-                        crops[i] = crop
-                        ok[i] = True
-                if n % step == 0 or n == len(todo):
-                    yield Progress(done + n, total, "preprocessing: segmenting", message)
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+    def take(self, i: int, outcome) -> None:
+        """Row `i` from a file's segmentation (its largest cell, or why there is none)."""
+        if outcome.error is not None:
+            self.errors[i] = outcome.error
+            if any(marker in outcome.error for marker in TRANSIENT_ERRORS):
+                self.retry.append(i)
+            return
+        self.feedback[i] = asdict(ImageFeedback.of(outcome.result))
+        crop, self.errors[i], self.notes[i] = _choose_crop(outcome.result)
+        if crop is not None:
+            self.crops[i] = crop
+            self.ok[i] = True
 
-        if crops is not None:
-            crops.flush()
-            del crops
+    def write(self, temp: Path, keys: list[str], paths: list[Path], params_json: str) -> dict:
+        """Flush the crops, then write the index (last, so a partial set never looks complete)."""
+        if self.crops is not None:
+            self.crops.flush()
+            self.crops = None
             _fsync(temp / CROPS_FILE)
         index = {
             "format": CACHE_FORMAT,
             "complete": True,
-            "crop_size": size,
+            "crop_size": self.crop_size,
             "params": json.loads(params_json)["segmentation"],
             "keys": keys,
             "files": [str(p) for p in paths],
-            "ok": ok.tolist(),
-            "errors": errors,
-            "notes": notes,
-            "feedback": feedback,
-            "retry": retry,
+            "ok": self.ok.tolist(),
+            "errors": self.errors,
+            "notes": self.notes,
+            "feedback": self.feedback,
+            "retry": self.retry,
         }
         (temp / INDEX_FILE).write_text(json.dumps(index))
         _fsync(temp / INDEX_FILE)
-        _move_into_place(temp, folder)
-        temp = None
-        return _load(folder, paths, _read_index(folder) or index, reused)
+        return index
+
+
+def _segment_rows(
+    rows: _NewSet,
+    files: list[Path],
+    todo: list[int],
+    params: SegmentationParams,
+    workers: int,
+    reused: int,
+) -> Generator[Progress, None, None]:
+    """Segment `files` (rows `todo`) in worker processes, each into its row."""
+    total = len(rows.ok)
+    done = total - len(todo)
+    step = max(1, len(todo) // 200)
+    message = f"{reused} reused" if reused else ""
+    yield Progress(done, total, "preprocessing: segmenting", message)
+    stream = iter_segment_files(
+        files, replace(params, largest_only=False), workers, keep_labels=False
+    )
+    try:
+        for n, (i, outcome) in enumerate(zip(todo, stream, strict=True), start=1):
+            rows.take(i, outcome)
+            if n % step == 0 or n == len(todo):
+                yield Progress(done + n, total, "preprocessing: segmenting", message)
     finally:
-        if temp is not None:
-            shutil.rmtree(temp, ignore_errors=True)
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
 
 
 def _fsync(path: Path) -> None:

@@ -13,7 +13,9 @@ _EXPORTS = {
     **dict.fromkeys(("STAGES", "TrainResult", "train"), "run"),
     **dict.fromkeys(("TrainConfig", "TrainingError", "RunPaths", "load_run_config"), "config"),
     **dict.fromkeys(("CheckpointError", "save_checkpoint", "load_checkpoint"), "checkpoint"),
-    **dict.fromkeys(("read_log", "write_log", "draw_curves", "render_curves_png"), "curves"),
+    **dict.fromkeys(
+        ("read_log", "write_log", "draw_curves", "render_curves_png", "save_curves"), "curves"
+    ),
     **dict.fromkeys(("Distributed", "DistributedError"), "distributed"),
     **dict.fromkeys(("StageSpec", "StageOutcome", "fit_stage"), "loop"),
     "PlateauSchedule": "schedule",

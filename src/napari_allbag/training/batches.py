@@ -18,6 +18,8 @@ B / W the W processes together train on exactly the global batches of B that one
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +29,10 @@ from napari_allbag.data.augment import augment_batch
 from napari_allbag.model.networks import Preprocess
 from napari_allbag.segmentation.crop_cache import CropCache
 from napari_allbag.training.loop import EpochRandom
+
+if TYPE_CHECKING:
+    from napari_allbag.training.features import FeatureSet
+    from napari_allbag.training.prepare import PreparedData
 
 
 def batch_positions(n: int, batch_size: int, order: torch.Tensor | None = None) -> list[list[int]]:
@@ -104,7 +110,11 @@ class _BatchOrder:
 
 
 class CropFeeder:
-    """Batches of preprocessed crops on the device, for training (shuffled, augmented) or not."""
+    """Batches of preprocessed crops on the device, for training (shuffled, augmented) or not.
+
+    Shuffled batches follow the epoch's own permutation, or a `DistributedSampler` given with
+    `shuffle_with` (this process's share of each epoch's permutation).
+    """
 
     def __init__(
         self,
@@ -116,10 +126,9 @@ class CropFeeder:
         preprocess: Preprocess,
         augment: np.ndarray | None = None,
         workers: int = 0,
-        sampler: DistributedSampler | None = None,
     ):
         self.device = torch.device(device)
-        self.sampler = sampler
+        self.sampler: DistributedSampler | None = None
         self.batch_size = int(batch_size)
         self.preprocess = preprocess.to(self.device)
         flags = np.zeros(len(rows), bool) if augment is None else np.asarray(augment, bool)
@@ -136,6 +145,11 @@ class CropFeeder:
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
         )
+
+    def shuffle_with(self, sampler: DistributedSampler | None) -> CropFeeder:
+        """Draw the shuffled batches from `sampler` (None: the epoch's permutation); returns self."""
+        self.sampler = sampler
+        return self
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -170,6 +184,36 @@ class CropFeeder:
         self._loader = None
 
 
+@dataclass(frozen=True)
+class CropSource:
+    """Where a run's crop batches come from: the prepared data's crop cache, read onto `device`
+    by `workers` DataLoader processes and preprocessed for the backbone."""
+
+    data: PreparedData
+    device: torch.device
+    preprocess: Preprocess
+    workers: int
+
+    def feeder(
+        self,
+        positions: np.ndarray,
+        batch_size: int,
+        augment: np.ndarray | None = None,
+        sampler: DistributedSampler | None = None,
+    ) -> CropFeeder:
+        """A `CropFeeder` over the cells at `positions` (into the data's rows and labels)."""
+        return CropFeeder(
+            self.data.cache,
+            self.data.rows[positions],
+            self.data.labels[positions],
+            batch_size,
+            self.device,
+            self.preprocess,
+            augment=augment,
+            workers=self.workers,
+        ).shuffle_with(sampler)
+
+
 class FeatureBatches:
     """Stage-2 batches of cached feature vectors (model-A's, model-B's) and labels on the device."""
 
@@ -187,6 +231,24 @@ class FeatureBatches:
         self.features_b = features_b.to(device, torch.float32)
         self.labels = labels.to(device, torch.int64)
         self.batch_size = int(batch_size)
+
+    @classmethod
+    def of(
+        cls,
+        features: FeatureSet,
+        batch_size: int,
+        device: torch.device,
+        sampler: DistributedSampler | None = None,
+    ) -> FeatureBatches:
+        """Batches of a `features.FeatureSet`."""
+        return cls(
+            features.features_a,
+            features.features_b,
+            features.labels,
+            batch_size,
+            device,
+            sampler=sampler,
+        )
 
     def __len__(self) -> int:
         return len(self.labels)

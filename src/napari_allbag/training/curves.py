@@ -110,6 +110,12 @@ def draw_curves(figure: Any, rows: Sequence[dict[str, Any]]) -> None:
     figure.tight_layout()
 
 
+def save_curves(main: bool, path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write `curves.png` of `rows` from the main process, once there is a finished epoch."""
+    if main and rows:
+        render_curves_png(rows, path)
+
+
 def render_curves_png(
     rows: Sequence[dict[str, Any]], path: Path | None = None, dpi: int = 100
 ) -> bytes:

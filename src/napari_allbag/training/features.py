@@ -31,6 +31,10 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def select(self, index: torch.Tensor) -> FeatureSet:
+        """The cells at `index` (positions)."""
+        return FeatureSet(self.features_a[index], self.features_b[index], self.labels[index])
+
     def save(self, path: Path) -> None:
         save_tensors_atomic(
             path,

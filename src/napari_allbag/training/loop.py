@@ -119,6 +119,46 @@ class StageSpec:
     class_weights: torch.Tensor | None = None
     eval_forward: Callable[[nn.Module, Any], torch.Tensor] | None = None
 
+    @classmethod
+    def over_batches(
+        cls,
+        name: str,
+        model: nn.Module,
+        train: Any,
+        val: Any,
+        runners: tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]],
+        class_weights: torch.Tensor | None = None,
+        spread_inputs: bool = False,
+    ) -> StageSpec:
+        """A stage on `train`'s shuffled batches, validated on `val`'s (each a
+        `batches.CropFeeder` or `batches.FeatureBatches`).
+
+        `runners`: (training forward, validation forward) of the model, called with a batch's
+        inputs, or with its tuple of inputs spread as arguments (`spread_inputs`: features).
+        """
+        train_forward, eval_forward = runners
+        if spread_inputs:
+            return cls(
+                name=name,
+                model=model,
+                train_batches=lambda epoch, random: train.batches(random),
+                val_batches=val.batches,
+                n_train_batches=train.n_batches,
+                forward=lambda m, x: train_forward(*x),
+                eval_forward=lambda m, x: eval_forward(*x),
+                class_weights=class_weights,
+            )
+        return cls(
+            name=name,
+            model=model,
+            train_batches=lambda epoch, random: train.batches(random),
+            val_batches=val.batches,
+            n_train_batches=train.n_batches,
+            forward=lambda m, x: train_forward(x),
+            eval_forward=lambda m, x: eval_forward(x),
+            class_weights=class_weights,
+        )
+
 
 @dataclass
 class StageSettings:
@@ -269,111 +309,163 @@ def fit_stage(spec: StageSpec, settings: StageSettings) -> Iterator[Progress]:
     Written as a generator: closing it (or an exception) stops within one batch; the checkpoint of
     the last finished epoch stays on disk.
     """
-    device = settings.device
-    dist = settings.dist
-    model = spec.model
-    parameters = (
-        spec.parameters
-        if spec.parameters is not None
-        else [p for p in model.parameters() if p.requires_grad]
-    )
-    optimizer = make_rmsprop(parameters, settings.lr)
-    schedule = PlateauSchedule(
-        lr=settings.lr, patience_lr=settings.patience_lr, patience_stop=settings.patience_stop
-    )
-    scaler = _grad_scaler(device, settings.autocast_dtype)
-    weights = spec.class_weights.to(device) if spec.class_weights is not None else None
-    history: list[dict[str, Any]] = []
-    best_state: dict[str, torch.Tensor] | None = None
-    start_epoch = 1
-
+    stage = _StageTraining(spec, settings)
     saved = _load_shared_checkpoint(settings, spec.name)
-    if saved is not None:
-        tensors, state = saved
-        validate_stage_state(state, settings.checkpoint_dir / f"{spec.name}.json", CheckpointError)
-        history = list(state["history"])
-        schedule = PlateauSchedule.from_dict(state["schedule"])
+    if saved is not None and stage.resume(*saved):
+        epoch = saved[1]["epoch"]
+        yield Progress(
+            settings.epochs,
+            settings.epochs,
+            spec.name,
+            "finished earlier (resumed)",
+            {"epoch": epoch},
+        )
+        return _outcome(stage.history, stage.schedule, epoch, resumed=epoch)
+    resumed_from = stage.start_epoch - 1
+    for epoch in range(stage.start_epoch, settings.epochs + 1):
+        stage.set_lr()
+        started = time.perf_counter()
+        running, val_loss, val_accuracy = yield from stage.run_epoch(epoch)
+        row = stage.end_epoch(epoch, running, val_loss, val_accuracy, started)
+        yield stage.epoch_done(epoch, row)
+        if stage.finished(epoch):
+            break
+    if stage.best_state is not None:
+        spec.model.load_state_dict(stage.best_state)
+    settings.dist.check_same_weights(spec.model, spec.name)
+    history = stage.history
+    return _outcome(history, stage.schedule, history[-1]["epoch"] if history else 0, resumed_from)
+
+
+class _StageTraining:
+    """A stage while it trains: the optimizer, the schedule, the scaler, the history and the
+    best weights so far (what its checkpoint holds), and the epoch to start from."""
+
+    def __init__(self, spec: StageSpec, settings: StageSettings):
+        self.spec = spec
+        self.settings = settings
+        device = settings.device
+        parameters = (
+            spec.parameters
+            if spec.parameters is not None
+            else [p for p in spec.model.parameters() if p.requires_grad]
+        )
+        self.optimizer = make_rmsprop(parameters, settings.lr)
+        self.schedule = PlateauSchedule(
+            lr=settings.lr, patience_lr=settings.patience_lr, patience_stop=settings.patience_stop
+        )
+        self.scaler = _grad_scaler(device, settings.autocast_dtype)
+        self.weights = spec.class_weights.to(device) if spec.class_weights is not None else None
+        self.history: list[dict[str, Any]] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.start_epoch = 1
+        self.n_batches = max(1, spec.n_train_batches)
+        self.sync_every = 1 if device.type == "cpu" else SYNC_EVERY
+        self.total = settings.epochs * self.n_batches
+
+    def resume(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> bool:
+        """Continue from a checkpoint; True when the stage had finished (best weights loaded)."""
+        model = self.spec.model
+        where = self.settings.checkpoint_dir / f"{self.spec.name}.json"
+        validate_stage_state(state, where, CheckpointError)
+        self.history = list(state["history"])
+        self.schedule = PlateauSchedule.from_dict(state["schedule"])
         best = unprefixed("best", tensors)
-        best_state = {k: v.to(device) for k, v in best.items()} if best else None
+        self.best_state = {k: v.to(self.settings.device) for k, v in best.items()} if best else None
         if state.get("finished"):
             model.load_state_dict(
-                best_state if best_state is not None else unprefixed("model", tensors)
+                self.best_state if self.best_state is not None else unprefixed("model", tensors)
             )
-            yield Progress(
-                settings.epochs,
-                settings.epochs,
-                spec.name,
-                "finished earlier (resumed)",
-                {"epoch": state["epoch"]},
-            )
-            return _outcome(history, schedule, state["epoch"], resumed=state["epoch"])
+            return True
         model.load_state_dict(unprefixed("model", tensors))
-        optimizer_from_flat(optimizer, tensors, state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch = int(state["epoch"]) + 1
-    resumed_from = start_epoch - 1
+        optimizer_from_flat(self.optimizer, tensors, state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = int(state["epoch"]) + 1
+        return False
 
-    n_batches = max(1, spec.n_train_batches)
-    sync_every = 1 if device.type == "cpu" else SYNC_EVERY
-    total = settings.epochs * n_batches
-    for epoch in range(start_epoch, settings.epochs + 1):
-        for group in optimizer.param_groups:
-            group["lr"] = schedule.lr
-        started = time.perf_counter()
+    def set_lr(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.lr
+
+    def finished(self, epoch: int) -> bool:
+        return self.schedule.stopped or epoch == self.settings.epochs
+
+    def run_epoch(
+        self, epoch: int
+    ) -> Generator[Progress, None, tuple[RunningMetrics, float, float]]:
+        """Train on the epoch's batches, then validate, under the epoch's own random streams;
+        (training sums over the ranks, validation loss, validation accuracy)."""
+        spec, settings = self.spec, self.settings
+        device, dist = settings.device, settings.dist
         with torch.random.fork_rng(devices=_rng_devices(device)):
             rank = rank_parts(dist.rank)
             torch.manual_seed(derive_seed(settings.seed, spec.name, epoch, "torch", *rank))
             random = EpochRandom.for_epoch(settings.seed, spec.name, epoch, device, dist.rank)
-            model.train()
-            running = RunningMetrics(device)
-            figures: dict[str, float] = {}
-            for batch_index, (inputs, labels) in enumerate(spec.train_batches(epoch, random), 1):
-                optimizer.zero_grad(set_to_none=True)
-                logits, loss, losses = _forward_loss(spec, inputs, labels, weights, settings)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                if losses is None:
-                    running.add(loss.detach(), logits.detach(), labels)
-                else:
-                    running.add(losses, logits.detach(), labels, weights)
-                if batch_index % sync_every == 0 or batch_index >= n_batches:
-                    figures = {"loss": running.loss, "accuracy": running.accuracy}
-                yield Progress(
-                    (epoch - 1) * n_batches + min(batch_index, n_batches),
-                    total,
-                    spec.name,
-                    f"epoch {epoch}/{settings.epochs}",
-                    {
-                        "epoch": epoch,
-                        "batch": batch_index,
-                        **figures,
-                        "lr": schedule.lr,
-                    },
-                )
+            running, figures = yield from self.train_batches(epoch, random)
             validating = Progress(
-                epoch * n_batches,
-                total,
+                epoch * self.n_batches,
+                self.total,
                 spec.name,
                 f"epoch {epoch}/{settings.epochs}: validating",
-                {"epoch": epoch, **figures, "lr": schedule.lr},
+                {"epoch": epoch, **figures, "lr": self.schedule.lr},
             )
             running = running.reduced(dist, f"{spec.name}: epoch {epoch}")
-            dist.sync_buffers(model, f"{spec.name}: epoch {epoch}, BatchNorm statistics")
+            dist.sync_buffers(spec.model, f"{spec.name}: epoch {epoch}, BatchNorm statistics")
             val_loss, val_accuracy = yield from evaluate(spec, settings, validating)
         if running.count == 0:
             raise ValueError(f"{spec.name}: the training set gave no batch")
-        lr_used = schedule.lr
-        if schedule.step(epoch, val_loss) or best_state is None:
-            best_state = _state_copy(model)
-        finished = schedule.stopped or epoch == settings.epochs
+        return running, val_loss, val_accuracy
+
+    def train_batches(
+        self, epoch: int, random: EpochRandom
+    ) -> Generator[Progress, None, tuple[RunningMetrics, dict[str, float]]]:
+        """One pass over the training batches; (running sums, the figures last shown)."""
+        spec, settings = self.spec, self.settings
+        spec.model.train()
+        running = RunningMetrics(settings.device)
+        figures: dict[str, float] = {}
+        for batch_index, (inputs, labels) in enumerate(spec.train_batches(epoch, random), 1):
+            logits, loss, losses = self.step(inputs, labels)
+            if losses is None:
+                running.add(loss.detach(), logits.detach(), labels)
+            else:
+                running.add(losses, logits.detach(), labels, self.weights)
+            if batch_index % self.sync_every == 0 or batch_index >= self.n_batches:
+                figures = {"loss": running.loss, "accuracy": running.accuracy}
+            yield Progress(
+                (epoch - 1) * self.n_batches + min(batch_index, self.n_batches),
+                self.total,
+                spec.name,
+                f"epoch {epoch}/{settings.epochs}",
+                {"epoch": epoch, "batch": batch_index, **figures, "lr": self.schedule.lr},
+            )
+        return running, figures
+
+    def step(self, inputs, labels: torch.Tensor):
+        """One optimizer step on a batch; (logits, loss, per-cell losses or None)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        logits, loss, losses = _forward_loss(self.spec, inputs, labels, self.weights, self.settings)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return logits, loss, losses
+
+    def end_epoch(
+        self, epoch: int, running: RunningMetrics, val_loss: float, val_accuracy: float, started
+    ) -> dict[str, Any]:
+        """The schedule's step, the best weights, the history row, the checkpoint and the
+        epoch hooks; returns the row."""
+        settings = self.settings
+        lr_used = self.schedule.lr
+        if self.schedule.step(epoch, val_loss) or self.best_state is None:
+            self.best_state = _state_copy(self.spec.model)
         row = {
-            "stage": spec.name,
+            "stage": self.spec.name,
             "epoch": epoch,
             "loss": running.loss,
             "accuracy": running.accuracy,
@@ -382,45 +474,43 @@ def fit_stage(spec: StageSpec, settings: StageSettings) -> Iterator[Progress]:
             "lr": lr_used,
             "seconds": time.perf_counter() - started,
         }
-        history.append(row)
+        self.history.append(row)
         if settings.is_main_process:
-            _save(
-                settings,
-                spec.name,
-                model,
-                best_state,
-                optimizer,
-                scaler,
-                schedule,
-                history,
-                epoch,
-                finished,
-            )
+            self.save(epoch, self.finished(epoch))
             if settings.on_epoch_end is not None:
-                settings.on_epoch_end(history)
+                settings.on_epoch_end(self.history)
         if settings.after_epoch is not None:
-            settings.after_epoch(spec.name, epoch)
-        yield Progress(
-            epoch * n_batches,
-            total,
-            spec.name,
-            f"epoch {epoch}/{settings.epochs} done" + (" (early stop)" if schedule.stopped else ""),
-            {
-                "epoch": epoch,
-                "loss": row["loss"],
-                "accuracy": row["accuracy"],
-                "val_loss": val_loss,
-                "val_accuracy": val_accuracy,
-                "lr": lr_used,
-                "row": row,
-            },
+            settings.after_epoch(self.spec.name, epoch)
+        return row
+
+    def epoch_done(self, epoch: int, row: dict[str, Any]) -> Progress:
+        stopped = " (early stop)" if self.schedule.stopped else ""
+        figures = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+        return Progress(
+            epoch * self.n_batches,
+            self.total,
+            self.spec.name,
+            f"epoch {epoch}/{self.settings.epochs} done{stopped}",
+            {"epoch": epoch, **{key: row[key] for key in figures}, "row": row},
         )
-        if finished:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    dist.check_same_weights(model, spec.name)
-    return _outcome(history, schedule, history[-1]["epoch"] if history else 0, resumed=resumed_from)
+
+    def save(self, epoch: int, finished: bool) -> None:
+        """The checkpoint after `epoch` (a finished stage keeps only its best weights)."""
+        tensors = prefixed("best", self.best_state or {})
+        state: dict[str, Any] = {
+            "epoch": epoch,
+            "finished": finished,
+            "schedule": self.schedule.to_dict(),
+            "history": self.history,
+            "seed": self.settings.seed,
+        }
+        if not finished:
+            tensors.update(prefixed("model", self.spec.model.state_dict()))
+            optimizer_tensors, optimizer_state = optimizer_to_flat(self.optimizer)
+            tensors.update(optimizer_tensors)
+            state["optimizer"] = optimizer_state
+            state["scaler"] = self.scaler.state_dict() if self.scaler is not None else None
+        save_checkpoint(self.settings.checkpoint_dir, self.spec.name, tensors, state)
 
 
 def _outcome(history, schedule: PlateauSchedule, last_epoch: int, resumed: int) -> StageOutcome:
@@ -432,24 +522,6 @@ def _outcome(history, schedule: PlateauSchedule, last_epoch: int, resumed: int) 
         resumed_from_epoch=resumed,
         extra={"last_epoch": last_epoch, "final_lr": schedule.lr},
     )
-
-
-def _save(settings, name, model, best_state, optimizer, scaler, schedule, history, epoch, finished):
-    tensors = prefixed("best", best_state or {})
-    state: dict[str, Any] = {
-        "epoch": epoch,
-        "finished": finished,
-        "schedule": schedule.to_dict(),
-        "history": history,
-        "seed": settings.seed,
-    }
-    if not finished:  # a finished stage needs only its best weights
-        tensors.update(prefixed("model", model.state_dict()))
-        optimizer_tensors, optimizer_state = optimizer_to_flat(optimizer)
-        tensors.update(optimizer_tensors)
-        state["optimizer"] = optimizer_state
-        state["scaler"] = scaler.state_dict() if scaler is not None else None
-    save_checkpoint(settings.checkpoint_dir, name, tensors, state)
 
 
 def _load_shared_checkpoint(settings: StageSettings, name: str):

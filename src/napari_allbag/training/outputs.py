@@ -1,4 +1,4 @@
-"""What a run leaves besides the report: the training curves and the bundle's metadata (with the
+"""What a run leaves besides the report and the curves: the bundle's metadata (with the
 calibration fitted on the validation split)."""
 
 from __future__ import annotations
@@ -13,14 +13,7 @@ import numpy as np
 from napari_allbag.model.card import build_model_card
 from napari_allbag.model.networks import BackboneConfig
 from napari_allbag.model.trust import calibrate_ensemble
-from napari_allbag.training.config import RunPaths
-from napari_allbag.training.curves import render_curves_png
 from napari_allbag.training.prepare import PreparedData, class_counts, segmentation_params
-
-
-def draw_curves(main: bool, paths: RunPaths, history: list[dict[str, Any]]) -> None:
-    if main and history:
-        render_curves_png(history, paths.curves)
 
 
 def calibration_fields(config, data: PreparedData, probs: np.ndarray) -> dict[str, Any]:

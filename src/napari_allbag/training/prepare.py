@@ -52,20 +52,11 @@ def segmentation_params(config: TrainConfig) -> SegmentationParams:
 def preprocess_cells(
     config: TrainConfig, paths: RunPaths
 ) -> Generator[Progress, None, PreparedData]:
+    """Scan the annotated folder, crop every image once (the cache), split 7:3 by subject, and
+    write the data summary (rank 0)."""
     yield Progress(0, None, "preprocess", f"scanning {config.data_dir}")
     annotated = scan_annotated_folder(config.data_dir, config.subjects_csv)
-    params = segmentation_params(config)
-    cache_dir = config.cache_dir if config.cache_dir is not None else default_cache_dir()
-    workers = config.workers if config.workers is not None else default_workers()
-    building = build_crop_cache(annotated.paths, params, cache_dir, workers)
-    while True:
-        try:
-            event = next(building)
-        except StopIteration as stop:
-            cache: CropCache = stop.value
-            break
-        step = event.stage.split(":", 1)[-1].strip()
-        yield Progress(event.done, event.total, "preprocess", f"{step} {event.message}".strip())
+    cache = yield from _cached_crops(config, annotated.paths)
     annotated = annotated.without(cache.errors_by_path)
     try:
         check_classes(annotated)
@@ -75,7 +66,40 @@ def preprocess_cells(
         split = split_train_val(annotated.items, config.val_fraction, config.seed)
     except ValueError as error:
         raise TrainingError(f"Cannot split {config.data_dir} for validation: {error}") from error
+    summary, text = _data_summary(annotated, cache, split)
+    if config.is_main_process:
+        write_json_atomic(paths.summary_json, summary)
+        write_text_atomic(paths.summary_text, text + "\n")
+    yield Progress(1, 1, "preprocess", "data ready", {"text": text})
+    return PreparedData(
+        cache=cache,
+        rows=cache.rows(annotated.paths),
+        labels=annotated.labels,
+        subjects=annotated.subjects,
+        files=[str(p) for p in annotated.paths],
+        train=np.asarray(split.train, dtype=np.int64),
+        val=np.asarray(split.val, dtype=np.int64),
+        split_note=split.note,
+    )
 
+
+def _cached_crops(config: TrainConfig, files: list[Path]) -> Generator[Progress, None, CropCache]:
+    """The crop cache of `files`, its progress retold as the 'preprocess' stage's."""
+    params = segmentation_params(config)
+    cache_dir = config.cache_dir if config.cache_dir is not None else default_cache_dir()
+    workers = config.workers if config.workers is not None else default_workers()
+    building = build_crop_cache(files, params, cache_dir, workers)
+    while True:
+        try:
+            event = next(building)
+        except StopIteration as stop:
+            return stop.value
+        step = event.stage.split(":", 1)[-1].strip()
+        yield Progress(event.done, event.total, "preprocess", f"{step} {event.message}".strip())
+
+
+def _data_summary(annotated, cache: CropCache, split) -> tuple[dict[str, Any], str]:
+    """`summary.json`'s content and `summary.txt`'s text: classes, subjects, cache, split."""
     labels = annotated.labels
     summary = annotated.summary()
     summary["crop_cache"] = {
@@ -97,20 +121,7 @@ def preprocess_cells(
         + f"\n  {split.note}\n  "
         + (f"training: {summary['split']['train']}, validation: {summary['split']['val']}")
     )
-    if config.is_main_process:
-        write_json_atomic(paths.summary_json, summary)
-        write_text_atomic(paths.summary_text, text + "\n")
-    yield Progress(1, 1, "preprocess", "data ready", {"text": text})
-    return PreparedData(
-        cache=cache,
-        rows=cache.rows(annotated.paths),
-        labels=labels,
-        subjects=annotated.subjects,
-        files=[str(p) for p in annotated.paths],
-        train=np.asarray(split.train, dtype=np.int64),
-        val=np.asarray(split.val, dtype=np.int64),
-        split_note=split.note,
-    )
+    return summary, text
 
 
 def data_to_json(data: PreparedData) -> dict[str, Any]:

@@ -2,80 +2,73 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from napari_allbag.model.networks import Stage1Model
 from napari_allbag.progress import Progress
-from napari_allbag.training.batches import CropFeeder
+from napari_allbag.training.batches import CropFeeder, CropSource
 from napari_allbag.training.distributed import Distributed, DistributedError
 from napari_allbag.training.features import FeatureSet, compute_features
 from napari_allbag.training.loop import autocast_context
 
 
 def cached_features(
-    config,
-    data,
-    paths,
-    model_a,
-    model_b,
-    preprocess,
-    device,
-    workers,
-    val_feeder,
-    dtype,
+    models: tuple[Stage1Model, Stage1Model],
+    crops: CropSource,
+    val_feeder: CropFeeder,
+    batch_size: int,
+    folder: Path,
+    dtype: torch.dtype | None,
     dist: Distributed,
-    batch: int,
-):
+) -> Generator[Progress, None, tuple[FeatureSet, FeatureSet]]:
     """Features of the training and validation cells, from the run folder or computed now.
 
-    Under DDP every rank computes its share (val_feeder already holds this rank's share) and the
-    shares are gathered, so each rank ends with all features; rank 0 stores them.
+    `folder`: where the run keeps them (`train.safetensors`, `val.safetensors`). Under DDP every
+    rank computes its share (val_feeder already holds this rank's share) and the shares are
+    gathered, so each rank ends with all features; rank 0 stores them.
     """
     sets = []
-    for what, positions in (("train", data.train), ("val", data.val)):
-        path = paths.features / f"{what}.safetensors"
-        labels = torch.as_tensor(data.labels[positions])
+    for what, positions in (("train", crops.data.train), ("val", crops.data.val)):
+        path = folder / f"{what}.safetensors"
+        labels = torch.as_tensor(crops.data.labels[positions])
         found = load_shared_features(dist, path, labels, what)
         if found is None:
-            share = dist.shard(positions)
-            feeder = (
-                val_feeder
-                if what == "val"
-                else CropFeeder(
-                    data.cache,
-                    data.rows[share],
-                    data.labels[share],
-                    batch,
-                    device,
-                    preprocess,
-                    workers=workers,
-                )
-            )
+            if what == "val":
+                feeder = val_feeder
+            else:
+                feeder = crops.feeder(dist.shard(positions), batch_size)
             try:
                 found = yield from compute_features(
-                    model_a, model_b, feeder, "features", f"{what} cells", dtype
+                    *models, feeder, "features", f"{what} cells", dtype
                 )
             finally:
                 if feeder is not val_feeder:
                     feeder.close()
-            if dist.is_distributed:
-                found = FeatureSet(
-                    dist.gather_interleaved(found.features_a, f"{what} features"),
-                    dist.gather_interleaved(found.features_b, f"{what} features"),
-                    dist.gather_interleaved(found.labels, f"{what} features"),
-                )
-                if not torch.equal(found.labels, labels.to(found.labels.dtype)):
-                    raise DistributedError(
-                        f"The gathered {what} features do not line up with their cells."
-                    )
-            if config.is_main_process:
+            found = _gathered(found, labels, what, dist)
+            if dist.is_main:
                 found.save(path)
         else:
             yield Progress(1, 1, "features", f"{what} features cached")
         sets.append(found)
     return sets[0], sets[1]
+
+
+def _gathered(mine: FeatureSet, labels: torch.Tensor, what: str, dist: Distributed) -> FeatureSet:
+    """Every rank's share of a feature set, gathered in the cells' order (one process: `mine`)."""
+    if not dist.is_distributed:
+        return mine
+    found = FeatureSet(
+        dist.gather_interleaved(mine.features_a, f"{what} features"),
+        dist.gather_interleaved(mine.features_b, f"{what} features"),
+        dist.gather_interleaved(mine.labels, f"{what} features"),
+    )
+    if not torch.equal(found.labels, labels.to(found.labels.dtype)):
+        raise DistributedError(f"The gathered {what} features do not line up with their cells.")
+    return found
 
 
 def load_shared_features(
