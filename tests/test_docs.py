@@ -59,3 +59,17 @@ def test_user_guide_names_every_option():
         if option.startswith("--") and option != "--help" and option not in named
     ]
     assert choices and not missing, missing
+
+
+def test_architecture_lists_every_module():
+    """Every module of the package has a row in docs/architecture.md's table (or its `pkg.*` row)."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    rows = set(re.findall(r"^\| `([a-z0-9_.*]+)` \|", text, re.M))
+    package = REPO / "src" / "napari_allbag"
+    modules = [
+        ".".join(path.relative_to(package).with_suffix("").parts)
+        for path in sorted(package.rglob("*.py"))
+        if path.name not in ("__init__.py", "__main__.py")
+    ]
+    missing = [m for m in modules if m not in rows and f"{m.split('.')[0]}.*" not in rows]
+    assert modules and not missing, missing

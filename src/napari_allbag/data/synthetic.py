@@ -177,6 +177,23 @@ def _fill(shape: tuple[int, int], centre: tuple[float, float], theta, r) -> np.n
     return mask
 
 
+@dataclass(frozen=True)
+class _CellGeometry:
+    """Where one cell lies: its window in the image, outline, and mask within that window."""
+
+    radius: float
+    theta: np.ndarray
+    r_cell: np.ndarray
+    centre: tuple[float, float]  # in window coordinates
+    window: tuple[int, int, int, int]  # x0, y0, x1, y1 in the image
+    cell: np.ndarray  # uint8 mask of the window
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        x0, y0, x1, y1 = self.window
+        return (y1 - y0, x1 - x0)
+
+
 def _draw_cell(
     label: str, seed: int, size: int, shift: StainShift | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -186,8 +203,17 @@ def _draw_cell(
     # smaller image shows the same cell.
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, _LABEL_CODE[label], 450])
     scale = size / REFERENCE_SIZE
+    geometry = _cell_geometry(rng, look, size, scale)
+    nucleus_scale, n_centre, nucleus_soft = _nucleus(rng, look, geometry, scale)
+    densities = _stain_densities(rng, look, geometry, (nucleus_scale, n_centre), scale, shift)
+    rgb = _stain_colours(rng, nucleus_soft, densities, scale, shift)
+    return _place_in_image(geometry, rgb, size)
 
-    # Shape: outline of the cell and of its nucleus (smaller and off-centre where cytoplasm shows).
+
+def _cell_geometry(
+    rng: np.random.Generator, look: _ClassLook, size: int, scale: float
+) -> _CellGeometry:
+    """Outline of the cell, a random offset from the centre, and the window around it."""
     mean, sd, low, high = look.radius
     radius = float(np.clip(rng.normal(mean, sd), low, high)) * scale
     theta, r_cell = _outline(rng, radius, rng.uniform(*look.ellipticity), look.harmonics_sd)
@@ -202,16 +228,35 @@ def _draw_cell(
     shape = (y1 - y0, x1 - x0)
     centre = (centre[0] - x0, centre[1] - y0)
     cell = _fill(shape, centre, theta, r_cell)
+    return _CellGeometry(radius, theta, r_cell, centre, (x0, y0, x1, y1), cell)
 
+
+def _nucleus(
+    rng: np.random.Generator, look: _ClassLook, geometry: _CellGeometry, scale: float
+) -> tuple[float, tuple[float, float], np.ndarray]:
+    """The nucleus: smaller than the cell, off-centre where cytoplasm shows, softly edged."""
+    centre, shape = geometry.centre, geometry.shape
     nucleus_scale = rng.uniform(*look.nucleus_scale)
-    drift = (1.0 - nucleus_scale) * radius * rng.uniform(0.2, 0.6)
+    drift = (1.0 - nucleus_scale) * geometry.radius * rng.uniform(0.2, 0.6)
     angle = rng.uniform(0.0, 2.0 * np.pi)
     n_centre = (centre[0] + drift * math.cos(angle), centre[1] + drift * math.sin(angle))
     _, r_own = _outline(rng, 1.0, 0.0, look.harmonics_sd * 0.8)
-    nucleus = _fill(shape, n_centre, theta, r_cell * nucleus_scale * r_own) & cell
+    r_nucleus = geometry.r_cell * nucleus_scale * r_own
+    nucleus = _fill(shape, n_centre, geometry.theta, r_nucleus) & geometry.cell
     nucleus_soft = cv2.GaussianBlur(nucleus.astype(np.float32), (0, 0), max(1.5 * scale, 0.5))
+    return nucleus_scale, n_centre, nucleus_soft
 
-    # Stain density (0 light .. 1 dark): cytoplasm, nucleus with chromatin texture, nucleoli, rim.
+
+def _stain_densities(
+    rng: np.random.Generator,
+    look: _ClassLook,
+    geometry: _CellGeometry,
+    nucleus: tuple[float, tuple[float, float]],
+    scale: float,
+    shift: StainShift | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stain density (0 light .. 1 dark): nucleus with chromatin and nucleoli, cytoplasm, rim."""
+    shape = geometry.shape
     texture = _smooth_noise(rng, shape, rng.uniform(*look.texture_px) * scale)
     if look.clumping > 0:
         texture = np.tanh(look.clumping * texture)
@@ -219,13 +264,32 @@ def _draw_cell(
     texture += 0.05 * _smooth_noise(rng, shape, 30.0 * scale)
     density_shift = rng.normal(0.0, 0.025) + (shift.density if shift else 0.0)
     nucleus_density = rng.uniform(*look.nucleus_density) + density_shift + texture
+    nucleus_density = _add_nucleoli(rng, look, geometry, nucleus, nucleus_density, scale)
+    cyto_density = (
+        rng.uniform(0.18, 0.3) + density_shift + 0.05 * _smooth_noise(rng, shape, 6.0 * scale)
+    )
+    edge = cv2.distanceTransform(geometry.cell, cv2.DIST_L2, 3)
+    rim = 0.14 * np.exp(-edge / max(3.0 * scale, 0.7))
+    return nucleus_density, cyto_density, rim
+
+
+def _add_nucleoli(
+    rng: np.random.Generator,
+    look: _ClassLook,
+    geometry: _CellGeometry,
+    nucleus: tuple[float, tuple[float, float]],
+    nucleus_density: np.ndarray,
+    scale: float,
+) -> np.ndarray:
+    """Lighten the nucleus density with the nucleoli (pale round spots)."""
+    nucleus_scale, n_centre = nucleus
     lo, hi = look.nucleoli
     for _ in range(int(rng.integers(lo, hi + 1))):
         spot_r = rng.uniform(7.0, 13.0) * scale
         where = rng.uniform(0.0, 2.0 * np.pi)
-        dist = rng.uniform(0.0, 0.5) * radius * nucleus_scale
-        spot = np.zeros(shape, dtype=np.float32)
-        cv2.circle(  # nucleoli: pale round spots
+        dist = rng.uniform(0.0, 0.5) * geometry.radius * nucleus_scale
+        spot = np.zeros(geometry.shape, dtype=np.float32)
+        cv2.circle(
             spot,
             (int(n_centre[0] + dist * math.cos(where)), int(n_centre[1] + dist * math.sin(where))),
             max(int(round(spot_r)), 1),
@@ -233,12 +297,18 @@ def _draw_cell(
             -1,
         )
         nucleus_density -= 0.2 * cv2.GaussianBlur(spot, (0, 0), max(spot_r / 3.0, 0.5))
-    cyto_density = (
-        rng.uniform(0.18, 0.3) + density_shift + 0.05 * _smooth_noise(rng, shape, 6.0 * scale)
-    )
-    edge = cv2.distanceTransform(cell, cv2.DIST_L2, 3)
-    rim = 0.14 * np.exp(-edge / max(3.0 * scale, 0.7))
+    return nucleus_density
 
+
+def _stain_colours(
+    rng: np.random.Generator,
+    nucleus_soft: np.ndarray,
+    densities: tuple[np.ndarray, np.ndarray, np.ndarray],
+    scale: float,
+    shift: StainShift | None,
+) -> np.ndarray:
+    """Blend nucleus and cytoplasm colours by density, then stain gain, blur and sensor noise."""
+    nucleus_density, cyto_density, rim = densities
     w = nucleus_soft[..., None]
     # Capped below full density: the darkest chromatin stays well above the black background, as
     # in the real cells, so an Otsu threshold keeps every cell in one piece.
@@ -252,10 +322,16 @@ def _draw_cell(
     rgb *= np.float32(1.0 + rng.normal(0.0, 0.03))
     rgb = cv2.GaussianBlur(rgb, (0, 0), max(0.8 * scale, 0.3))
     rgb += rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(1.5)
+    return rgb
 
-    # Pure black outside the cell, as in the challenge data; never black inside it.
-    inside = cell.astype(bool)
-    window = np.zeros((*shape, 3), dtype=np.uint8)
+
+def _place_in_image(
+    geometry: _CellGeometry, rgb: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pure black outside the cell, as in the challenge data; never black inside it."""
+    x0, y0, x1, y1 = geometry.window
+    inside = geometry.cell.astype(bool)
+    window = np.zeros((*geometry.shape, 3), dtype=np.uint8)
     window[inside] = np.clip(rgb[inside], 8.0, 255.0).astype(np.uint8)
     image = np.zeros((size, size, 3), dtype=np.uint8)
     mask = np.zeros((size, size), dtype=bool)

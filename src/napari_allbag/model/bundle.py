@@ -173,13 +173,27 @@ def save_bundle(
     out_dir = Path(out_dir)
     if "backbone" not in meta:
         raise BundleError("save_bundle needs meta['backbone'] (the BackboneConfig of the models)")
-    backbone = meta["backbone"]
+    backbone_dict = _backbone_record(meta["backbone"], model_a, model_b)
+    _check_target(out_dir, overwrite)
+    own_backbones, combined_head, combined_state = _combined_weights(head, model_a, model_b)
+    text = _bundle_json(meta, backbone_dict, combined_head, own_backbones)
+    _write_bundle_folder(out_dir, overwrite, (model_a, model_b, combined_state), text)
+    return out_dir
+
+
+def _backbone_record(backbone: Any, model_a: Stage1Model, model_b: Stage1Model) -> dict[str, Any]:
+    """The backbone config as a dict, with the feature widths the heads were built for."""
     backbone_dict = dict(_as_dict(backbone))
     backbone_dict["num_features"] = int(model_a.num_features)
     if model_b.num_features != model_a.num_features:
         backbone_dict["num_features_b"] = int(model_b.num_features)
-    _check_target(out_dir, overwrite)
+    return backbone_dict
 
+
+def _combined_weights(
+    head: CombinedHead | CombinedModel, model_a: Stage1Model, model_b: Stage1Model
+) -> tuple[bool, CombinedHead, dict[str, Any]]:
+    """Whether the combined model has its own backbones, its head, and the tensors to store."""
     own_backbones = isinstance(head, CombinedModel) and not (
         _same_weights(head.model_a.backbone, model_a.backbone)
         and _same_weights(head.model_b.backbone, model_b.backbone)
@@ -189,9 +203,18 @@ def save_bundle(
         combined_state = _tensors(head.state_dict())
     else:
         combined_state = _tensors(combined_head.state_dict(), "head.")
+    return own_backbones, combined_head, combined_state
+
+
+def _bundle_json(
+    meta: dict[str, Any],
+    backbone_dict: dict[str, Any],
+    combined_head: CombinedHead,
+    own_backbones: bool,
+) -> str:
+    """The bundle.json text, validated (JSON-able, trust section readable)."""
     hidden = int(combined_head.mlp[0].out_features)
     dropout = float(combined_head.mlp[2].p)
-
     document = {
         key: _as_dict(value)
         for key, value in meta.items()
@@ -217,7 +240,17 @@ def save_bundle(
         trust_from_meta(json.loads(text))
     except (TypeError, ValueError) as error:
         raise BundleError(f"bundle metadata is not JSON-able or invalid: {error}") from error
+    return text
 
+
+def _write_bundle_folder(
+    out_dir: Path,
+    overwrite: bool,
+    weights: tuple[Stage1Model, Stage1Model, dict[str, Any]],
+    text: str,
+) -> None:
+    """Write the files into a temporary sibling folder, then move it into place."""
+    model_a, model_b, combined_state = weights
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     temp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     temp.mkdir()
@@ -230,11 +263,7 @@ def save_bundle(
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        # safetensors writes owner-only files; give them the same permissions as bundle.json
-        mode = stat.S_IMODE((temp / META_FILE).stat().st_mode)
-        for name in WEIGHT_FILES:
-            os.chmod(temp / name, mode)
-        os.chmod(temp, mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH if mode & 0o044 else 0o700)
+        _match_permissions(temp)
         _fsync(temp)
         _move_into_place(temp, out_dir, overwrite)
     except OSError as error:  # disk full, read-only: one message, no partial folder left
@@ -244,7 +273,14 @@ def save_bundle(
         shutil.rmtree(temp, ignore_errors=True)
         raise
     _fsync(out_dir.parent)
-    return out_dir
+
+
+def _match_permissions(temp: Path) -> None:
+    """safetensors writes owner-only files; give them the same permissions as bundle.json."""
+    mode = stat.S_IMODE((temp / META_FILE).stat().st_mode)
+    for name in WEIGHT_FILES:
+        os.chmod(temp / name, mode)
+    os.chmod(temp, mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH if mode & 0o044 else 0o700)
 
 
 def _json_default(value: Any) -> Any:
