@@ -89,19 +89,41 @@ def run(args: argparse.Namespace) -> int:
     return guarded("predict", _run, args)
 
 
-def _run(args: argparse.Namespace, claims: ExitStack) -> int:
-    from napari_allbag.inference.engines import EngineError
-    from napari_allbag.inference.gradcam import CamWriter
-    from napari_allbag.inference.pipeline import PipelineOptions, decision_for, predict_files
-    from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
-    from napari_allbag.model.bundle import BundleError, load_bundle
-    from napari_allbag.model.devices import DeviceError, select_device
-    from napari_allbag.progress import drive_with_bar
+class _Refused(Exception):
+    """A reason not to start, printed as the command's one error line."""
 
+
+def _run(args: argparse.Namespace, claims: ExitStack) -> int:
+    from napari_allbag.inference.pipeline import decision_for
+
+    try:
+        _check_outputs(args, claims)
+        paths = _input_images(args)
+        bundle, options = _load_bundle(args)
+    except _Refused as refusal:
+        return _fail(str(refusal))
+    for target in (args.out, args.summary):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    writer = AtomicCsv(args.out, columns.RESULT_COLUMNS)
+    try:
+        decision_for(bundle, options)  # a threshold the bundle lacks: say so before any work
+    except ValueError as error:
+        writer.abandon(keep=False)
+        return _fail(str(error))
+    result = _classify(args, bundle, paths, options, writer)
+    writer.commit()
+    if args.summary:
+        _write_summary(args.summary, result)
+    _print_summary(result, args)
+    return 0 if result.cells or len(result.errors) < len(result.files) else 1
+
+
+def _check_outputs(args: argparse.Namespace, claims: ExitStack) -> None:
+    """Check the numeric options and claim the output files (and CAM folder) before any work."""
     if args.batch_size is not None and args.batch_size < 1:
-        return _fail("--batch-size must be at least 1")
+        raise _Refused("--batch-size must be at least 1")
     if args.workers is not None and args.workers < 1:
-        return _fail("--workers must be at least 1")
+        raise _Refused("--workers must be at least 1")
     if args.summary is None:
         args.summary = summary_path(args.out)
     outputs = [args.out, args.summary]
@@ -110,29 +132,43 @@ def _run(args: argparse.Namespace, claims: ExitStack) -> int:
         claim_outputs(claims, [args.cam], args.inputs, args.bundle, folder=True)
     for target in outputs:
         if target.is_dir():
-            return _fail(f"{target} is a folder; give a file name such as {target / 'results.csv'}")
+            raise _Refused(
+                f"{target} is a folder; give a file name such as {target / 'results.csv'}"
+            )
         if target.exists() and not args.overwrite:
-            return _fail(f"{target} already exists: choose another name or pass --overwrite")
+            raise _Refused(f"{target} already exists: choose another name or pass --overwrite")
     if args.summary and args.summary.resolve() == args.out.resolve():
-        return _fail("--summary and --out must be different files")
+        raise _Refused("--summary and --out must be different files")
+
+
+def _input_images(args: argparse.Namespace) -> list[Path]:
+    """The image files named by, or found in, the inputs; refuses when there are none."""
+    from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
+
     try:
         paths = find_images(args.inputs)
     except FileNotFoundError as error:
-        return _fail(str(error))
+        raise _Refused(str(error)) from error
     if not paths:
-        return _fail(
+        raise _Refused(
             f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(map(str, args.inputs))}"
         )
+    return paths
+
+
+def _load_bundle(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The bundle on the chosen device and the pipeline options the command line asks for."""
+    from napari_allbag.inference.engines import EngineError
+    from napari_allbag.inference.pipeline import PipelineOptions
+    from napari_allbag.model.bundle import BundleError, load_bundle
+    from napari_allbag.model.devices import DeviceError, select_device
+
     try:
         device = select_device(args.device)
         engine = checked_engine(args.engine, device, args.compile)
         bundle = load_bundle(args.bundle, device)
     except (BundleError, DeviceError, EngineError) as error:
-        return _fail(str(error))
-
-    for target in outputs:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    writer = AtomicCsv(args.out, columns.RESULT_COLUMNS)
+        raise _Refused(str(error)) from error
     options = PipelineOptions(
         batch_size=args.batch_size,
         device=device,
@@ -144,11 +180,17 @@ def _run(args: argparse.Namespace, claims: ExitStack) -> int:
         tta=args.tta,
         decision=args.decision,
     )
-    try:
-        decision_for(bundle, options)  # a threshold the bundle lacks: say so before any work
-    except ValueError as error:
-        writer.abandon(keep=False)
-        return _fail(str(error))
+    return bundle, options
+
+
+def _classify(
+    args: argparse.Namespace, bundle: Any, paths: list[Path], options: Any, writer: AtomicCsv
+) -> PredictionRun:
+    """Classify every image, writing rows (and CAMs) as each file finishes; keep rows on failure."""
+    from napari_allbag.inference.gradcam import CamWriter
+    from napari_allbag.inference.pipeline import predict_files
+    from napari_allbag.progress import drive_with_bar
+
     cams = CamWriter(bundle, args.cam) if args.cam else None
 
     def sink(result: FilePredictions) -> None:
@@ -159,17 +201,12 @@ def _run(args: argparse.Namespace, claims: ExitStack) -> int:
     try:
         stream = cams.stream if cams is not None else None
         work = predict_files(bundle, paths, options, sink=sink, segment_stream=stream)
-        result: PredictionRun = drive_with_bar(work, quiet=args.quiet)
+        return drive_with_bar(work, quiet=args.quiet)
     except BaseException:
         kept = writer.abandon()
         if kept is not None:
             print(f"Cells classified so far were kept in {kept}", file=sys.stderr)
         raise
-    writer.commit()
-    if args.summary:
-        _write_summary(args.summary, result)
-    _print_summary(result, args)
-    return 0 if result.cells or len(result.errors) < len(result.files) else 1
 
 
 def summary_path(out: Path) -> Path:
