@@ -217,16 +217,8 @@ def summary_path(out: Path) -> Path:
 def _write_rows(writer: AtomicCsv, result: FilePredictions) -> None:
     if result.error or not len(result.predictions):
         return
-    table = result.table
-    predictions = result.predictions.columns()
-    _refuse_non_finite(predictions, result.path)
-    source = str(result.path)
-    for row in range(len(result.predictions)):
-        values: list[Any] = [source]
-        values += [
-            _cell(table[name][row]) if name in table else "" for name in columns.CELL_COLUMNS
-        ]
-        values += [_cell(predictions[name][row]) for name in PREDICTION_COLUMNS]
+    _refuse_non_finite(result.predictions.columns(), result.path)
+    for values in columns.result_rows(result):
         writer.write_row(values)
 
 
@@ -241,14 +233,6 @@ def _refuse_non_finite(predictions: dict[str, Any], path: Path) -> None:
                 "bundle's weights are damaged or overflow on this image, so predict stopped rather "
                 "than write it. Check the bundle (train or copy it again)."
             )
-
-
-def _cell(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float):
-        return "" if value != value else f"{value:.6g}"  # NaN (no TTA spread): empty
-    return value
 
 
 def _write_summary(path: Path, result: PredictionRun) -> None:

@@ -7,6 +7,11 @@ Run works in a background worker (progress, Cancel). The result: the "cells" lay
 a "cell classes" Points layer showing label and confidence at each cell, the features table gaining
 p_all_model_a, p_all_model_b, p_all_combined, label and confidence, a summary line, Export CSV.
 The model (and its GPU memory) is released when another bundle is chosen or the widget closes.
+
+Classify folder runs every image of a folder as `napari-allbag predict` does (`inference.folder`):
+progress, Cancel, a results CSV (`<folder>/allbag-results.csv` or a chosen file; a cancelled run
+keeps its rows as `<csv>.partial`), then lists the run's images; "Open with results" adds one with
+its `cells [name]` and `classes [name]` layers, as a single Run makes them.
 """
 
 from __future__ import annotations
@@ -108,20 +113,56 @@ def _classify_job(holder: _ModelHolder, job: _Job) -> Generator[Progress, None, 
     """Load the bundle (if needed), then the one pipeline on the image or on the given cells
     (runs in a worker thread); returns `inference.pipeline.ImagePredictions`."""
     from napari_allbag.inference.pipeline import PipelineOptions, classify_image, classify_labels
-    from napari_allbag.model.bundle import load_bundle
 
-    if holder.bundle is None or holder.path != job.bundle_path:
-        yield Progress(0, None, "loading model", str(job.bundle_path))
-        holder.release()
-        holder.bundle = load_bundle(job.bundle_path, job.device)
-        holder.path = job.bundle_path
-    bundle = holder.bundle
+    bundle = yield from _loaded(holder, job.bundle_path, job.device)
     options = PipelineOptions(background=job.background, rule=job.rule, tta=job.tta)
     if job.labels is None:
         return (yield from classify_image(bundle, job.image, options, job.source))
     return (
         yield from classify_labels(bundle, job.image, job.labels, job.table, job.crops, options)
     )
+
+
+def _loaded(holder: _ModelHolder, path: Path, device: Any) -> Generator[Progress, None, Any]:
+    """The holder's bundle, loaded from `path` first when another (or none) is held."""
+    from napari_allbag.model.bundle import load_bundle
+
+    if holder.bundle is None or holder.path != path:
+        yield Progress(0, None, "loading model", str(path))
+        holder.release()
+        holder.bundle = load_bundle(path, device)
+        holder.path = path
+    return holder.bundle
+
+
+@dataclass
+class _FolderJob:
+    """What "Classify folder" needs; `work` is the core run once the bundle is loaded."""
+
+    bundle_path: Path
+    device: Any
+    folder: Path
+    out: Path
+    options: Any
+    work: Any = None  # inference.folder.FolderClassification
+
+
+def _folder_job(holder: _ModelHolder, job: _FolderJob) -> Generator[Progress, None, Any]:
+    """Load the bundle, then classify the folder (worker thread); returns a `FolderRun`."""
+    from napari_allbag.inference.folder import FolderClassification
+
+    bundle = yield from _loaded(holder, job.bundle_path, job.device)
+    job.work = FolderClassification(bundle, job.folder, job.out, job.options)
+    yield Progress(0, len(job.work.paths), "classifying folder", f"{len(job.work.paths)} images")
+    return (yield from job.work.run())
+
+
+def _reopen_job(holder: _ModelHolder, bundle_path: Path, device: Any, item: Any, options: Any):
+    """Load the bundle (if needed) and reopen one image of a folder run (worker thread)."""
+    from napari_allbag.inference.folder import reopen_image
+
+    bundle = yield from _loaded(holder, bundle_path, device)
+    return (yield from reopen_image(bundle, item, options))
 
 
 def _cell_ids(table: dict[str, Any], labels: np.ndarray) -> np.ndarray:
@@ -180,8 +221,9 @@ class ClassifyWidget(QWidget):
         self.legend.setToolTip("outline colours: class, corrected by you, flagged for review")
         self.export_button = QPushButton("Export CSV…")
         self.export_button.setEnabled(False)
+        folder_rows = self._build_folder_controls()
         self.controls = WorkerControls(
-            [self.run_button],
+            [self.run_button, self.folder_button, self.open_button],
             self.cancel_button,
             self.progress,
             on_progress=self._on_progress,
@@ -211,6 +253,7 @@ class ClassifyWidget(QWidget):
         layout.addWidget(self.legend)
         layout.addWidget(self.export_button)
         layout.addWidget(self.heatmap_button)
+        layout.addLayout(folder_rows)
         layout.addStretch(1)
 
         self.browse_button.clicked.connect(self._browse)
@@ -232,6 +275,36 @@ class ClassifyWidget(QWidget):
         remembered = last_bundle_dir()
         if remembered is not None and (remembered / "bundle.json").is_file():
             self.set_bundle(remembered, remember=False)
+
+    def _build_folder_controls(self) -> QFormLayout:
+        """Folder, results CSV, "Classify folder", and the run's images to open."""
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("folder of images (searched recursively)")
+        self.folder_browse = QPushButton("Browse…")
+        self.results_edit = QLineEdit()
+        self.results_edit.setPlaceholderText("results CSV (default: <folder>/allbag-results.csv)")
+        self.folder_button = QPushButton("Classify folder")
+        self.run_images = QComboBox()
+        self.run_images.setToolTip("the images of the last folder run")
+        self.open_button = QPushButton("Open with results")
+        self.open_button.setEnabled(False)
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.folder_edit)
+        folder_row.addWidget(self.folder_browse)
+        open_row = QHBoxLayout()
+        open_row.addWidget(self.run_images, 1)
+        open_row.addWidget(self.open_button)
+        form = QFormLayout()
+        form.addRow("Folder", folder_row)
+        form.addRow("Results", self.results_edit)
+        form.addRow("", self.folder_button)
+        form.addRow("Run's images", open_row)
+        self.folder_browse.clicked.connect(self._browse_folder)
+        self.folder_button.clicked.connect(self.classify_folder)
+        self.open_button.clicked.connect(lambda: self.open_run_image())
+        self._folder_run: Any = None  # inference.folder.FolderRun of the last folder run
+        self._folder_job: _FolderJob | None = None
+        return form
 
     # ------------------------------------------------------------------ bundle
 
@@ -456,6 +529,113 @@ class ClassifyWidget(QWidget):
             on_aborted=self._on_aborted,
         )
 
+    def _browse_folder(self) -> None:
+        start = self.folder_edit.text().strip() or str(Path.home())
+        chosen = QFileDialog.getExistingDirectory(self, "Choose a folder of images", start)
+        if chosen:
+            self.folder_edit.setText(chosen)
+
+    def results_path(self) -> Path | None:
+        """The results CSV chosen, else `<folder>/allbag-results.csv` (None without a folder)."""
+        from napari_allbag.inference.folder import default_results_path
+
+        text, folder = self.results_edit.text().strip(), self.folder_edit.text().strip()
+        if text:
+            return Path(text).expanduser()
+        return default_results_path(Path(folder).expanduser()) if folder else None
+
+    def classify_folder(self) -> None:
+        """Classify every image of the folder in the background, writing the results CSV."""
+        from napari_allbag.model.bundle import BundleError, read_bundle_meta
+
+        if self.controls.is_running:
+            return
+        folder, path = Path(self.folder_edit.text().strip()).expanduser(), self.bundle_path
+        try:
+            if path is None:
+                raise ValueError("choose a model bundle first")
+            read_bundle_meta(path)
+            if not self.folder_edit.text().strip() or not folder.is_dir():
+                raise ValueError(f"choose a folder of images ({folder} is not one)")
+        except (BundleError, ValueError) as error:
+            self._show_error(str(error))
+            return
+        self._folder_job = _FolderJob(
+            path, self.device, folder, self.results_path(), self._options()
+        )
+        self.status.setText("starting…")
+        self.controls.start(
+            _folder_job,
+            self._holder,
+            self._folder_job,
+            on_result=self._on_folder_result,
+            on_error=self._on_error,
+            on_aborted=self._on_aborted,
+        )
+
+    def _options(self) -> Any:
+        from napari_allbag.inference.pipeline import PipelineOptions
+
+        rule = self.rule_combo.currentText()
+        return PipelineOptions(
+            background=self.background(),
+            rule=None if rule == BUNDLE_RULE else rule,
+            tta=self.tta_check.isChecked(),
+        )
+
+    def _on_folder_result(self, run: Any) -> None:
+        """List the run's images and say what was written."""
+        self._folder_run = run
+        self.run_images.clear()
+        for item in run.files:
+            label = f"{item.path.name} ({len(item.predictions)} cells)"
+            self.run_images.addItem(label if not item.error else f"{item.path.name} (unreadable)")
+            self.run_images.setItemData(self.run_images.count() - 1, str(item.path))
+        self.open_button.setEnabled(bool(run.files))
+        result = run.run
+        self.status.setText(
+            f"{len(result.files)} image(s), {result.cells} cell(s), {result.n_all} ALL; "
+            f"results in {run.csv_path}"
+        )
+
+    @property
+    def folder_run(self) -> Any:
+        """The last folder run (`inference.folder.FolderRun`), None before one finished."""
+        return self._folder_run
+
+    def open_run_image(self, index: int | None = None) -> bool:
+        """Open one image of the last folder run with its results (in the background)."""
+        if self._folder_run is None or self.controls.is_running:
+            return False
+        index = self.run_images.currentIndex() if index is None else index
+        if not 0 <= index < len(self._folder_run.files):
+            return False
+        item = self._folder_run.files[index]
+        self.status.setText(f"opening {item.path.name}…")
+        return self.controls.start(
+            _reopen_job,
+            self._holder,
+            self._holder.path or self.bundle_path,
+            self.device,
+            item,
+            self._folder_job.options if self._folder_job else self._options(),
+            on_result=lambda opened: self._show_reopened(item.path, opened),
+            on_error=self._on_error,
+            on_aborted=self._on_aborted,
+        )
+
+    def _show_reopened(self, path: Path, opened: Any) -> None:
+        """The image as a layer (reused when open), then its results as a single run shows them."""
+        name = path.stem
+        if name in self.viewer.layers:
+            self.viewer.layers[name].data = opened.image
+        else:
+            self.viewer.add_image(opened.image, name=name, rgb=True)
+        self._found_afresh = False
+        self._running_image = name
+        self._show_result(opened.result)
+        self.layer_combo.setCurrentText(result_name(CELLS, name))
+
     def cancel(self) -> None:
         if self.controls.cancel():
             self.status.setText("cancelling…")
@@ -487,6 +667,11 @@ class ClassifyWidget(QWidget):
         self.status.setText("cancelled")
 
     def _on_finished(self) -> None:
+        job = self._folder_job
+        if job is not None and job.work is not None:
+            kept = job.work.close()  # a cancelled or failed run: its rows so far
+            if kept is not None:
+                self.status.setText(f"{self.status.text()}; cells so far kept in {kept}")
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if self._table is not None else 0)
 

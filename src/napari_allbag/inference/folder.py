@@ -1,0 +1,137 @@
+"""A whole folder classified as `napari-allbag predict` does, kept so any image can be reopened.
+
+`FolderClassification(bundle, folder, out, options).run()` is a progress generator: it finds the
+folder's images, runs `pipeline.predict_files` over them, writes one results.csv row per cell
+through `io.atomic.AtomicCsv` (`<out>.partial` keeps the rows of a cancelled run, see `close`)
+and keeps each file's predictions. `reopen_image(bundle, file, options)` turns one file of the
+run back into what the single-image path shows: the image, its cells (segmented again with the
+same parameters, so the same cells in the same order) and the run's predictions for them.
+Plain Python: the Classify widget runs both in its worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_allbag.inference import columns
+from napari_allbag.inference.pipeline import (
+    DEFAULT_OPTIONS,
+    ImagePredictions,
+    PipelineOptions,
+    predict_files,
+    segmentation_params,
+)
+from napari_allbag.inference.predict import FilePredictions, PredictionRun
+from napari_allbag.progress import Progress
+
+#: Where a folder's results go unless another file is chosen.
+DEFAULT_RESULTS_NAME = "allbag-results.csv"
+
+
+def default_results_path(folder: str | os.PathLike) -> Path:
+    return Path(folder) / DEFAULT_RESULTS_NAME
+
+
+@dataclass
+class FolderRun:
+    """A finished folder run: the per-file summaries, each file's predictions, the CSV."""
+
+    run: PredictionRun
+    files: list[FilePredictions] = field(default_factory=list)
+    csv_path: Path | None = None
+
+    def file(self, path: str | os.PathLike) -> FilePredictions:
+        for item in self.files:
+            if item.path == Path(path):
+                return item
+        raise KeyError(f"{path} is not an image of this run")
+
+
+@dataclass
+class ReopenedImage:
+    """One image of a run, as the single-image path shows it."""
+
+    image: np.ndarray  # RGB uint8
+    result: ImagePredictions
+
+
+class FolderClassification:
+    """Classify every image under `folder`, writing results.csv rows to `out` as they come."""
+
+    def __init__(
+        self,
+        bundle: Any,
+        folder: str | os.PathLike,
+        out: str | os.PathLike,
+        options: PipelineOptions = DEFAULT_OPTIONS,
+    ):
+        from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
+        from napari_allbag.io.paths import check_output_location
+
+        self.bundle, self.options = bundle, options
+        self.out = Path(out)
+        check_output_location(self.out, [], getattr(bundle, "path", None), what="results CSV")
+        if self.out.is_dir():
+            raise ValueError(f"{self.out} is a folder: give a file name for the results CSV")
+        self.paths = find_images([folder])
+        if not self.paths:
+            raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+        self.writer: Any = None
+        self.files: list[FilePredictions] = []
+        self.finished = False
+
+    def run(self) -> Generator[Progress, None, FolderRun]:
+        """Classify the images (yields Progress); commit the CSV; return the `FolderRun`."""
+        from napari_allbag.io.atomic import AtomicCsv
+
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = AtomicCsv(self.out, columns.RESULT_COLUMNS)
+        try:
+            run = yield from predict_files(self.bundle, self.paths, self.options, self._sink)
+        except BaseException:
+            self.close()
+            raise
+        self.writer.commit()
+        self.finished = True
+        return FolderRun(run, list(self.files), self.out)
+
+    def close(self) -> Path | None:
+        """After a cancelled or failed run: keep its rows as `<out>.partial` (returned)."""
+        if self.writer is None or self.finished:
+            return None
+        self.finished = True
+        return self.writer.abandon()
+
+    def _sink(self, result: FilePredictions) -> None:
+        for values in columns.result_rows(result):
+            self.writer.write_row(values)
+        self.files.append(result)
+
+
+def reopen_image(
+    bundle: Any, item: FilePredictions, options: PipelineOptions = DEFAULT_OPTIONS
+) -> Generator[Progress, None, ReopenedImage]:
+    """Read one file of a run and segment it again (the run kept no label images) with the
+    same parameters; pair its cells with the run's predictions for them."""
+    from napari_allbag.io.images import read_image
+    from napari_allbag.segmentation.brightfield import segment_auto_progress
+
+    if item.error:
+        raise ValueError(f"{item.path} was not classified: {item.error}")
+    image = read_image(item.path)
+    params = segmentation_params(bundle, options)
+    segmented = yield from segment_auto_progress(image, params, str(item.path))
+    ids = np.asarray(segmented.table.get("cell_id", []))
+    run_ids = np.asarray(item.table.get("cell_id", ids))
+    if len(ids) != len(item.predictions) or not np.array_equal(ids, run_ids):
+        raise ValueError(
+            f"{item.path} gives other cells now than in the run (changed on disk?): classify it "
+            "again"
+        )
+    return ReopenedImage(image, ImagePredictions(segmented, item.predictions))

@@ -1,0 +1,120 @@
+"""The Classify widget runs a whole folder (as `predict` does) and reopens any image of the run."""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+
+from napari_allbag.data.synthetic import make_field
+from napari_allbag.inference.columns import RESULT_COLUMNS
+from napari_allbag.widgets.classify import CELLS_LAYER, CLASSES_LAYER, ClassifyWidget
+from napari_allbag.widgets.results import result_name
+from tests.model_factory import make_tiny_bundle
+
+
+@pytest.fixture(autouse=True)
+def _private_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_ALLBAG_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny", seed=11)
+
+
+def _image_folder(folder, count: int, cells: tuple[int, ...] = (4, 6)):
+    folder.mkdir()
+    for i in range(count):
+        image, _ = make_field(seed=20 + i, n_cells=cells[i % len(cells)], shape=(320, 320))
+        assert cv2.imwrite(str(folder / f"field_{i}.png"), np.ascontiguousarray(image[..., ::-1]))
+    return folder
+
+
+def _rows(path) -> list[dict]:
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == RESULT_COLUMNS
+        return list(reader)
+
+
+def _widget(viewer, bundle_dir, folder) -> ClassifyWidget:
+    widget = ClassifyWidget(viewer)
+    assert widget.set_bundle(bundle_dir)
+    widget.folder_edit.setText(str(folder))
+    return widget
+
+
+def test_classify_folder_writes_csv_and_reopens(make_napari_viewer, qtbot, bundle_dir, tmp_path):
+    folder = _image_folder(tmp_path / "images", 2)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer, bundle_dir, folder)
+    assert widget.results_path() == folder / "allbag-results.csv"
+    widget.classify_folder()
+    assert widget.is_running
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=120_000)
+
+    run = widget.folder_run
+    assert run is not None, widget.status.text()
+    rows = _rows(folder / "allbag-results.csv")
+    per_image = {item.path.name: len(item.predictions) for item in run.files}
+    assert sorted(per_image) == ["field_0.png", "field_1.png"]
+    assert all(n > 0 for n in per_image.values())
+    for name, n in per_image.items():
+        assert sum(row["source"].endswith(name) for row in rows) == n
+    assert widget.run_images.count() == 2
+    assert widget.open_button.isEnabled()
+
+    assert widget.open_run_image(1)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=60_000)
+    cells = viewer.layers[result_name(CELLS_LAYER, "field_1")]
+    assert "field_1" in viewer.layers
+    assert len(cells.features) == per_image["field_1.png"]
+    assert len(np.setdiff1d(np.unique(cells.data), [0])) == per_image["field_1.png"]
+    mine = [row for row in rows if row["source"].endswith("field_1.png")]
+    np.testing.assert_allclose(
+        cells.features["p_all_combined"], [float(r["p_all_combined"]) for r in mine], atol=1e-5
+    )
+    assert list(cells.features["label"]) == [r["label"] for r in mine]
+    classes = viewer.layers[result_name(CLASSES_LAYER, "field_1")]
+    assert len(classes.data) == per_image["field_1.png"]
+    layers = list(viewer.layers)
+    assert layers.index(cells) == layers.index(viewer.layers["field_1"]) + 1
+    assert result_name(CELLS_LAYER, "field_0") not in viewer.layers  # only what was opened
+
+
+def test_classify_folder_to_a_chosen_csv_and_refuses_the_bundle(
+    make_napari_viewer, qtbot, bundle_dir, tmp_path
+):
+    folder = _image_folder(tmp_path / "images", 1)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer, bundle_dir, folder)
+    widget.results_edit.setText(str(bundle_dir / "results.csv"))
+    widget.classify_folder()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=60_000)
+    assert widget.folder_run is None
+    assert "Error" in widget.status.text()
+    assert not (bundle_dir / "results.csv").exists()
+
+    chosen = tmp_path / "out" / "mine.csv"
+    widget.results_edit.setText(str(chosen))
+    widget.classify_folder()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=60_000)
+    assert len(_rows(chosen)) == len(widget.folder_run.files[0].predictions) > 0
+    assert not (folder / "allbag-results.csv").exists()
+
+
+def test_cancel_a_folder_run(make_napari_viewer, qtbot, bundle_dir, tmp_path):
+    folder = _image_folder(tmp_path / "images", 6)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer, bundle_dir, folder)
+    widget.classify_folder()
+    widget.cancel()  # stops at the first yield after the model has loaded
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=60_000)
+    assert widget.folder_run is None
+    assert "cancelled" in widget.status.text()
+    assert not (folder / "allbag-results.csv").exists()
+    assert sorted(p.suffix for p in folder.iterdir()) == [".png"] * 6  # no temporary file left
+    assert widget.folder_button.isEnabled() and not widget.cancel_button.isEnabled()
