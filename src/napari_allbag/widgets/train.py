@@ -73,6 +73,13 @@ class TrainWidget(QWidget):
         self.result = None
         self.last_error: str | None = None
 
+        self._build_fields()
+        self._build_run_controls()
+        self._build_layout()
+        self._connect_signals()
+
+    def _build_fields(self) -> None:
+        """The parameter fields: folders, network, schedule, hardware."""
         self.data_edit = QLineEdit()
         self.data_edit.setPlaceholderText("folder with all/ and hem/ cells")
         self.data_browse = QPushButton("Browse…")
@@ -103,6 +110,9 @@ class TrainWidget(QWidget):
         self.subjects_edit = QLineEdit()
         self.subjects_edit.setPlaceholderText("optional: CSV with file,subject columns")
         self.subjects_browse = QPushButton("Browse…")
+
+    def _build_run_controls(self) -> None:
+        """Start, cancel and resume, the stage and progress, the curves and the report."""
         self.start_button = QPushButton("Start")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -126,6 +136,8 @@ class TrainWidget(QWidget):
             on_finished=self._on_finished,
         )
 
+    def _build_layout(self) -> None:
+        """The form above the run controls, in a scroll area so the dock fits a small screen."""
         form = QFormLayout()
         form.addRow("Annotated folder", _row(self.data_edit, self.data_browse))
         form.addRow("Run folder", _row(self.out_edit, self.out_browse))
@@ -156,6 +168,8 @@ class TrainWidget(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
 
+    def _connect_signals(self) -> None:
+        """Browse buttons pick paths; Start, Cancel and Resume… run the work."""
         self.data_browse.clicked.connect(lambda: self._pick_folder(self.data_edit, "annotated"))
         self.out_browse.clicked.connect(lambda: self._pick_folder(self.out_edit, "run"))
         self.init_browse.clicked.connect(lambda: self._pick_folder(self.init_edit, "bundle"))
