@@ -42,6 +42,7 @@ BAR_FIGURES = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr")
 
 
 def register(subparsers) -> None:
+    """The `train` subcommand: its options in groups by concern (data, model, schedule, ...)."""
     parser = subparsers.add_parser(
         "train",
         help="train the bagging ensemble on an annotated folder (all/ and hem/)",
@@ -52,62 +53,17 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="annotated folder")
-    parser.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        metavar="RUN_DIR",
-        help="run folder (new or empty; with --resume, the run to continue)",
-    )
-    parser.add_argument(
-        "--backbone",
-        default=DEFAULT_BACKBONE,
-        help=f"timm backbone name (default {DEFAULT_BACKBONE}, the paper's)",
-    )
-    parser.add_argument(
-        "--img-size",
-        type=int,
-        default=None,
-        metavar="PX",
-        help="backbone input size (default: the backbone's own, 299 for the paper's)",
-    )
-    parser.add_argument("--epochs", type=int, default=50, help="most epochs per stage (default 50)")
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        metavar="N",
-        help="batch size (default 32 on CPU, 64 on a GPU)",
-    )
-    parser.add_argument(
-        "--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)"
-    )
-    parser.add_argument(
-        "--no-pretrained",
-        action="store_true",
-        help="start from random weights instead of ImageNet's",
-    )
-    parser.add_argument(
-        "--weights",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="local backbone weights (.safetensors) instead of the download",
-    )
-    parser.add_argument(
-        "--init-from",
-        type=Path,
-        default=None,
-        metavar="BUNDLE",
-        help="start warm from a bundle's backbones and head (e.g. to fine-tune on corrected "
-        "cells); the new bundle records it as its parent",
-    )
-    parser.add_argument(
-        "--finetune-backbones",
-        action="store_true",
-        help="train the combined model end to end (default: frozen backbones)",
-    )
-    parser.add_argument(
+    _add_data_options(parser.add_argument_group("data"))
+    _add_model_options(parser.add_argument_group("model"))
+    _add_schedule_options(parser.add_argument_group("schedule"))
+    _add_hardware_options(parser)
+    _add_output_options(parser.add_argument_group("output"))
+    parser.set_defaults(func=run, train_parser=parser)
+
+
+def _add_data_options(data) -> None:
+    """Which cells: the validation split, subjects, crops, cache and segmentation."""
+    data.add_argument(
         "--val-fraction",
         type=float,
         default=0.3,
@@ -115,38 +71,58 @@ def register(subparsers) -> None:
         help="share of the subjects kept for validation (default 0.3: the paper's 7:3 split, "
         "by subject, stratified)",
     )
-    parser.add_argument(
-        "--lr",
-        type=float,
-        default=1e-3,
-        metavar="LR",
-        help="initial learning rate of RMSprop (default 0.001, the paper's: Keras's RMSprop "
-        "default; lowered x0.1 when the validation loss stalls)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in RUN_DIR from its last finished epoch",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="processes for segmentation and data loading (default: automatic)",
-    )
-    parser.add_argument(
+    data.add_argument(
         "--crop-size",
         type=int,
         default=299,
         metavar="PX",
         help="side of the segmented crops (default 299, the paper's)",
     )
-    add_subjects_csv_option(parser)
-    add_cache_dir_option(parser)
-    add_background_option(parser)
-    parser.add_argument(
+    add_subjects_csv_option(data)
+    add_cache_dir_option(data)
+    add_background_option(data)
+
+
+def _add_model_options(model) -> None:
+    """Which network: backbone, size, starting weights, and the bundle's decision defaults."""
+    model.add_argument(
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        help=f"timm backbone name (default {DEFAULT_BACKBONE}, the paper's)",
+    )
+    model.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="backbone input size (default: the backbone's own, 299 for the paper's)",
+    )
+    model.add_argument(
+        "--no-pretrained",
+        action="store_true",
+        help="start from random weights instead of ImageNet's",
+    )
+    model.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="local backbone weights (.safetensors) instead of the download",
+    )
+    model.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="BUNDLE",
+        help="start warm from a bundle's backbones and head (e.g. to fine-tune on corrected "
+        "cells); the new bundle records it as its parent",
+    )
+    model.add_argument(
+        "--finetune-backbones",
+        action="store_true",
+        help="train the combined model end to end (default: frozen backbones)",
+    )
+    model.add_argument(
         "--target-sensitivity",
         type=float,
         default=DEFAULT_TARGET_SENSITIVITY,
@@ -154,13 +130,56 @@ def register(subparsers) -> None:
         help="ALL sensitivity the stored P(ALL) threshold keeps on the validation subjects "
         f"(used by predict/evaluate --decision threshold; default {DEFAULT_TARGET_SENSITIVITY})",
     )
-    parser.add_argument(
+    model.add_argument(
         "--rule",
         choices=ENSEMBLE_RULES,
         default="max",
         help="the ensemble rule the bundle uses by default (default max, the paper's)",
     )
-    parser.add_argument(
+
+
+def _add_schedule_options(schedule) -> None:
+    """How long and how fast: epochs, batch size, learning rate, seed, resuming."""
+    schedule.add_argument(
+        "--epochs", type=int, default=50, help="most epochs per stage (default 50)"
+    )
+    schedule.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="batch size (default 32 on CPU, 64 on a GPU)",
+    )
+    schedule.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        metavar="LR",
+        help="initial learning rate of RMSprop (default 0.001, the paper's: Keras's RMSprop "
+        "default; lowered x0.1 when the validation loss stalls)",
+    )
+    schedule.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    schedule.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in RUN_DIR from its last finished epoch",
+    )
+
+
+def _add_hardware_options(parser: argparse.ArgumentParser) -> None:
+    """Where it runs: device, worker processes, compilation, and several GPUs."""
+    hardware = parser.add_argument_group("hardware")
+    hardware.add_argument(
+        "--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)"
+    )
+    hardware.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes for segmentation and data loading (default: automatic)",
+    )
+    hardware.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the backbones while training (faster steps on a GPU after a "
@@ -199,8 +218,18 @@ def register(subparsers) -> None:
         help="train model-A and model-B at the same time, each on half of the processes "
         "(then stage 2 on all)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run, train_parser=parser)
+
+
+def _add_output_options(output) -> None:
+    """Where the run goes and what it prints."""
+    output.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="RUN_DIR",
+        help="run folder (new or empty; with --resume, the run to continue)",
+    )
+    output.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _warm_backbone(args: argparse.Namespace) -> tuple[str, int | None]:
