@@ -118,10 +118,27 @@ def test_threshold_reaches_the_target_on_its_own_split():
         assert choice.sensitivity == pytest.approx(called[labels == 1].mean())
         assert choice.sensitivity >= target
         assert choice.specificity == pytest.approx((~called[labels == 0]).mean())
-        higher = np.nextafter(choice.threshold, 1.0)  # any higher threshold misses the target
-        assert (p_all[labels == 1] >= higher).mean() < target
+        # No observed threshold meeting the target beats it: none has a higher specificity,
+        # and none with the same specificity finds more ALL cells.
+        for t in np.unique(p_all):
+            sens = (p_all[labels == 1] >= t).mean()
+            spec = (p_all[labels == 0] < t).mean()
+            if sens >= target:
+                assert spec <= choice.specificity + 1e-12
+                if spec == pytest.approx(choice.specificity):
+                    assert sens <= choice.sensitivity + 1e-12
     default = sensitivity_threshold(p_all, labels)
     assert default.target == 0.95 and default.to_dict()["threshold"] == default.threshold
+
+
+def test_a_cleanly_separated_split_keeps_every_all_cell():
+    # The target alone would allow P(ALL) >= 0.97 (19 of 20 ALL cells); every threshold down to
+    # the least confident ALL cell keeps specificity 1, so the choice finds all 20.
+    p_all = np.concatenate([np.linspace(0.90, 0.999, 20), np.linspace(0.01, 0.2, 20)])
+    labels = np.array([1] * 20 + [0] * 20)
+    choice = sensitivity_threshold(p_all, labels, target=0.95)
+    assert choice.threshold == pytest.approx(0.90)
+    assert (choice.sensitivity, choice.specificity) == (1.0, 1.0)
 
 
 def test_threshold_by_hand_and_bad_input():

@@ -163,6 +163,13 @@ class ThresholdChoice:
         }
 
 
+def _lowest_at_same_specificity(threshold: float, scores_all, scores_hem) -> float:
+    """The lowest observed ALL score that calls no more HEM cells ALL than `threshold` does."""
+    below = scores_hem[scores_hem < threshold]
+    floor = float(below.max()) if len(below) else -math.inf
+    return float(scores_all[(scores_all > floor) & (scores_all <= threshold)].min())
+
+
 def sensitivity_threshold(p_all, labels, target: float = 0.95) -> ThresholdChoice:
     """The sensitivity-first operating point: call ALL where P(ALL) >= the returned threshold.
 
@@ -172,7 +179,9 @@ def sensitivity_threshold(p_all, labels, target: float = 0.95) -> ThresholdChoic
     everything ALL, specificity 0); the one meant is the threshold just low enough to keep the
     target, which misses at most (1 - target) of the ALL cells and calls the fewest HEM cells ALL
     (the highest specificity). It is the P(ALL) of the ceil(target * n_ALL)-th most confident ALL
-    cell, an observed score as in `sklearn.metrics.roc_curve`.
+    cell, an observed score as in `sklearn.metrics.roc_curve`. It is then lowered, down to the
+    least confident ALL cell still above every HEM cell it lets through, since that costs no
+    specificity and can only gain sensitivity (on a cleanly separated split: every ALL cell found).
     """
     p_all = _p_all(p_all)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -185,7 +194,8 @@ def sensitivity_threshold(p_all, labels, target: float = 0.95) -> ThresholdChoic
         raise ValueError("no ALL cells: a sensitivity cannot be measured")
     needed = math.ceil(round(float(target) * len(scores_all), 9))
     threshold = float(scores_all[max(needed, 1) - 1])
-    called = p_all >= threshold
     hem = labels == 0
+    threshold = _lowest_at_same_specificity(threshold, scores_all, p_all[hem])
+    called = p_all >= threshold
     specificity = float((~called[hem]).mean()) if hem.any() else None
     return ThresholdChoice(threshold, float(called[labels == 1].mean()), specificity, float(target))

@@ -230,6 +230,30 @@ class ClassifyWidget(QWidget):
             on_finished=self._on_finished,
         )
 
+        self._lay_out(folder_rows)
+
+        self.browse_button.clicked.connect(self._browse)
+        self.bundle_edit.editingFinished.connect(lambda: self.set_bundle(self.bundle_edit.text()))
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.export_button.clicked.connect(self._export_dialog)
+        self.heatmap_button.clicked.connect(self._heatmap_clicked)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.selection.events.active.connect(self._follow_active)
+        self.layer_combo.currentTextChanged.connect(self._show_summary)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._refresh_layers)
+        holder = self._holder
+        self.destroyed.connect(lambda *_: holder.release())
+        self._refresh_layers()
+
+        remembered = last_bundle_dir()
+        if remembered is not None and (remembered / "bundle.json").is_file():
+            self.set_bundle(remembered, remember=False)
+
+    def _lay_out(self, folder_rows: QFormLayout) -> None:
+        """Bundle and options form, Run/Cancel, progress, results, then the folder section."""
         bundle_row = QHBoxLayout()
         bundle_row.addWidget(self.bundle_edit)
         bundle_row.addWidget(self.browse_button)
@@ -255,26 +279,6 @@ class ClassifyWidget(QWidget):
         layout.addWidget(self.heatmap_button)
         layout.addLayout(folder_rows)
         layout.addStretch(1)
-
-        self.browse_button.clicked.connect(self._browse)
-        self.bundle_edit.editingFinished.connect(lambda: self.set_bundle(self.bundle_edit.text()))
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
-        self.export_button.clicked.connect(self._export_dialog)
-        self.heatmap_button.clicked.connect(self._heatmap_clicked)
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self.viewer.layers.selection.events.active.connect(self._follow_active)
-        self.layer_combo.currentTextChanged.connect(self._show_summary)
-        for layer in self.viewer.layers:
-            layer.events.name.connect(self._refresh_layers)
-        holder = self._holder
-        self.destroyed.connect(lambda *_: holder.release())
-        self._refresh_layers()
-
-        remembered = last_bundle_dir()
-        if remembered is not None and (remembered / "bundle.json").is_file():
-            self.set_bundle(remembered, remember=False)
 
     def _build_folder_controls(self) -> QFormLayout:
         """Folder, results CSV, "Classify folder", and the run's images to open."""
