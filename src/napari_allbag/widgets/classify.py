@@ -185,6 +185,28 @@ class ClassifyWidget(QWidget):
         self._found_afresh = False  # whether the running job segments the image itself
         self.device = select_device()
 
+        self._build_model_controls()
+        self.device_label = QLabel(f"Device: {device_description(self.device)}")
+        self._build_run_controls()
+        folder_rows = self._build_folder_controls()
+        self.controls = WorkerControls(
+            [self.run_button, self.folder_button, self.open_button],
+            self.cancel_button,
+            self.progress,
+            on_progress=self._on_progress,
+            on_finished=self._on_finished,
+        )
+
+        self._lay_out(folder_rows)
+
+        self._connect_signals()
+
+        remembered = last_bundle_dir()
+        if remembered is not None and (remembered / "bundle.json").is_file():
+            self.set_bundle(remembered, remember=False)
+
+    def _build_model_controls(self) -> None:
+        """The bundle picker and the classification options: layer, rule, TTA, background."""
         self.bundle_edit = QLineEdit()
         self.bundle_edit.setPlaceholderText("model bundle folder (bundle.json + .safetensors)")
         self.browse_button = QPushButton("Browse…")
@@ -206,7 +228,9 @@ class ClassifyWidget(QWidget):
             f"segmentation of an image layer: {BACKGROUND_HELP}; {BUNDLE_BACKGROUND}: the "
             "bundle's own setting"
         )
-        self.device_label = QLabel(f"Device: {device_description(self.device)}")
+
+    def _build_run_controls(self) -> None:
+        """Run and Cancel, the progress, the status, summary and legend, the export."""
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -221,17 +245,9 @@ class ClassifyWidget(QWidget):
         self.legend.setToolTip("outline colours: class, corrected by you, flagged for review")
         self.export_button = QPushButton("Export CSV…")
         self.export_button.setEnabled(False)
-        folder_rows = self._build_folder_controls()
-        self.controls = WorkerControls(
-            [self.run_button, self.folder_button, self.open_button],
-            self.cancel_button,
-            self.progress,
-            on_progress=self._on_progress,
-            on_finished=self._on_finished,
-        )
 
-        self._lay_out(folder_rows)
-
+    def _connect_signals(self) -> None:
+        """Buttons to their actions; the layer list follows the viewer's layers."""
         self.browse_button.clicked.connect(self._browse)
         self.bundle_edit.editingFinished.connect(lambda: self.set_bundle(self.bundle_edit.text()))
         self.run_button.clicked.connect(self.run)
@@ -247,10 +263,6 @@ class ClassifyWidget(QWidget):
         holder = self._holder
         self.destroyed.connect(lambda *_: holder.release())
         self._refresh_layers()
-
-        remembered = last_bundle_dir()
-        if remembered is not None and (remembered / "bundle.json").is_file():
-            self.set_bundle(remembered, remember=False)
 
     def _lay_out(self, folder_rows: QFormLayout) -> None:
         """Bundle and options form, Run/Cancel, progress, results, then the folder section."""
