@@ -170,6 +170,13 @@ def _lowest_at_same_specificity(threshold: float, scores_all, scores_hem) -> flo
     return float(scores_all[(scores_all > floor) & (scores_all <= threshold)].min())
 
 
+def _midway_below(threshold: float, p_all) -> float:
+    """Halfway from `threshold` down to the next lower score (or 0): the same calls on these
+    cells, with a margin on both sides for new cells and rounded probabilities."""
+    below = p_all[p_all < threshold]
+    return (float(below.max()) if len(below) else 0.0) / 2 + threshold / 2
+
+
 def sensitivity_threshold(p_all, labels, target: float = 0.95) -> ThresholdChoice:
     """The sensitivity-first operating point: call ALL where P(ALL) >= the returned threshold.
 
@@ -181,7 +188,8 @@ def sensitivity_threshold(p_all, labels, target: float = 0.95) -> ThresholdChoic
     (the highest specificity). It is the P(ALL) of the ceil(target * n_ALL)-th most confident ALL
     cell, an observed score as in `sklearn.metrics.roc_curve`. It is then lowered, down to the
     least confident ALL cell still above every HEM cell it lets through, since that costs no
-    specificity and can only gain sensitivity (on a cleanly separated split: every ALL cell found).
+    specificity and can only gain sensitivity (on a cleanly separated split: every ALL cell found),
+    and finally set halfway to the next lower score, which makes the same calls on these cells.
     """
     p_all = _p_all(p_all)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -196,6 +204,7 @@ def sensitivity_threshold(p_all, labels, target: float = 0.95) -> ThresholdChoic
     threshold = float(scores_all[max(needed, 1) - 1])
     hem = labels == 0
     threshold = _lowest_at_same_specificity(threshold, scores_all, p_all[hem])
+    threshold = _midway_below(threshold, p_all)
     called = p_all >= threshold
     specificity = float((~called[hem]).mean()) if hem.any() else None
     return ThresholdChoice(threshold, float(called[labels == 1].mean()), specificity, float(target))

@@ -293,8 +293,9 @@ def iter_segment_files(
 ) -> Iterator[FileSegmentation]:
     """Segment files in order, `workers` processes at a time (1: in this process).
 
-    At most ``workers * in_flight_per_worker`` files are being segmented or waiting to be
-    consumed, so thousands of files stream with bounded memory. Unreadable files give a
+    At most ``workers * max(in_flight_per_worker, 2 * FILES_PER_TASK)`` files are being
+    segmented or waiting to be consumed (files go to workers `FILES_PER_TASK` at a time), so
+    thousands of files stream with bounded memory. Unreadable files give a
     FileSegmentation with `error` set instead of raising, as does a file whose worker process
     dies. `keep_labels=False` drops the label images (result.labels is None), which saves
     copying them between processes. Workers are spawned: a script calling this with
