@@ -33,6 +33,7 @@ from napari_allbag.cli.options import (
     claim_outputs,
     fail,
     guarded,
+    pipeline_options,
 )
 
 
@@ -129,7 +130,7 @@ def _run(args: argparse.Namespace, claims: ExitStack) -> int:
     from napari_allbag.evaluation.report import format_report
     from napari_allbag.evaluation.trust_report import format_trust
     from napari_allbag.inference.engines import EngineError
-    from napari_allbag.inference.pipeline import PipelineOptions, decision_for
+    from napari_allbag.inference.pipeline import decision_for
     from napari_allbag.model.bundle import BundleError, load_bundle
     from napari_allbag.model.devices import DeviceError, select_device
     from napari_allbag.progress import drive_with_bar
@@ -158,16 +159,7 @@ def _run(args: argparse.Namespace, claims: ExitStack) -> int:
         return _fail(str(error))
 
     started = time.perf_counter()
-    options = PipelineOptions(
-        batch_size=args.batch_size,
-        device=device,
-        workers=args.workers,
-        background=args.background,
-        engine=engine,
-        rule=args.rule,
-        tta=args.tta,
-        decision=args.decision,
-    )
+    options = pipeline_options(args, device, engine)
     try:
         decision_for(bundle, options)  # a threshold the bundle lacks: say so before any work
     except ValueError as error:

@@ -190,3 +190,20 @@ def add_trust_options(parser: argparse.ArgumentParser) -> None:
         help="paper: the rule's own label (default); threshold: ALL where the calibrated P(ALL) "
         "reaches the bundle's sensitivity-first threshold (train --target-sensitivity)",
     )
+
+
+def pipeline_options(args: argparse.Namespace, device: Any, engine: str) -> Any:
+    """The one pipeline's options from the shared options of `predict` and `evaluate`."""
+    from napari_allbag.inference.pipeline import PipelineOptions
+
+    return PipelineOptions(
+        batch_size=args.batch_size,
+        device=device,
+        workers=args.workers,
+        compile=getattr(args, "compile", False),
+        background=args.background,
+        engine=engine,
+        rule=args.rule,
+        tta=args.tta,
+        decision=args.decision,
+    )

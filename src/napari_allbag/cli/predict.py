@@ -28,6 +28,7 @@ from napari_allbag.cli.options import (
     claim_outputs,
     fail,
     guarded,
+    pipeline_options,
 )
 from napari_allbag.defaults import PREDICTION_COLUMNS
 from napari_allbag.inference import columns
@@ -159,7 +160,6 @@ def _input_images(args: argparse.Namespace) -> list[Path]:
 def _load_bundle(args: argparse.Namespace) -> tuple[Any, Any]:
     """The bundle on the chosen device and the pipeline options the command line asks for."""
     from napari_allbag.inference.engines import EngineError
-    from napari_allbag.inference.pipeline import PipelineOptions
     from napari_allbag.model.bundle import BundleError, load_bundle
     from napari_allbag.model.devices import DeviceError, select_device
 
@@ -169,18 +169,7 @@ def _load_bundle(args: argparse.Namespace) -> tuple[Any, Any]:
         bundle = load_bundle(args.bundle, device)
     except (BundleError, DeviceError, EngineError) as error:
         raise _Refused(str(error)) from error
-    options = PipelineOptions(
-        batch_size=args.batch_size,
-        device=device,
-        workers=args.workers,
-        compile=args.compile,
-        background=args.background,
-        engine=engine,
-        rule=args.rule,
-        tta=args.tta,
-        decision=args.decision,
-    )
-    return bundle, options
+    return bundle, pipeline_options(args, device, engine)
 
 
 def _classify(
