@@ -27,6 +27,8 @@ single-cell crops with too few whole red cells fall back to a tenth of the image
    smaller than a red cell (platelets, debris; a quarter of one where the border cuts the
    cell) are rejected; each kept cell grows into the stained cytoplasm around its nucleus
    (pixels above the lower Otsu threshold within one red-cell radius), then takes its hull;
+   in a single-cell crop (no measured scale, so touching cells are not split either) cells
+   whose hulls touch are one (lobes further apart than the guessed scale, one cytoplasm);
 5. crops exactly like the dark path's (`segmentation.dark._crop`): the hull on black, centred, resized.
 """
 
@@ -501,6 +503,8 @@ def _whole_cells(scene: _Scene, groups: list[_Nucleus]):
     out of the grouping) joins it. Returns the cells and the reasons for those dropped."""
     grown = [_grow_cell(scene, group) for group in groups]
     grown.sort(key=lambda item: -item[0].area)
+    if not scene.measured:  # a crop: touching cells are not split there, so they are one
+        grown = _joined_touching(grown)
     red_area = math.pi * scene.radius**2
     kept: list[tuple[_Component, str, np.ndarray]] = []
     dropped: list[str] = []
@@ -517,6 +521,22 @@ def _whole_cells(scene: _Scene, groups: list[_Nucleus]):
     return [(cell, reason) for cell, reason, _ in kept], dropped
 
 
+def _joined_touching(grown: list[tuple[_Component, str]]) -> list[tuple[_Component, str]]:
+    """Cells whose hulls touch or overlap joined into one (largest first, its reason kept):
+    in a single-cell crop the lobes of one nucleus may lie further apart than the guessed
+    scale groups, but their cytoplasm joins them."""
+    joined: list[tuple[_Component, str, np.ndarray]] = []
+    for cell, reason in grown:
+        hull = _filled_hull(cell)
+        touched = next((k for k in joined if _overlap(cell, hull, k[0], k[2], 1) > 0), None)
+        if touched is None:
+            joined.append((cell, reason, hull))
+            continue
+        merged = _merged(touched[0], cell)
+        joined[joined.index(touched)] = (merged, touched[1], _filled_hull(merged))
+    return [(cell, reason) for cell, reason, _ in joined]
+
+
 def _is_cut(scene: _Scene, cell: _Component, hull: np.ndarray) -> bool:
     """Whether the image border or the black field stop cuts the cell."""
     height, width = scene.stain.shape
@@ -526,13 +546,38 @@ def _is_cut(scene: _Scene, cell: _Component, hull: np.ndarray) -> bool:
 
 
 def _mostly_inside(cell: _Component, hull: np.ndarray, big: _Component, big_hull) -> bool:
-    top, left = max(cell.top, big.top), max(cell.left, big.left)
-    bottom, right = min(cell.bottom, big.bottom), min(cell.right, big.right)
+    return _overlap(cell, hull, big, big_hull) > 0.5 * cv2.countNonZero(hull)
+
+
+def _overlap(cell: _Component, hull, other: _Component, other_hull, grow: int = 0) -> int:
+    """Pixels of `hull` inside `other_hull` (that grown by `grow` pixels: touching counts)."""
+    if grow:
+        other_hull = cv2.dilate(
+            cv2.copyMakeBorder(other_hull, grow, grow, grow, grow, cv2.BORDER_CONSTANT, value=0),
+            np.ones((2 * grow + 1, 2 * grow + 1), np.uint8),
+        )
+    o_top, o_left = other.top - grow, other.left - grow
+    o_bottom, o_right = other.bottom + grow, other.right + grow
+    top, left = max(cell.top, o_top), max(cell.left, o_left)
+    bottom, right = min(cell.bottom, o_bottom), min(cell.right, o_right)
     if top >= bottom or left >= right:
-        return False
+        return 0
     mine = hull[top - cell.top : bottom - cell.top, left - cell.left : right - cell.left]
-    theirs = big_hull[top - big.top : bottom - big.top, left - big.left : right - big.left]
-    return cv2.countNonZero(mine & theirs) > 0.5 * cv2.countNonZero(hull)
+    theirs = other_hull[top - o_top : bottom - o_top, left - o_left : right - o_left]
+    return cv2.countNonZero(mine & theirs)
+
+
+def _merged(first: _Component, second: _Component) -> _Component:
+    """One component holding both (their pixels on the union of their boxes)."""
+    top, left = min(first.top, second.top), min(first.left, second.left)
+    bottom, right = max(first.bottom, second.bottom), max(first.right, second.right)
+    pixels = np.zeros((bottom - top, right - left), np.uint8)
+    for part in (first, second):
+        box = (slice(part.top - top, part.bottom - top), slice(part.left - left, part.right - left))
+        pixels[box] |= part.pixels
+    contour = np.vstack([first.contour, second.contour])
+    hull = cv2.convexHull(contour)
+    return _Component(contour, hull, top, left, bottom, right, pixels, cv2.countNonZero(pixels))
 
 
 def _component_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
