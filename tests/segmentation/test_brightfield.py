@@ -399,3 +399,16 @@ def test_lobes_far_apart_in_a_single_cell_crop_make_one_cell():
     assert result.n_cells == 1, result.table["keep_reason"]
     ((row, col),) = centres_of(result)
     assert np.hypot(row - 100, col - 100) < 8
+
+
+def test_two_nuclei_pressed_together_along_a_wide_front_give_two_cells():
+    image, _ = smear(seed=16, keep_clear=[(200, 250, 50)])
+    cols = (240, 260)  # two tall nuclei thinner than a red cell, overlapping a little
+    for col in cols:
+        cv2.ellipse(image, (col, 200), (24, 32), 0, 0, 360, CYTOPLASM, -1, cv2.LINE_AA)
+    for col in cols:
+        cv2.ellipse(image, (col, 200), (11, 22), 0, 0, 360, NUCLEUS, -1, cv2.LINE_AA)
+    result = segment_brightfield(image)
+    assert result.n_cells == 2, result.table["keep_reason"]
+    found = sorted(col for _, col in centres_of(result))
+    assert found[0] < 250 < found[1], found
