@@ -95,6 +95,10 @@ _NECK_SHARE = 0.3
 _DOME = 1.0
 #: Nuclei never cover more than this share of a bright-field image's valid pixels.
 _MOST_STAINED = 0.3
+#: `detect_background` decides on every k-th pixel, about this many a side (4,096 pixels: each
+#: share within about 1%; on the samples the figures move by at most 6 grey levels from those of
+#: 256 a side, and `auto` costs 0.05 ms more than `dark` per C-NMC cell instead of 0.35 ms).
+_DECISION_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ def detect_background(image: np.ndarray) -> BackgroundGuess:
     the sample) is mostly pale background, its non-black pixels reaching grey 133 and more.
     """
     _check_image(image)
-    grey = cv2.cvtColor(_sample(image, 256), cv2.COLOR_RGB2GRAY)  # the figures need no more
+    grey = cv2.cvtColor(_sample(image, _DECISION_SIDE), cv2.COLOR_RGB2GRAY)
     hist = cv2.calcHist([grey], [0], None, [256], [0, 256]).ravel()  # 3x np.bincount's speed
     black = hist[:_BLACK].sum() / grey.size
     rest = hist[_BLACK:]

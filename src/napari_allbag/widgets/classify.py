@@ -10,7 +10,8 @@ The model (and its GPU memory) is released when another bundle is chosen or the 
 
 Classify folder runs every image of a folder as `napari-allbag predict` does (`inference.folder`):
 progress, Cancel, a results CSV (`<folder>/allbag-results.csv` or a chosen file; a cancelled run
-keeps its rows as `<csv>.partial`), then lists the run's images; "Open with results" adds one with
+keeps its rows as `<csv>.partial`) and the per-image summary `<csv stem>.images.csv` beside it
+(a NaN probability stops the run, as in `predict`), then lists the run's images; "Open with results" adds one with
 its `cells [name]` and `classes [name]` layers, as a single Run makes them.
 """
 
@@ -611,7 +612,7 @@ class ClassifyWidget(QWidget):
         result = run.run
         self.status.setText(
             f"{len(result.files)} image(s), {result.cells} cell(s), {result.n_all} ALL; "
-            f"results in {run.csv_path}"
+            f"results in {run.csv_path}, per-image summary in {run.summary_path}"
         )
 
     @property
