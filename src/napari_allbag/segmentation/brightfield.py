@@ -21,12 +21,16 @@ single-cell crops with too few whole red cells fall back to a tenth of the image
 3. lobes closer than about one red-cell radius are grouped into one white cell (a neutrophil's
    segmented nucleus is one cell); a group holding two or more nuclei at least as thick as a
    red cell (distance-transform domes with a neck between them, the h-maxima) is split by a
-   watershed, and each part's cytoplasm is what lies nearer to it than to the others (fields
-   only: a single-cell crop's scale is a guess);
+   watershed, and each part's cytoplasm is what lies nearer to it than to the others; nuclei
+   pressed together along a wide front (no neck) are cut between two deep concavities of their
+   outline when that leaves two compact parts each as large as a lone nucleus (fields only: a
+   single-cell crop's scale is a guess);
 4. nuclei below 0.2 red-cell areas or without a clearly purple core, and cells (hulls)
    smaller than a red cell (platelets, debris; a quarter of one where the border cuts the
    cell) are rejected; each kept cell grows into the stained cytoplasm around its nucleus
    (pixels above the lower Otsu threshold within one red-cell radius), then takes its hull;
+   in a single-cell crop (no measured scale, so touching cells are not split either) cells
+   whose hulls touch are one (lobes further apart than the guessed scale, one cytoplasm);
 5. crops exactly like the dark path's (`segmentation.dark._crop`): the hull on black, centred, resized.
 """
 
@@ -93,6 +97,12 @@ _NECK_DEPTH = 0.25
 _NECK_SHARE = 0.3
 #: A nucleus of its own is at least this many red-cell radii thick (its dome this deep).
 _DOME = 1.0
+#: Two nuclei pressed together along a wide front: two concavities of the outline at least
+#: this many red-cell radii deep, and a cut between them leaving two compact parts (solidity),
+#: each at least this many red-cell areas (a lone nucleus: on the sample 1.2 and up).
+_CONCAVE_DEPTH = 0.5
+_PART_SOLIDITY = 0.85
+_PART_AREA = 1.0
 #: Nuclei never cover more than this share of a bright-field image's valid pixels.
 _MOST_STAINED = 0.3
 #: `detect_background` decides on every k-th pixel, about this many a side (4,096 pixels: each
@@ -440,7 +450,9 @@ def _split_touching(lobes: np.ndarray, group: np.ndarray, radius: float) -> list
     Every dome of the distance transform of the group's (hole-filled) nuclei at least a red-cell
     radius deep and rising well above the neck to any other (the h-maxima; `_NECK_DEPTH`,
     `_NECK_SHARE`) is a nucleus of its own: a neutrophil's lobes are thinner than a red cell,
-    so they raise no such dome. Two or more domes seed a watershed of the group.
+    so they raise no such dome. Two or more domes seed a watershed of that distance over the
+    group. Without two domes, nuclei pressed together along a wide front (no neck) may still
+    part at two deep concavities of their outline (`_concave_cut`).
     """
     filled = _filled(lobes)
     if cv2.countNonZero(filled) < 2 * math.pi * (_DOME * radius) ** 2:  # too small for two
@@ -448,12 +460,59 @@ def _split_touching(lobes: np.ndarray, group: np.ndarray, radius: float) -> list
     distance = _inside_distance(filled)
     neck = max(_NECK_DEPTH * radius, _NECK_SHARE * float(distance.max()))
     domes = h_maxima(distance, neck).astype(bool) & (distance >= _DOME * radius)
-    markers, n_peaks = ndi.label(domes)
+    markers, n_peaks = ndi.label(domes, structure=np.ones((3, 3)))  # a plateau is one dome
+    if n_peaks < 2:
+        markers, n_peaks = _concave_cut(filled, radius)
     if n_peaks < 2:
         return [lobes]
-    parts = watershed(-_inside_distance(group), markers, mask=group > 0)
+    parts = watershed(-distance, markers, mask=group > 0)  # the nuclei's own domes decide
     split = [(lobes & (parts == k)).view(np.uint8) for k in range(1, n_peaks + 1)]
     return [part for part in split if cv2.countNonZero(part) > 0]
+
+
+def _concave_cut(filled: np.ndarray, radius: float) -> tuple[np.ndarray, int]:
+    """Two nuclei pressed together along a wide front (no neck in the distance transform):
+    cut the largest piece along the shortest chord between two deep concavities of its outline
+    (convexity defects at least `_CONCAVE_DEPTH` red-cell radii deep) when that leaves two
+    compact parts (solidity `_PART_SOLIDITY`), each as large as a lone nucleus (`_PART_AREA`
+    red-cell areas). Returns the parts as labels (0 elsewhere) and their number (0 or 2)."""
+    contours, _ = cv2.findContours(filled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contour = max(contours, key=cv2.contourArea)
+    part_area = _PART_AREA * math.pi * radius**2
+    none = (np.zeros(filled.shape, np.int32), 0)
+    if cv2.contourArea(contour) < 2 * part_area:
+        return none
+    defects = cv2.convexityDefects(contour, cv2.convexHull(contour, returnPoints=False))
+    if defects is None:
+        return none
+    deep = [
+        contour[far, 0]
+        for _, _, far, depth in defects.reshape(-1, 4)
+        if depth / 256 >= _CONCAVE_DEPTH * radius  # OpenCV's depth is fixed-point, 8 bits
+    ]
+    best = none
+    best_length = math.inf
+    for i, first in enumerate(deep):
+        for second in deep[i + 1 :]:
+            length = math.dist(first, second)
+            if length >= best_length:
+                continue
+            cut = filled.copy()
+            cv2.line(cut, tuple(map(int, first)), tuple(map(int, second)), 0, 2)
+            n, labels, stats, _ = cv2.connectedComponentsWithStats(cut, connectivity=4)
+            big = [k for k in range(1, n) if stats[k, cv2.CC_STAT_AREA] >= part_area]
+            if len(big) == 2 and all(_solidity(labels == k) >= _PART_SOLIDITY for k in big):
+                parts = np.zeros(filled.shape, np.int32)
+                for label, k in enumerate(big, start=1):
+                    parts[labels == k] = label
+                best, best_length = (parts, 2), length
+    return best
+
+
+def _solidity(mask: np.ndarray) -> float:
+    contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contour = max(contours, key=cv2.contourArea)
+    return cv2.contourArea(contour) / max(1.0, cv2.contourArea(cv2.convexHull(contour)))
 
 
 # --- per-cell steps -----------------------------------------------------------------------------
@@ -505,6 +564,8 @@ def _whole_cells(scene: _Scene, groups: list[_Nucleus]):
     out of the grouping) joins it. Returns the cells and the reasons for those dropped."""
     grown = [_grow_cell(scene, group) for group in groups]
     grown.sort(key=lambda item: -item[0].area)
+    if not scene.measured:  # a crop: touching cells are not split there, so they are one
+        grown = _joined_touching(grown)
     red_area = math.pi * scene.radius**2
     kept: list[tuple[_Component, str, np.ndarray]] = []
     dropped: list[str] = []
@@ -521,6 +582,22 @@ def _whole_cells(scene: _Scene, groups: list[_Nucleus]):
     return [(cell, reason) for cell, reason, _ in kept], dropped
 
 
+def _joined_touching(grown: list[tuple[_Component, str]]) -> list[tuple[_Component, str]]:
+    """Cells whose hulls touch or overlap joined into one (largest first, its reason kept):
+    in a single-cell crop the lobes of one nucleus may lie further apart than the guessed
+    scale groups, but their cytoplasm joins them."""
+    joined: list[tuple[_Component, str, np.ndarray]] = []
+    for cell, reason in grown:
+        hull = _filled_hull(cell)
+        touched = next((k for k in joined if _overlap(cell, hull, k[0], k[2], 1) > 0), None)
+        if touched is None:
+            joined.append((cell, reason, hull))
+            continue
+        merged = _merged(touched[0], cell)
+        joined[joined.index(touched)] = (merged, touched[1], _filled_hull(merged))
+    return [(cell, reason) for cell, reason, _ in joined]
+
+
 def _is_cut(scene: _Scene, cell: _Component, hull: np.ndarray) -> bool:
     """Whether the image border or the black field stop cuts the cell."""
     height, width = scene.stain.shape
@@ -530,13 +607,38 @@ def _is_cut(scene: _Scene, cell: _Component, hull: np.ndarray) -> bool:
 
 
 def _mostly_inside(cell: _Component, hull: np.ndarray, big: _Component, big_hull) -> bool:
-    top, left = max(cell.top, big.top), max(cell.left, big.left)
-    bottom, right = min(cell.bottom, big.bottom), min(cell.right, big.right)
+    return _overlap(cell, hull, big, big_hull) > 0.5 * cv2.countNonZero(hull)
+
+
+def _overlap(cell: _Component, hull, other: _Component, other_hull, grow: int = 0) -> int:
+    """Pixels of `hull` inside `other_hull` (that grown by `grow` pixels: touching counts)."""
+    if grow:
+        other_hull = cv2.dilate(
+            cv2.copyMakeBorder(other_hull, grow, grow, grow, grow, cv2.BORDER_CONSTANT, value=0),
+            np.ones((2 * grow + 1, 2 * grow + 1), np.uint8),
+        )
+    o_top, o_left = other.top - grow, other.left - grow
+    o_bottom, o_right = other.bottom + grow, other.right + grow
+    top, left = max(cell.top, o_top), max(cell.left, o_left)
+    bottom, right = min(cell.bottom, o_bottom), min(cell.right, o_right)
     if top >= bottom or left >= right:
-        return False
+        return 0
     mine = hull[top - cell.top : bottom - cell.top, left - cell.left : right - cell.left]
-    theirs = big_hull[top - big.top : bottom - big.top, left - big.left : right - big.left]
-    return cv2.countNonZero(mine & theirs) > 0.5 * cv2.countNonZero(hull)
+    theirs = other_hull[top - o_top : bottom - o_top, left - o_left : right - o_left]
+    return cv2.countNonZero(mine & theirs)
+
+
+def _merged(first: _Component, second: _Component) -> _Component:
+    """One component holding both (their pixels on the union of their boxes)."""
+    top, left = min(first.top, second.top), min(first.left, second.left)
+    bottom, right = max(first.bottom, second.bottom), max(first.right, second.right)
+    pixels = np.zeros((bottom - top, right - left), np.uint8)
+    for part in (first, second):
+        box = (slice(part.top - top, part.bottom - top), slice(part.left - left, part.right - left))
+        pixels[box] |= part.pixels
+    contour = np.vstack([first.contour, second.contour])
+    hull = cv2.convexHull(contour)
+    return _Component(contour, hull, top, left, bottom, right, pixels, cv2.countNonZero(pixels))
 
 
 def _component_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
