@@ -9,6 +9,7 @@ very large generated field is segmented in a fresh process to report its time an
     python benchmarks/bench_segment.py [--data ../shared/data/cnmc_sample] [--rounds 20]
     python benchmarks/bench_segment.py --scaling [--cells 1860] [--scaling-rounds 3]
     python benchmarks/bench_segment.py --png
+    python benchmarks/bench_segment.py --auto-cost [--rounds 20]
 
 Targets (issue 2): at least 10x the reference and at least 500 cells/s on one core.
 `--scaling` (issue 14, target 1): the real cells copied into a temporary folder until there are
@@ -18,6 +19,9 @@ that `predict` and the crop cache use (`iter_segment_files`, crops back in this 
 included; the ratio N-worker / 1-worker rate is the figure (target >= 0.8 x N), and the CPU time
 of this process and of its workers per cell shows the overhead on a shared machine.
 `--png`: CPU time and size per crop for PNG settings (all lossless).
+`--auto-cost` (issue 10: "no loss of speed" on the C-NMC cells): CPU time per cell of
+`segment_auto` with background "dark" and "auto" on the decoded cells, interleaved round by
+round (median of `--rounds`), and of `detect_background` alone; every cell must come out dark.
 """
 
 from __future__ import annotations
@@ -236,6 +240,32 @@ def _encode_seconds(crops, setting) -> float:
     return time.process_time() - start
 
 
+def auto_cost(args, paths) -> None:
+    """CPU ms per cell of the dark path with background "dark" vs "auto", interleaved."""
+    from napari_allbag.segmentation.brightfield import detect_background, segment_auto
+
+    images = [read_image(path) for path in paths]
+    modes = {detect_background(image).mode for image in images}
+    print(f"auto picks {sorted(modes)} for the {len(images)} cells")
+    runs: dict[str, list[float]] = {"dark": [], "auto": [], "detect_background alone": []}
+    settings = {"dark": SegmentationParams(background="dark"), "auto": SegmentationParams()}
+    jobs = {name: (lambda im, p=p: segment_auto(im, p)) for name, p in settings.items()}
+    jobs["detect_background alone"] = detect_background
+    for round_index in range(args.rounds):
+        order = list(jobs) if round_index % 2 == 0 else list(jobs)[::-1]
+        for name in order:
+            start = time.process_time()
+            for image in images:
+                jobs[name](image)
+            runs[name].append(1e3 * (time.process_time() - start) / len(images))
+    print(f"\n| background | CPU ms per cell (median of {args.rounds} rounds, min-max) |")
+    print("| --- | ---: |")
+    for name, values in runs.items():
+        print(f"| {name} | {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f}) |")
+    extra = statistics.median(a - d for a, d in zip(runs["auto"], runs["dark"], strict=True))
+    print(f"auto - dark, median of the per-round differences: {extra:+.3f} ms per cell")
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -259,6 +289,7 @@ def main() -> int:
     parser.add_argument("--cells", type=int, default=1860, help="files for --scaling")
     parser.add_argument("--scaling-rounds", type=int, default=3, help="rounds for --scaling")
     parser.add_argument("--png", action="store_true", help="PNG settings only")
+    parser.add_argument("--auto-cost", action="store_true", help="dark vs auto, CPU per cell")
     args = parser.parse_args()
 
     paths = find_images([args.data])
@@ -273,6 +304,9 @@ def main() -> int:
     )
     print(f"data: {len(paths)} cells from {args.data}; crops {params.crop_size}x{params.crop_size}")
     cv2.setNumThreads(1)
+    if args.auto_cost:
+        auto_cost(args, paths)
+        return 0
     if args.scaling or args.png:
         (scaling if args.scaling else png_settings)(args, params)
         return 0
