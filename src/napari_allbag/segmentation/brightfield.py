@@ -38,7 +38,7 @@ single-cell crops with too few whole red cells fall back to a tenth of the image
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 
 import cv2
@@ -64,6 +64,7 @@ from napari_allbag.segmentation.dark import (
 
 #: Pixels darker than this (grey level) may belong to a black background or field stop.
 _BLACK = 40
+_BLACK_IMAGE = "no cell found: the image is black (or all field stop), no bright-field smear"
 #: Fewer isolated red cells than this: the scale falls back to a fraction of the image side.
 _MIN_RED_CELLS = 20
 #: Erosion depths (pixels) tried in turn to part touching red cells when too few are isolated.
@@ -232,6 +233,27 @@ def _compact_dark_objects(
     return found
 
 
+@dataclass(frozen=True)
+class StainLevels:
+    """A bright-field image's scale and stain thresholds (what `_scene` measures on the image).
+
+    A large image's tiles get the levels of the whole image (`tiles.segment_large`), so that a
+    tile too small to hold enough red and white cells for its own decides like the whole image.
+    radius: red-cell radius in pixels; high: nucleus stain threshold; red_stain: stain level of
+    red cells and background; measured: the radius came from whole red cells (not a crop's guess).
+    """
+
+    radius: float
+    high: int
+    red_stain: float
+    measured: bool = True
+
+    @property
+    def low(self) -> int:
+        """Stain level of cytoplasm, `_CYTOPLASM_SHARE` of the way from red cells to nuclei."""
+        return round(self.red_stain + _CYTOPLASM_SHARE * (self.high - self.red_stain))
+
+
 @dataclass
 class _Scene:
     """What the whole-image steps found, shared by the per-cell steps."""
@@ -247,21 +269,28 @@ class _Scene:
 
 
 def segment_brightfield(
-    image: np.ndarray, params: SegmentationParams | None = None, source: str = ""
+    image: np.ndarray,
+    params: SegmentationParams | None = None,
+    source: str = "",
+    levels: StainLevels | None = None,
 ) -> SegmentationResult:
-    """White cells of a bright-field HxWx3 uint8 RGB image (see the module docstring)."""
-    return drive(segment_brightfield_progress(image, params, source))
+    """White cells of a bright-field HxWx3 uint8 RGB image (see the module docstring); with
+    `levels`, at those (a large image's, for each of its tiles) instead of the image's own."""
+    return drive(segment_brightfield_progress(image, params, source, levels))
 
 
 def segment_brightfield_progress(
-    image: np.ndarray, params: SegmentationParams | None = None, source: str = ""
+    image: np.ndarray,
+    params: SegmentationParams | None = None,
+    source: str = "",
+    levels: StainLevels | None = None,
 ) -> Generator[Progress, None, SegmentationResult]:
     """`segment_brightfield` as a progress generator (stages, then cells)."""
     params = params or SegmentationParams()
     _check_image(image)
     stage = "segmenting"
     yield Progress(0, None, stage, "stain channel and field stop")
-    scene = _scene(image)
+    scene = _scene(image, levels)
     if isinstance(scene, str):
         return _empty_result(image.shape[:2], params, scene)
     yield Progress(0, None, stage, "nuclei, lobes and touching cells")
@@ -323,29 +352,66 @@ def _one_path(mode: str, image, params, source):
 # --- whole-image steps --------------------------------------------------------------------------
 
 
-def _scene(image: np.ndarray) -> _Scene | str:
-    """Stain, field stop, scale and thresholds; a string says why there is nothing to find."""
+def _scene(image: np.ndarray, levels: StainLevels | None = None) -> _Scene | str:
+    """Stain, field stop, scale and thresholds (the image's own, or `levels` where given); a
+    string says why there is nothing to find."""
+    grey, stop, valid = _valid_pixels(image)
+    if valid.sum() < 64:
+        return _BLACK_IMAGE
+    stain = stain_channel(image)
+    if levels is None:
+        levels = _levels(*_measures(grey, stain, valid))
+        if isinstance(levels, str):
+            return levels
+    if stop.any():  # its coloured fringe is about a red-cell radius wide, whatever the size
+        stop = _widened(stop, levels.radius)
+        valid &= ~stop
+    stain[~valid] = 0
+    radius, high, red_stain = levels.radius, levels.high, levels.red_stain
+    return _Scene(image, stain, stop, radius, levels.low, high, red_stain, levels.measured)
+
+
+def measure_levels(windows: Iterable[np.ndarray]) -> StainLevels | str:
+    """The levels of an image from windows of it (a large image's samples, read one at a time):
+    the thresholds of their pooled stain histogram (every pixel's, as for the image in one
+    piece), the median of their red-cell radii (measured ones where any). A string says why
+    there are none (all black or uniform)."""
+    hist = np.zeros(256, np.int64)
+    radii: dict[bool, list[float]] = {True: [], False: []}
+    for window in windows:
+        grey, _, valid = _valid_pixels(window)
+        if valid.sum() >= 64:
+            window_hist, radius, measured = _measures(grey, stain_channel(window), valid)
+            hist += window_hist
+            radii[measured].append(radius)
+    if not hist.any():
+        return _BLACK_IMAGE
+    measured = bool(radii[True])
+    return _levels(hist, float(np.median(radii[measured])), measured)
+
+
+def _valid_pixels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grey, the field stop, and the pixels that are neither stop nor black (bool)."""
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     stop = field_stop_mask(grey)
-    valid = ~stop & (grey >= _BLACK)
-    if valid.sum() < 64:
-        return "no cell found: the image is black (or all field stop), no bright-field smear"
-    stain = stain_channel(image)
+    return grey, stop, ~stop & (grey >= _BLACK)
+
+
+def _measures(grey, stain, valid) -> tuple[np.ndarray, float, bool]:
+    """The valid pixels' stain histogram, the red-cell radius, whether it was measured (not a
+    crop's guess)."""
     hist = np.bincount(stain[valid], minlength=256)
+    shrink = 2 if min(grey.shape) >= 1000 else 1  # the scale needs no more pixels than this
+    radius, how = red_cell_radius(grey[::shrink, ::shrink], valid[::shrink, ::shrink])
+    return hist, radius * shrink, _CROP_GUESS not in how
+
+
+def _levels(hist: np.ndarray, radius: float, measured: bool) -> StainLevels | str:
+    """The thresholds of a stain histogram, at a red-cell radius."""
     if np.count_nonzero(hist) < 3:
         return "no cell found: the image is uniform, nothing is stained"
     high = _nucleus_threshold(hist)
-    shrink = 2 if min(grey.shape) >= 1000 else 1  # the scale needs no more pixels than this
-    radius, how = red_cell_radius(grey[::shrink, ::shrink], valid[::shrink, ::shrink])
-    radius *= shrink
-    red_stain = float(_unstained_level(hist))
-    low = round(red_stain + _CYTOPLASM_SHARE * (high - red_stain))
-    if stop.any():  # its coloured fringe is about a red-cell radius wide, whatever the size
-        stop = _widened(stop, radius)
-        valid &= ~stop
-    stain[~valid] = 0
-    measured = _CROP_GUESS not in how  # a guessed scale is not trusted to split nuclei
-    return _Scene(image, stain, stop, radius, low, high, red_stain, measured)
+    return StainLevels(radius, high, float(_unstained_level(hist)), measured)
 
 
 def _widened(mask: np.ndarray, width: float) -> np.ndarray:
