@@ -12,4 +12,3 @@ from tests.model_factory import make_tiny_bundle
 def bundle(tmp_path_factory):
     """The tiny test bundle (seed 4), loaded on the CPU."""
     return load_bundle(make_tiny_bundle(tmp_path_factory.mktemp("b") / "tiny", seed=4), "cpu")
-

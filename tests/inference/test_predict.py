@@ -103,7 +103,9 @@ def test_predict_files_segments_real_images(bundle, tmp_path):
     params = SegmentationParams.from_dict(bundle.meta["segmentation"])
     expected = segment_image(cv2.cvtColor(cv2.imread(str(paths[0])), cv2.COLOR_BGR2RGB), params)
     assert len(received[0].predictions) == expected.n_cells > 0
-    assert np.allclose(received[0].predictions.probs, direct_probs(bundle, expected.crops), atol=1e-5)
+    assert np.allclose(
+        received[0].predictions.probs, direct_probs(bundle, expected.crops), atol=1e-5
+    )
     assert np.allclose(received[0].table["centroid_row"], expected.table["centroid_row"])
     assert (
         run.files[2].cells == 0 and run.files[2].error is None and "no cell" in run.files[2].message

@@ -28,7 +28,8 @@ single-cell crops with too few whole red cells fall back to a tenth of the image
 4. nuclei below 0.2 red-cell areas or without a clearly purple core, and cells (hulls)
    smaller than a red cell (platelets, debris; a quarter of one where the border cuts the
    cell) are rejected; each kept cell grows into the stained cytoplasm around its nucleus
-   (pixels above the lower Otsu threshold within one red-cell radius), then takes its hull;
+   (pixels a quarter of the way from the red cells' stain to the nucleus threshold, within one
+   red-cell radius), then takes its hull;
    in a single-cell crop (no measured scale, so touching cells are not split either) cells
    whose hulls touch are one (lobes further apart than the guessed scale, one cytoplasm);
 5. crops exactly like the dark path's (`segmentation.dark._crop`): the hull on black, centred, resized.
@@ -104,6 +105,12 @@ _DOME = 1.0
 _CONCAVE_DEPTH = 0.5
 _PART_SOLIDITY = 0.85
 _PART_AREA = 1.0
+#: Cytoplasm: stain at least this share of the way from the red cells' level to the nuclei's
+#: threshold. Cytoplasm stains far less than a nucleus: on the sample's masks its median lies
+#: 0.05 to 0.65 of the way (mostly 0.2 to 0.45); half-way, as before, missed most of it (mean
+#: IoU with the masks 0.66 on fields, 0.63 on crops; 0.81 and 0.72 at a quarter, 0.80 and 0.68
+#: at 0.35, counts unchanged from 0.05 to 0.5).
+_CYTOPLASM_SHARE = 0.25
 #: Nuclei never cover more than this share of a bright-field image's valid pixels.
 _MOST_STAINED = 0.3
 #: `detect_background` decides on every k-th pixel, about this many a side (4,096 pixels: each
@@ -243,8 +250,8 @@ class StainLevels:
 
     @property
     def low(self) -> int:
-        """Stain level of cytoplasm, halfway between red cells and nuclei."""
-        return round((self.red_stain + self.high) / 2)
+        """Stain level of cytoplasm, `_CYTOPLASM_SHARE` of the way from red cells to nuclei."""
+        return round(self.red_stain + _CYTOPLASM_SHARE * (self.high - self.red_stain))
 
 
 @dataclass
@@ -255,7 +262,7 @@ class _Scene:
     stain: np.ndarray
     stop: np.ndarray
     radius: float  # red-cell radius in pixels
-    low: int  # stain level of cytoplasm (lower three-class Otsu threshold)
+    low: int  # stain level of cytoplasm (`_CYTOPLASM_SHARE` of the way to `high`)
     high: int  # stain level of nuclei (upper threshold)
     red_stain: float  # stain level of red cells and background
     measured: bool = True  # the scale came from whole red cells (not a crop's guess)
