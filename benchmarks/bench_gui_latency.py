@@ -22,6 +22,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=20.0, help="training time measured")
     parser.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads")
     parser.add_argument("--img-size", type=int, default=64)
+    parser.add_argument(
+        "--worker-niceness", type=int, default=None, help="widgets.base.WORKER_NICENESS"
+    )
     return parser.parse_args()
 
 
@@ -66,8 +69,11 @@ def main() -> None:
     import torch
 
     from napari_allbag.data.synthetic import write_annotated_folder
+    from napari_allbag.widgets import base
     from napari_allbag.widgets.train import TrainWidget
 
+    if args.worker_niceness is not None:
+        base.WORKER_NICENESS = args.worker_niceness
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench_gui_"))
@@ -101,7 +107,8 @@ def main() -> None:
     wait(lambda: not widget.is_running, 120)
     cancel_latency = time.perf_counter() - cancel_at
     p95 = ticks[int(0.95 * (len(ticks) - 1))] if ticks else float("nan")
-    print(f"torch threads: {torch.get_num_threads()}")
+    niceness = getattr(base, "WORKER_NICENESS", None)  # None: a version before it
+    print(f"torch threads: {torch.get_num_threads()}, worker niceness {niceness}")
     print(
         f"time to the first epoch: {to_first:.1f} s (reached: {first_epoch and bool(widget._rows)})"
     )
