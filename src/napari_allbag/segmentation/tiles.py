@@ -21,7 +21,9 @@ centroid is in a core lies whole inside that window as long as no pixel of it is
 the overlap is cut by the window's edge and left out, and the result's message says how many
 were (raise the overlap). The per-image segmentation must also decide locally: a threshold
 taken over each window (Otsu) is the same in every window only where every window holds both
-cells and background.
+cells and background. So `segment_large` decides the background mode once for the whole image,
+and for bright-field measures the scale and stain thresholds once (`image_levels`) and gives
+them to every tile: the cells found then do not depend on the tile size.
 
 Memory: one window per worker in flight (a 2048 px tile with 256 px overlap is about 15 MB of
 RGB) plus the cells' rows and crops; no full-size label image unless asked (`keep_labels`): a
@@ -35,7 +37,8 @@ import math
 import os
 import threading
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -543,30 +546,82 @@ def overview(array, side: int = 1024) -> np.ndarray:
         )
 
 
+#: A large bright-field image's levels are measured on windows of this side (about 150 red cells
+#: of 30 px radius each: enough for the scale; tiles below ~800 px were not, see `image_levels`)...
+LEVEL_WINDOW = 1024
+#: ... at most this many across and down (4 x 4: 17 MP of a 400 MP slide, ~4 %).
+LEVEL_GRID = 4
+
+
+def level_windows(shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """Windows (top, left, bottom, right) spread evenly over an image, on which its bright-field
+    levels are measured: the whole image where it is at most four windows large."""
+    height, width = shape[:2]
+    side, grid = LEVEL_WINDOW, LEVEL_GRID
+    if height * width <= 4 * side * side:
+        return [(0, 0, height, width)]
+    tops = _even_starts(height, side, min(grid, math.ceil(height / side)))
+    lefts = _even_starts(width, side, min(grid, math.ceil(width / side)))
+    return [
+        (top, left, min(height, top + side), min(width, left + side))
+        for top in tops
+        for left in lefts
+    ]
+
+
+def _even_starts(length: int, side: int, count: int) -> list[int]:
+    if count <= 1:
+        return [max(0, (length - side) // 2)]
+    return [round(i * (length - side) / (count - 1)) for i in range(count)]
+
+
+def image_levels(array):
+    """The bright-field scale and stain thresholds of a whole large image, for every tile.
+
+    Measured per tile (Otsu on the tile's stain, its own red cells' radius), they differ from
+    tile to tile, and a small tile (a few red cells, no white cell) misreads them and loses
+    cells; measured once on windows spread over the image (`level_windows`, read one at a time:
+    bounded memory), the tiles' cells no longer depend on the tile size.
+    Returns `brightfield.StainLevels`, or a string where the windows are all black or uniform.
+    """
+    from napari_allbag.segmentation.brightfield import measure_levels
+
+    return measure_levels(read_window(array, window) for window in level_windows(array.shape))
+
+
 def segment_large(
     source, params=None, options: TileOptions | None = None, name: str = ""
 ) -> Generator[Progress, None, SegmentationResult]:
-    """`segment_tiled` with `segment_auto`, the background mode decided once for the whole image
-    (tiles of pure background or of one cell would each decide differently); the result says
-    which mode ran, whether it was guessed, and what looks wrong, like `segment_auto`'s."""
-    from dataclasses import replace
-
-    from napari_allbag.segmentation.brightfield import detect_background, segment_auto
+    """`segment_tiled` with the background mode decided once for the whole image (tiles of pure
+    background or of one cell would each decide differently) and, for bright-field, the scale and
+    stain thresholds measured once (`image_levels`); the result says which mode ran, whether it
+    was guessed, and what looks wrong, like `segment_auto`'s."""
+    from napari_allbag.segmentation.brightfield import (
+        detect_background,
+        segment_auto,
+        segment_brightfield,
+    )
     from napari_allbag.segmentation.dark import SegmentationParams
 
     params = params or SegmentationParams()
     opened = open_large_image(source) if isinstance(source, (str, os.PathLike)) else None
     target = opened if opened is not None else source
     try:
+        array = target.array if isinstance(target, LargeImage) else target
         guess = None
         mode = params.background
         if mode == "auto":
-            array = target.array if isinstance(target, LargeImage) else target
             yield Progress(0, None, "segmenting tiles", "choosing the background mode")
             guess = detect_background(overview(array))
             mode = guess.mode
         fixed = replace(params, background=mode)
-        result = yield from segment_tiled(target, segment_auto, fixed, options, name)
+        segment_fn = segment_auto
+        if mode == "bright":
+            yield Progress(0, None, "segmenting tiles", "measuring the stain levels")
+            levels = image_levels(array)
+            if not isinstance(levels, str):  # else each tile measures its own
+                segment_fn = partial(segment_brightfield, levels=levels)
+        result = yield from segment_tiled(target, segment_fn, fixed, options, name)
     finally:
         if opened is not None:
             opened.close()

@@ -5,6 +5,9 @@ thread, drive the progress bar, Cancel, show errors, and refuse a second Run whi
 parameters, calls `controls.start(generator_function, *args, on_result=...)`, and keeps only what
 is its own (the status text, the layers). The Run buttons are disabled and Cancel enabled while
 the worker runs; the bar shows the events' done/total (busy when the total is unknown).
+`in_scroll_area` puts a dock's content in a scroll area, so a short screen scrolls it rather than
+squeezing its rows (a squeezed word-wrapped label shows one clipped line); `wrapping_form` is a
+form that puts a field below its label in a narrow dock.
 
 What keeps the viewer responsive (benchmarks/bench_gui_latency.py): the worker thread creates,
 runs and closes the generator itself (so imports, clean-up and garbage collection never run in
@@ -112,6 +115,33 @@ def start_worker(
     worker.finished.connect(on_finished)
     worker.start()
     return worker
+
+
+def in_scroll_area(owner: Any, content: Any) -> Any:
+    """Show `content` (a QWidget with its layout) inside `owner` through a scroll area; returns it.
+
+    The scroll area gives `content` at least the height its layout needs at the dock's width
+    (`heightForWidth`: wrapped labels keep all their lines) and scrolls when the dock is shorter.
+    """
+    from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout
+
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setWidget(content)
+    outer = QVBoxLayout(owner)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)
+    return scroll
+
+
+def wrapping_form() -> Any:
+    """A QFormLayout whose fields go below their labels when the dock is too narrow for both."""
+    from qtpy.QtWidgets import QFormLayout
+
+    form = QFormLayout()
+    form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+    return form
 
 
 def set_enabled(button: Any, enabled: bool) -> None:

@@ -25,14 +25,12 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFileDialog,
-    QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -40,7 +38,7 @@ from qtpy.QtWidgets import (
 
 from napari_allbag.model.networks import DEFAULT_BACKBONE
 from napari_allbag.progress import Progress, retold
-from napari_allbag.widgets.base import WorkerControls, show_error
+from napari_allbag.widgets.base import WorkerControls, in_scroll_area, show_error, wrapping_form
 
 STAGE_NAMES = {
     "preprocess": "Preprocessing",
@@ -205,7 +203,7 @@ class TrainWidget(QWidget):
 
     def _build_layout(self) -> None:
         """The form above the run controls, in a scroll area so the dock fits a small screen."""
-        form = QFormLayout()
+        form = wrapping_form()
         form.addRow("Annotated folder", _row(self.data_edit, self.data_browse))
         form.addRow("Run folder", _row(self.out_edit, self.out_browse))
         form.addRow("Backbone", self.backbone_edit)
@@ -228,12 +226,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.curves.widget)
         layout.addWidget(self.report)
-        scroll = QScrollArea()  # the dock fits a small screen: the fields scroll
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(inner)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        self.scroll = in_scroll_area(self, inner)  # the dock fits a small screen: it scrolls
 
     def _connect_signals(self) -> None:
         """Browse buttons pick paths; Start, Cancel and Resume… run the work."""
