@@ -315,7 +315,8 @@ def run_one(args, compression: str) -> None:
             path = args.dir / f"bench-{args.content}-{args.size}-{compression}.tif"
         figures = {"write": {"reused": str(path)}} if path.exists() else {}
         for step in ("write", "read", "segment"):
-            figures.setdefault(step, run_step(step, path, passed))
+            if step not in figures:
+                figures[step] = run_step(step, path, passed)
         file_mb = path.stat().st_size / 2**20
     segmented, read = figures["segment"], figures["read"]
     print(
