@@ -214,19 +214,34 @@ def test_an_error_reaches_on_error(qtbot):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness: Linux")
-def test_the_worker_thread_runs_at_a_lower_priority(qtbot):
+def test_a_thread_can_lower_its_own_priority_only():
     import os
 
-    from napari_allbag.widgets.base import WORKER_NICENESS
+    from napari_allbag.widgets.base import lower_thread_priority
 
-    niceness: list[int] = []
+    seen: dict[str, int] = {}
 
-    def measure():
-        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        yield Progress(1, 1, "measure")
+    def lower():
+        assert lower_thread_priority(7)
+        seen["own"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
+    own_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=lower)
+    thread.start()
+    thread.join()
+    assert seen["own"] >= 7
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own_before
+
+
+def test_the_worker_sets_its_priority(qtbot, monkeypatch):
+    from napari_allbag.widgets import base
+
+    calls: list[bool] = []
+    monkeypatch.setattr(
+        base, "lower_thread_priority", lambda: calls.append(threading.current_thread().name)
+    )
     controls = _controls(qtbot, [])
     outcome, callbacks = _outcome()
-    assert controls.start(measure, **callbacks)
+    assert controls.start(counting, 1, [], **callbacks)
     qtbot.waitUntil(lambda: not controls.is_running, timeout=TIMEOUT_MS)
-    assert niceness and niceness[0] >= WORKER_NICENESS
+    assert len(calls) == 1 and calls[0] != threading.main_thread().name

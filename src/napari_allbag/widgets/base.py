@@ -13,8 +13,8 @@ What keeps the viewer responsive (benchmarks/bench_gui_latency.py): the worker t
 runs and closes the generator itself (so imports, clean-up and garbage collection never run in
 the GUI thread); it hands the GUI only the events a `progress.Pacer` lets through (a counter at
 most 10 times a second, every milestone, the last one at the end), so the event loop is not
-flooded by per-batch events; and it lowers its own scheduling priority (Linux), so on a busy
-machine the GUI thread wins the CPU. Cancel sets a flag the worker reads after every event of
+flooded by per-batch events (its scheduling priority can be lowered: `WORKER_NICENESS`, off by
+default, see its note). Cancel sets a flag the worker reads after every event of
 the generator (per batch while training), closes the generator there and reports "aborted";
 once the work has imported torch, the flag is also read inside its computations
 (`TorchCancelPoints`: before each module's forward and at each module's gradient), so a batch
@@ -31,8 +31,9 @@ from typing import Any
 
 from napari_allbag.progress import Pacer, Progress
 
-#: The worker threads' niceness (Linux): background work yields the CPU to the GUI thread.
-WORKER_NICENESS = 10
+#: The worker threads' niceness (Linux; 0: unchanged). Measured (docs/benchmarks.md): 10 did
+#: not shorten the GUI's stalls on a busy machine but slowed the work and Cancel, so it is off.
+WORKER_NICENESS = 0
 
 
 class _Cancelled:
