@@ -8,14 +8,86 @@ the worker runs; the bar shows the events' done/total (busy when the total is un
 `in_scroll_area` puts a dock's content in a scroll area, so a short screen scrolls it rather than
 squeezing its rows (a squeezed word-wrapped label shows one clipped line); `wrapping_form` is a
 form that puts a field below its label in a narrow dock.
+
+What keeps the viewer responsive (benchmarks/bench_gui_latency.py): the worker thread creates,
+runs and closes the generator itself (so imports, clean-up and garbage collection never run in
+the GUI thread); it hands the GUI only the events a `progress.Pacer` lets through (a counter at
+most 10 times a second, every milestone, the last one at the end), so the event loop is not
+flooded by per-batch events; and it lowers its own scheduling priority (Linux), so on a busy
+machine the GUI thread wins the CPU. Cancel sets a flag the worker reads after every event of
+the generator (per batch while training), closes the generator there and reports "aborted".
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+import threading
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
-from napari_allbag.progress import Progress
+from napari_allbag.progress import Pacer, Progress
+
+#: The worker threads' niceness (Linux): background work yields the CPU to the GUI thread.
+WORKER_NICENESS = 10
+
+
+class _Cancelled:
+    """What a worker returns when Cancel stopped it."""
+
+
+CANCELLED = _Cancelled()
+
+
+def lower_thread_priority(niceness: int | None = None) -> bool:
+    """Lower the calling thread's priority to `niceness` (default `WORKER_NICENESS`; Linux:
+    per-thread niceness); False where it cannot.
+
+    Threads the calling thread starts later (torch's pool) inherit it. Never raised again: a
+    pool thread stays a background thread.
+    """
+    niceness = WORKER_NICENESS if niceness is None else niceness
+    native_id = threading.get_native_id()
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, native_id)
+        if current < niceness:
+            os.setpriority(os.PRIO_PROCESS, native_id, niceness)
+        return True
+    except (AttributeError, OSError):  # not Linux, or not allowed
+        return False
+
+
+def paced_run(
+    function: Callable[..., Generator[Progress, None, Any]],
+    args: tuple,
+    cancel: threading.Event,
+    pacer: Pacer,
+) -> Generator[Progress, None, Any]:
+    """The worker thread's generator: run `function(*args)` here, pass on the events `pacer`
+    lets through (its last one at the end), stop at the first event after `cancel` is set.
+
+    Returns the function's result, or `CANCELLED`; the function's generator is closed in this
+    thread either way, so its clean-up never runs in the GUI thread.
+    """
+    lower_thread_priority()
+    if cancel.is_set():
+        return CANCELLED
+    work = function(*args)
+    try:
+        while True:
+            try:
+                event = next(work)
+            except StopIteration as stop:
+                last = pacer.flush()
+                if last is not None:
+                    yield last
+                return stop.value
+            if cancel.is_set():
+                return CANCELLED
+            shown = pacer.offer(event)
+            if shown is not None:
+                yield shown
+    finally:
+        work.close()
 
 
 def start_worker(
@@ -30,7 +102,8 @@ def start_worker(
     """Run `function(*args)` in a napari worker thread and return the started worker.
 
     Errors reach `on_error` rather than being re-raised in the GUI thread, so a widget can show
-    them as a message; `worker.quit()` cancels at the generator's next yield (`on_aborted`).
+    them as a message; `worker.quit()` stops calling the generator at its next yield
+    (`on_aborted`; the generator is left suspended: `WorkerControls` cancels its own way).
     """
     from napari.qt.threading import create_worker
 
@@ -119,6 +192,7 @@ class WorkerControls:
         self.on_finished = on_finished
         self.hide_bar = hide_bar
         self.worker: Any = None
+        self._cancel = threading.Event()
         set_enabled(cancel_button, False)
         if hide_bar:
             progress_bar.setVisible(False)
@@ -135,18 +209,30 @@ class WorkerControls:
         on_error: Callable[[BaseException], None],
         on_aborted: Callable[[], None],
     ) -> bool:
-        """Run `function(*args)` (a progress generator) in the background; False if one runs."""
+        """Run `function(*args)` (a progress generator function) in the background, its events
+        paced for the GUI (see the module doc); False if one runs."""
         if self.worker is not None:
             return False
         self._set_running(True)
         self.progress_bar.setRange(0, 0)
         if self.hide_bar:
             self.progress_bar.setVisible(True)
+        self._cancel = threading.Event()
+
+        def returned(value: Any) -> None:
+            if value is CANCELLED:
+                on_aborted()
+            else:
+                on_result(value)
+
         self.worker = start_worker(
+            paced_run,
             function,
-            *args,
+            args,
+            self._cancel,
+            Pacer(),
             on_progress=self._progress,
-            on_result=on_result,
+            on_result=returned,
             on_error=on_error,
             on_aborted=on_aborted,
             on_finished=self._finished,
@@ -154,10 +240,10 @@ class WorkerControls:
         return True
 
     def cancel(self) -> bool:
-        """Ask the worker to stop at its next yield; False when nothing runs."""
+        """Ask the worker to stop after the generator's next event; False when nothing runs."""
         if self.worker is None:
             return False
-        self.worker.quit()
+        self._cancel.set()
         return True
 
     def _set_running(self, running: bool) -> None:
