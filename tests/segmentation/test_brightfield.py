@@ -272,6 +272,16 @@ def test_real_single_cell_crops_give_one_cell_and_the_platelet_none():
     assert np.mean(one_cell) >= 0.95, f"{sum(one_cell)}/{len(one_cell)} crops with one cell"
 
 
+def test_real_smear_fields_mostly_give_the_exact_white_cell_count():
+    bright = shared_data("brightfield_sample")
+    rows = [row for row in _manifest(bright) if row["kind"] == "fields"]
+    exact = [
+        segment_brightfield(read_image(bright / row["relpath"])).n_cells == int(row["wbc_count"])
+        for row in rows
+    ]
+    assert np.mean(exact) >= 0.85, f"{sum(exact)}/{len(exact)} fields with the exact count"
+
+
 def test_real_masked_images_return_no_cell_outside_the_white_cells():
     bright = shared_data("brightfield_sample")
     with open(bright / "MASKS.tsv", newline="") as handle:
@@ -412,3 +422,21 @@ def test_two_nuclei_pressed_together_along_a_wide_front_give_two_cells():
     assert result.n_cells == 2, result.table["keep_reason"]
     found = sorted(col for _, col in centres_of(result))
     assert found[0] < 250 < found[1], found
+
+
+@pytest.mark.parametrize("seed", [0, 2, 5])
+def test_generated_fields_give_every_white_cell_all_and_hem_alike_and_nothing_else(seed):
+    from napari_allbag.data.synthetic_brightfield import BrightfieldLook, make_brightfield_field
+
+    image, truth = make_brightfield_field(seed, shape=(750, 1000), look=BrightfieldLook(scale=0.5))
+    result = segment_brightfield(image)
+    hits = []
+    for found in centres_of(result):
+        inside = [
+            i
+            for i, cell in enumerate(truth.white_cells)
+            if np.hypot(found[0] - cell.centre[0], found[1] - cell.centre[1]) < cell.radius
+        ]
+        hits.append(inside[0] if len(inside) == 1 else None)
+    assert None not in hits and len(set(hits)) == len(hits), hits  # no red cell, none twice
+    assert set(hits) == set(range(truth.n_white)), [c.label for c in truth.white_cells]

@@ -105,6 +105,10 @@ _DOME = 1.0
 _CONCAVE_DEPTH = 0.5
 _PART_SOLIDITY = 0.85
 _PART_AREA = 1.0
+#: Nucleus pieces further than this many red-cell radii from a thick round nucleus are a
+#: neighbour's (a piece the threshold parted from the same nucleus lies closer; on the
+#: generator's touching pairs the neighbour's lobes lie 0.56 to 0.79 away).
+_APART = 0.25
 #: Cytoplasm: stain at least this share of the way from the red cells' level to the nuclei's
 #: threshold. Cytoplasm stains far less than a nucleus: on the sample's masks its median lies
 #: 0.05 to 0.65 of the way (mostly 0.2 to 0.45); half-way, as before, missed most of it (mean
@@ -525,15 +529,21 @@ def _split_touching(lobes: np.ndarray, group: np.ndarray, radius: float) -> list
     `_NECK_SHARE`) is a nucleus of its own: a neutrophil's lobes are thinner than a red cell,
     so they raise no such dome. Two or more domes seed a watershed of that distance over the
     group. Without two domes, nuclei pressed together along a wide front (no neck) may still
-    part at two deep concavities of their outline (`_concave_cut`).
+    part at two deep concavities of their outline (`_concave_cut`), and a single dome with
+    other nucleus pieces apart from it is two cells (`_dome_and_rest`).
     """
     filled = _filled(lobes)
-    if cv2.countNonZero(filled) < 2 * math.pi * (_DOME * radius) ** 2:  # too small for two
+    area, dome_area = cv2.countNonZero(filled), math.pi * (_DOME * radius) ** 2
+    if area < dome_area:  # too small for even one dome
         return [lobes]
     distance = _inside_distance(filled)
     neck = max(_NECK_DEPTH * radius, _NECK_SHARE * float(distance.max()))
     domes = h_maxima(distance, neck).astype(bool) & (distance >= _DOME * radius)
     markers, n_peaks = ndi.label(domes, structure=np.ones((3, 3)))  # a plateau is one dome
+    if n_peaks == 1:
+        markers, n_peaks = _dome_and_rest(filled, markers, radius)
+    elif area < 2 * dome_area:  # too small for two domes
+        return [lobes]
     if n_peaks < 2:
         markers, n_peaks = _concave_cut(filled, radius)
     if n_peaks < 2:
@@ -541,6 +551,24 @@ def _split_touching(lobes: np.ndarray, group: np.ndarray, radius: float) -> list
     parts = watershed(-distance, markers, mask=group > 0)  # the nuclei's own domes decide
     split = [(lobes & (parts == k)).view(np.uint8) for k in range(1, n_peaks + 1)]
     return [part for part in split if cv2.countNonZero(part) > 0]
+
+
+def _dome_and_rest(filled: np.ndarray, dome: np.ndarray, radius: float) -> tuple[np.ndarray, int]:
+    """A thick round nucleus (one dome) is a mononuclear cell's whole nucleus, so nucleus pieces
+    apart from it (`_APART`), together large enough for a nucleus (`_MIN_NUCLEUS`), are a
+    neighbour's (the lobes of a cell touching it). Returns labels (the dome's piece 1, the rest 2) and their
+    number, or the dome alone and 1."""
+    n, pieces = cv2.connectedComponents(filled, connectivity=8)
+    own = np.isin(pieces, np.unique(pieces[dome > 0]))
+    rest = (pieces > 0) & ~own
+    if n <= 2 or np.count_nonzero(rest) < _MIN_NUCLEUS * math.pi * radius**2:
+        return dome, 1
+    apart = cv2.distanceTransform((~own).view(np.uint8), cv2.DIST_L2, 3)[rest]
+    if apart.min() < _APART * radius:  # a piece of the same nucleus, parted by the threshold
+        return dome, 1
+    labels = own.astype(np.int32)
+    labels[rest] = 2
+    return labels, 2
 
 
 def _concave_cut(filled: np.ndarray, radius: float) -> tuple[np.ndarray, int]:
