@@ -373,3 +373,28 @@ def test_tiles_of_real_fields_find_the_cells_of_one_go():
         matched += _matched(tiled, whole)
     assert whole_cells > 50
     assert matched >= 0.95 * whole_cells and found <= whole_cells + 2
+
+
+def test_a_compression_that_cannot_be_decoded_is_refused_on_opening(tmp_path):
+    path = tmp_path / "lzw.tif"
+    tifffile.imwrite(path, _pattern()[:600, :600], tile=(256, 256), compression="zlib")
+    with tifffile.TiffFile(path, mode="r+") as tif:  # zlib data labelled LZW: undecodable
+        tif.pages[0].tags["Compression"].overwrite(5)
+    with pytest.raises(ImageReadError, match="LZW compression could not be decoded"):
+        open_large_image(path)
+
+
+def test_windows_sharing_tiff_tiles_decode_them_once(tmp_path):
+    reference = _pattern()
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, reference, tile=(256, 256), compression="zlib", photometric="rgb")
+    image = open_large_image(path)
+    try:
+        before = image.array.chunks_decoded
+        first = read_window(image.array, (0, 0, 512, 600))  # 2 x 3 TIFF tiles
+        second = read_window(image.array, (0, 500, 512, 1100))  # shares the third column
+        assert image.array.chunks_decoded - before == 6 + 4
+        assert np.array_equal(first, reference[:512, :600])
+        assert np.array_equal(second, reference[:512, 500:1100])
+    finally:
+        image.close()

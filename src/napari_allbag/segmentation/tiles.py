@@ -33,6 +33,7 @@ RGB) plus the cells' rows and crops; no full-size label image unless asked (`kee
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import threading
@@ -54,6 +55,9 @@ from napari_allbag.segmentation.dark import SegmentationResult
 TILING_MEGAPIXELS = 36.0
 DEFAULT_TILE = 2048
 DEFAULT_OVERLAP = 256
+#: Worker processes take this many neighbouring tiles at a time: each reuses the TIFF tiles
+#: its previous window decoded along their shared edge (see `TiffChunkReader`).
+TILES_PER_TASK = 4
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".svs", ".ome.tif", ".ome.tiff")
 _TILEABLE_DTYPES = (np.uint8, np.uint16, np.bool_)
 
@@ -72,7 +76,10 @@ class TiffChunkReader:
     """Array-like view of one TIFF page: slicing decodes only the tiles or strips it touches.
 
     Supports ``reader[top:bottom, left:right]`` (steps of 1) and `shape` / `dtype` / `ndim`.
-    `chunks_decoded` counts decoded chunks (to see that reads stay local). Thread-safe.
+    The chunks decoded for one read are kept until the next, which takes from them the ones it
+    shares (a tile's window and the next one along its row share a column of TIFF tiles): at
+    most one window's chunks are held. `chunks_decoded` counts decoded chunks (to see that reads
+    stay local). Thread-safe.
     """
 
     def __init__(self, path: str | os.PathLike, page) -> None:
@@ -88,6 +95,7 @@ class TiffChunkReader:
         else:
             self._chunk = (page.rowsperstrip or page.imagelength, page.imagewidth)
         self._chunks_across = math.ceil(page.imagewidth / self._chunk[1])
+        self._last_read: dict[int, tuple[np.ndarray, tuple[int, int]] | None] = {}
         self.chunks_decoded = 0
 
     def __getitem__(self, key) -> np.ndarray:
@@ -102,31 +110,61 @@ class TiffChunkReader:
         """The region [top:bottom, left:right] as a new array."""
         out = np.zeros((bottom - top, right - left, *self.shape[2:]), self.dtype)
         chunk_h, chunk_w = self._chunk
+        previous, current = self._last_read, {}
         for chunk_row in range(top // chunk_h, math.ceil(bottom / chunk_h)):
             for chunk_col in range(left // chunk_w, math.ceil(right / chunk_w)):
-                self._paste(chunk_row * self._chunks_across + chunk_col, out, top, left)
+                index = chunk_row * self._chunks_across + chunk_col
+                chunk = previous[index] if index in previous else self._decode(index)
+                current[index] = chunk
+                if chunk is not None:
+                    _paste(chunk, out, top, left)
+        self._last_read = current
         return out
 
-    def _paste(self, index: int, out: np.ndarray, top: int, left: int) -> None:
+    def check_decodable(self) -> None:
+        """Decode one chunk now, so that a compression tifffile cannot decode without the
+        optional `imagecodecs` (JPEG, LZW, JPEG 2000, zstd, ...) is refused on opening, in words,
+        rather than by every tile."""
+        try:
+            self._decode(0)
+        except Exception as error:  # noqa: BLE001 - codecs raise many kinds of errors
+            compression = getattr(self._page.compression, "name", self._page.compression)
+            hint = ""
+            if importlib.util.find_spec("imagecodecs") is None:
+                hint = (
+                    "; TIFFs compressed otherwise than zlib (LZW, JPEG, ...) need imagecodecs: "
+                    "pip install 'napari-allbag[tiff]'"
+                )
+            raise ImageReadError(
+                self.path, f"{compression} compression could not be decoded ({error}){hint}"
+            ) from None
+
+    def _decode(self, index: int) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """Chunk `index` as (pixels rows x cols x samples, its top-left corner); None if empty."""
         page = self._page
         with self._lock:
             self._handle.seek(page.dataoffsets[index])
             data = self._handle.read(page.databytecounts[index])
             self.chunks_decoded += 1
         if not data:
-            return  # an empty chunk: zeros
+            return None  # an empty chunk: zeros
         segment, position, _ = page.decode(data, index, jpegtables=page.jpegtables)
-        segment = segment[0]  # (length, width, samples) of this tile or strip
-        row0, col0 = position[2] - top, position[3] - left
-        src_rows = slice(max(0, -row0), min(segment.shape[0], out.shape[0] - row0))
-        src_cols = slice(max(0, -col0), min(segment.shape[1], out.shape[1] - col0))
-        if src_rows.start >= src_rows.stop or src_cols.start >= src_cols.stop:
-            return
-        target = out[
-            row0 + src_rows.start : row0 + src_rows.stop,
-            col0 + src_cols.start : col0 + src_cols.stop,
-        ]
-        target[...] = segment[src_rows, src_cols].reshape(target.shape)
+        return segment[0], (position[2], position[3])
+
+
+def _paste(chunk: tuple[np.ndarray, tuple[int, int]], out: np.ndarray, top: int, left: int):
+    """Copy the part of a decoded chunk that falls in `out` (whose corner is top, left)."""
+    segment, (row, col) = chunk
+    row0, col0 = row - top, col - left
+    src_rows = slice(max(0, -row0), min(segment.shape[0], out.shape[0] - row0))
+    src_cols = slice(max(0, -col0), min(segment.shape[1], out.shape[1] - col0))
+    if src_rows.start >= src_rows.stop or src_cols.start >= src_cols.stop:
+        return
+    target = out[
+        row0 + src_rows.start : row0 + src_rows.stop,
+        col0 + src_cols.start : col0 + src_cols.stop,
+    ]
+    target[...] = segment[src_rows, src_cols].reshape(target.shape)
 
 
 @dataclass
@@ -191,7 +229,9 @@ def _open_tiff_level0(path: Path, tif) -> LargeImage:
         array = tifffile.memmap(path, series=0, level=0, mode="r")
         tif.close()
         return LargeImage(path, array, "memmap", levels)
-    return LargeImage(path, TiffChunkReader(path, page), "chunks", levels, _owner=tif)
+    reader = TiffChunkReader(path, page)
+    reader.check_decodable()
+    return LargeImage(path, reader, "chunks", levels, _owner=tif)
 
 
 def _check_tileable_dtype(dtype, path: Path | str = "image") -> None:
@@ -397,7 +437,11 @@ def iter_tile_cells(
         if image is None or image.path is None or image.access == "memory":
             raise ValueError("workers > 1 needs a TIFF file the workers can open themselves")
         results = ordered_map(
-            _segment_tile_from_file, tiles, (str(image.path), job), options.workers
+            _segment_tile_from_file,
+            tiles,
+            (str(image.path), job),
+            options.workers,
+            chunk_size=TILES_PER_TASK,
         )
         try:
             yield from results
