@@ -1,12 +1,14 @@
 """The Train dock widget: pick an annotated folder and a run folder, press Start.
 
-Training (`training.run.train`) runs in a napari worker thread (`widgets.base.WorkerControls`), so the viewer stays responsive; its
-progress events drive the stage label, the progress bar and live loss/accuracy curves. The
-worker imports the trainer and renders the curves itself (`_LiveCurves`, at most every
-`CURVES_INTERVAL` seconds, the last epoch always): a matplotlib redraw would cost the GUI thread
-0.2-1 s per epoch; the GUI thread only shows the image. Cancel stops within one batch and keeps
-the last epoch's checkpoint; Resume continues a run folder. When training ends the validation report appears, and the new bundle goes
-to the Classify widget (if docked) and is remembered for the next session.
+Training (`training.run.train`) runs in a napari worker thread (`widgets.base.WorkerControls`),
+so the viewer stays responsive; its progress events drive the stage label, the progress bar and
+live loss/accuracy curves. The worker imports the trainer and renders the curves itself
+(`_LiveCurves`, at most every `CURVES_INTERVAL` seconds, the last epoch always): a matplotlib
+redraw would cost the GUI thread 0.2-1 s per epoch; the GUI thread only shows the image. Cancel
+stops inside the running batch (`widgets.base.TorchCancelPoints`) and keeps the last epoch's
+checkpoint; Resume continues a run folder. When training ends the validation report appears,
+and the new bundle goes to the Classify widget (if docked) and is remembered for the next
+session.
 """
 
 from __future__ import annotations
@@ -366,9 +368,9 @@ class TrainWidget(QWidget):
         )
 
     def cancel(self) -> None:
-        """Stop at the next batch; the checkpoint of the last finished epoch stays."""
+        """Stop now (inside the running batch); the checkpoint of the last finished epoch stays."""
         if self.controls.cancel():
-            self.stage_label.setText("cancelling after this batch…")
+            self.stage_label.setText("cancelling…")
 
     # ------------------------------------------------------------------ events
 
