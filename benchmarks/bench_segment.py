@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import platform
 import resource
 import shutil
@@ -49,7 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from napari_allbag.io import png
+from napari_allbag.io import ordered_pool, png
 from napari_allbag.io.images import find_images, read_image
 from napari_allbag.io.ordered_pool import ordered_map
 from napari_allbag.segmentation.dark import (
@@ -204,12 +205,38 @@ def cli_cells(folder: Path, workers: int, out: Path) -> tuple[float, float, floa
     return cells / seconds, math.nan, math.nan
 
 
+def pool_startup(paths, params, workers: int) -> None:
+    """Wall and CPU seconds of a pool segmenting 8 files: spawned workers (as before
+    2026-12-02), the forkserver's first pool in this process (it starts and imports the
+    segmentation once), and a later pool (workers forked from the running server)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    def spawned(count):
+        context = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(count, mp_context=context, initializer=ordered_pool._worker_init)
+
+    forked = ordered_pool._new_pool
+    print(f"\n| pool start, {workers} workers, 8 files | wall s | CPU s here | CPU s workers |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, make in (("spawn", spawned), ("forkserver, first pool", forked), ("later", forked)):
+        ordered_pool._new_pool = make
+        try:
+            cpu, start = _cpu_seconds(), time.perf_counter()
+            stream_cells(paths[:8], params, workers)
+            wall, after = time.perf_counter() - start, _cpu_seconds()
+        finally:
+            ordered_pool._new_pool = forked
+        print(f"| {name} | {wall:.2f} | {after[0] - cpu[0]:.2f} | {after[1] - cpu[1]:.2f} |")
+
+
 def scaling(args, params) -> None:
     """1 and N workers interleaved on `--cells` copies of the real cells (see the docstring)."""
     with tempfile.TemporaryDirectory(prefix="bench-segment-") as temporary:
         folder = Path(temporary)
         (folder / "in").mkdir()
         paths = copies(find_images([args.data]), args.cells, folder / "in")
+        segment_file(paths[0], params)  # this process's imports, before the 1-worker rounds
+        pool_startup(paths, params, args.workers)
         jobs = {
             "stream (predict, crop cache)": lambda w: timed(lambda: stream_cells(paths, params, w)),
             "segment, PNG crops written": lambda w: timed(

@@ -104,6 +104,8 @@ def test_the_pacer_always_shows_milestones():
         Progress(4, 10, "count", metrics={"text": "a note"}),
         Progress(5, 10, "count", metrics={"image": b"png"}),
         Progress(6, 10, "count"),
+        Progress(7, 10, "count", metrics={"step": 2}),  # a new numbered step
+        Progress(8, 10, "count", metrics={"step": 2}),
         Progress(10, 10, "count"),  # the stage's last step
         Progress(1, 5, "next"),
     ]
@@ -114,6 +116,7 @@ def test_the_pacer_always_shows_milestones():
         ("count", 0),
         ("count", 4),
         ("count", 5),
+        ("count", 7),
         ("count", 10),
         ("next", 1),
     ]

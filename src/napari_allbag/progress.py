@@ -82,9 +82,10 @@ class Pacer:
 
     A counting event (same stage, a total, not the last step) passes at most every `interval`
     seconds; the others wait in `pending`, replaced by newer ones, so `flush` gives the last
-    one at the end. Milestones always pass: a new stage, a busy step (no total, e.g. "building
-    the model": the GUI must say so while it lasts), a stage's last step, and events carrying
-    `MILESTONE_METRICS`. A counter shown is therefore at most one step behind the work.
+    one at the end. Milestones always pass: a new stage or a new numbered step (metrics `step`,
+    as training's "Step 2 of 5"), a busy step (no total, e.g. "building the model": the GUI
+    must say so while it lasts), a stage's last step, and events carrying `MILESTONE_METRICS`.
+    A counter shown is therefore at most one step behind the work.
     """
 
     def __init__(self, interval: float = GUI_INTERVAL, clock: Callable[[], float] = time.monotonic):
@@ -92,11 +93,13 @@ class Pacer:
         self.clock = clock
         self.pending: Progress | None = None
         self._stage: str | None = None
+        self._step: Any = None
         self._shown_at = -float("inf")
 
     def is_milestone(self, event: Progress) -> bool:
         return (
             event.stage != self._stage
+            or event.metrics.get("step") != self._step
             or not event.total
             or event.done >= event.total
             or any(key in event.metrics for key in MILESTONE_METRICS)
@@ -107,6 +110,7 @@ class Pacer:
         now = self.clock()
         if self.is_milestone(event) or now - self._shown_at >= self.interval:
             self.pending, self._stage, self._shown_at = None, event.stage, now
+            self._step = event.metrics.get("step")
             return event
         self.pending = event
         return None

@@ -272,6 +272,16 @@ def test_real_single_cell_crops_give_one_cell_and_the_platelet_none():
     assert np.mean(one_cell) >= 0.95, f"{sum(one_cell)}/{len(one_cell)} crops with one cell"
 
 
+def test_real_smear_fields_mostly_give_the_exact_white_cell_count():
+    bright = shared_data("brightfield_sample")
+    rows = [row for row in _manifest(bright) if row["kind"] == "fields"]
+    exact = [
+        segment_brightfield(read_image(bright / row["relpath"])).n_cells == int(row["wbc_count"])
+        for row in rows
+    ]
+    assert np.mean(exact) >= 0.85, f"{sum(exact)}/{len(exact)} fields with the exact count"
+
+
 def test_real_masked_images_return_no_cell_outside_the_white_cells():
     bright = shared_data("brightfield_sample")
     with open(bright / "MASKS.tsv", newline="") as handle:

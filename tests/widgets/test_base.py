@@ -151,6 +151,43 @@ def test_cancel_stops_at_the_next_event_and_cleans_up_in_the_worker(qtbot):
     assert controls.run_buttons[0].isEnabled() and not controls.cancel_button.isEnabled()
 
 
+def endless_torch(started: threading.Event, cleaned: list, backward: bool):
+    """One step that never ends by itself: only Cancel inside torch can stop it."""
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    x = torch.randn(4, 8)
+    yield Progress(0, None, "training", "one endless batch")
+    try:
+        if backward:
+            loss = model(x).sum()
+            started.set()
+            while True:
+                loss.backward(retain_graph=True)
+        started.set()
+        while True:
+            model(x)
+    finally:
+        model(x)  # the clean-up may use torch after Cancel
+        cleaned.append(threading.current_thread() is threading.main_thread())
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_cancel_stops_inside_a_long_torch_computation(qtbot, backward):
+    cleaned: list[bool] = []
+    controls = _controls(qtbot, [])
+    outcome, callbacks = _outcome()
+    started = threading.Event()
+    assert controls.start(endless_torch, started, cleaned, backward, **callbacks)
+    assert started.wait(TIMEOUT_MS / 1000)
+    controls.cancel()
+    qtbot.waitUntil(lambda: not controls.is_running, timeout=TIMEOUT_MS)
+    assert outcome == {"aborted": True} and cleaned == [False]
+    import torch  # the hooks are gone: torch runs as usual here
+
+    torch.nn.Linear(2, 2)(torch.ones(1, 2)).sum().backward()
+
+
 def test_cancel_before_the_worker_began_runs_nothing(qtbot):
     seen: list[Progress] = []
     cleaned: list[bool] = []
@@ -177,19 +214,34 @@ def test_an_error_reaches_on_error(qtbot):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness: Linux")
-def test_the_worker_thread_runs_at_a_lower_priority(qtbot):
+def test_a_thread_can_lower_its_own_priority_only():
     import os
 
-    from napari_allbag.widgets.base import WORKER_NICENESS
+    from napari_allbag.widgets.base import lower_thread_priority
 
-    niceness: list[int] = []
+    seen: dict[str, int] = {}
 
-    def measure():
-        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        yield Progress(1, 1, "measure")
+    def lower():
+        assert lower_thread_priority(7)
+        seen["own"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
+    own_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=lower)
+    thread.start()
+    thread.join()
+    assert seen["own"] >= 7
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own_before
+
+
+def test_the_worker_sets_its_priority(qtbot, monkeypatch):
+    from napari_allbag.widgets import base
+
+    calls: list[bool] = []
+    monkeypatch.setattr(
+        base, "lower_thread_priority", lambda: calls.append(threading.current_thread().name)
+    )
     controls = _controls(qtbot, [])
     outcome, callbacks = _outcome()
-    assert controls.start(measure, **callbacks)
+    assert controls.start(counting, 1, [], **callbacks)
     qtbot.waitUntil(lambda: not controls.is_running, timeout=TIMEOUT_MS)
-    assert niceness and niceness[0] >= WORKER_NICENESS
+    assert len(calls) == 1 and calls[0] != threading.main_thread().name

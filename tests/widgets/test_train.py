@@ -204,9 +204,40 @@ def test_fine_tune_device_workers_and_subjects_fields(make_napari_viewer, tmp_pa
     assert widget.minimumSizeHint().height() < 1000  # the fields scroll in a small dock
 
 
-def test_the_stage_label_counts_the_steps(make_napari_viewer):
+def test_the_stage_label_says_the_core_s_numbered_steps(make_napari_viewer):
+    from napari_allbag.training.steps import BUILD, SCAN, TRAIN, numbered
+
     widget = TrainWidget(make_napari_viewer())
-    widget._on_progress(Progress(0, None, "preprocess", "scanning /data"))
-    assert widget.stage_label.text() == "Step 1 of 5: Preprocessing — scanning /data"
-    widget._on_progress(Progress(0, None, "stage1-A", "building the model (test_resnet)"))
-    assert widget.stage_label.text().startswith("Step 2 of 5: Stage 1: model-A — building")
+    widget._on_progress(numbered(SCAN)(Progress(0, None, "preprocess", "scanning /data")))
+    assert widget.stage_label.text() == "Step 1 of 5: scanning /data"
+    widget._on_progress(numbered(BUILD)(Progress(0, None, "stage1-A", "building model-A")))
+    assert widget.stage_label.text() == "Step 4 of 5: building model-A"
+    widget._on_progress(numbered(TRAIN)(Progress(1, 10, "stage1-A", "epoch 1/2")))
+    assert widget.stage_label.text() == "Step 5 of 5: Stage 1: model-A — epoch 1/2"
+
+
+def test_every_step_before_the_first_epoch_is_shown_in_order(widget, qtbot):
+    shown: list[str] = []
+    real_set_text = widget.stage_label.setText
+    widget.stage_label.setText = lambda text: (shown.append(text), real_set_text(text))
+    assert widget.start()
+    qtbot.waitUntil(lambda: any("— epoch 1/2" in text for text in shown), timeout=TIMEOUT_MS)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+
+    steps = [text for text in shown if text.startswith("Step ")]
+    numbers = [int(text.split()[1]) for text in steps]
+    assert numbers == sorted(numbers) and set(numbers) == {1, 2, 3, 4, 5}
+    assert all(" of 5: " in text for text in steps)
+    expected = [
+        f"Step 1 of 5: scanning {widget.data_edit.text()}",
+        f"Step 1 of 5: scanning {widget.data_edit.text()} (90 images)",
+        "Step 2 of 5: reading files",
+        "Step 2 of 5: segmenting 90/90",
+        "Step 3 of 5: caching crops: 90 cells, splitting by subject",
+        "Step 4 of 5: building model-A (test_resnet, random weights)",
+        "Step 5 of 5: Stage 1: model-A — starting the first batch",
+        "Step 5 of 5: Stage 1: model-A — epoch 1/2",
+    ]
+    positions = [next(i for i, text in enumerate(steps) if text.startswith(e)) for e in expected]
+    assert positions == sorted(positions), steps

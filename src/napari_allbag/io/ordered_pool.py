@@ -11,7 +11,8 @@ Workers are forked from a "forkserver" (a clean single-threaded process started 
 when the parent runs threads: Qt, torch), which imports the task's module and the `preload`
 modules once: a spawned worker spent about a second importing scipy and scikit-image, a
 fifth of the run on 1,860 cells (benchmarks/bench_segment.py --scaling). Where there is no
-forkserver (Windows) they are spawned. Each worker uses one OpenCV thread. As with any spawn
+forkserver (Windows) they are spawned. Workers see the environment variables of the moment the
+forkserver started (the first pool). Each worker uses one OpenCV thread. As with any spawn
 pool, a script that calls this must guard its entry point with ``if __name__ == "__main__":``.
 """
 

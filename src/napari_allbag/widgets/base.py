@@ -13,22 +13,27 @@ What keeps the viewer responsive (benchmarks/bench_gui_latency.py): the worker t
 runs and closes the generator itself (so imports, clean-up and garbage collection never run in
 the GUI thread); it hands the GUI only the events a `progress.Pacer` lets through (a counter at
 most 10 times a second, every milestone, the last one at the end), so the event loop is not
-flooded by per-batch events; and it lowers its own scheduling priority (Linux), so on a busy
-machine the GUI thread wins the CPU. Cancel sets a flag the worker reads after every event of
-the generator (per batch while training), closes the generator there and reports "aborted".
+flooded by per-batch events (its scheduling priority can be lowered: `WORKER_NICENESS`, off by
+default, see its note). Cancel sets a flag the worker reads after every event of
+the generator (per batch while training), closes the generator there and reports "aborted";
+once the work has imported torch, the flag is also read inside its computations
+(`TorchCancelPoints`: before each module's forward and at each module's gradient), so a batch
+of a large model on the CPU (seconds) does not delay Cancel.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from napari_allbag.progress import Pacer, Progress
 
-#: The worker threads' niceness (Linux): background work yields the CPU to the GUI thread.
-WORKER_NICENESS = 10
+#: The worker threads' niceness (Linux; 0: unchanged). Measured (docs/benchmarks.md): 10 did
+#: not shorten the GUI's stalls on a busy machine but slowed the work and Cancel, so it is off.
+WORKER_NICENESS = 0
 
 
 class _Cancelled:
@@ -56,6 +61,58 @@ def lower_thread_priority(niceness: int | None = None) -> bool:
         return False
 
 
+class _Stopped(BaseException):
+    """Raised inside the work's torch computation when Cancel was pressed (a BaseException, so
+    `except Exception` in the work does not take it for a failure of one item)."""
+
+
+class TorchCancelPoints:
+    """Cancel inside torch: global module hooks that raise `_Stopped` once `cancel` is set,
+    before each module's forward in the installing thread, and in backward at the gradient of
+    each module output that thread made. Installed once torch has been imported. Raises once:
+    the work's clean-up (finally blocks) may then use torch as usual."""
+
+    def __init__(self, cancel: threading.Event):
+        self.cancel = cancel
+        self.thread = threading.get_ident()
+        self.handles: list[Any] = []
+        self.raised = False
+
+    def install(self) -> None:
+        if self.handles or "torch" not in sys.modules:
+            return
+        from torch.nn.modules import module
+
+        self.handles = [
+            module.register_module_forward_pre_hook(self._before_forward),
+            module.register_module_forward_hook(self._after_forward),
+        ]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _ours(self) -> bool:
+        return threading.get_ident() == self.thread
+
+    def _stop(self) -> None:
+        if self.cancel.is_set() and not self.raised:
+            self.raised = True
+            raise _Stopped
+
+    def _before_forward(self, module: Any, args: Any) -> None:
+        if self._ours():
+            self._stop()
+
+    def _after_forward(self, module: Any, args: Any, output: Any) -> None:
+        if getattr(output, "requires_grad", False) and self._ours():
+            output.register_hook(self._at_gradient)  # runs in autograd's thread: no thread check
+
+    def _at_gradient(self, grad: Any) -> None:
+        self._stop()
+
+
 def paced_run(
     function: Callable[..., Generator[Progress, None, Any]],
     args: tuple,
@@ -72,8 +129,10 @@ def paced_run(
     if cancel.is_set():
         return CANCELLED
     work = function(*args)
+    points = TorchCancelPoints(cancel)
     try:
         while True:
+            points.install()
             try:
                 event = next(work)
             except StopIteration as stop:
@@ -81,12 +140,15 @@ def paced_run(
                 if last is not None:
                     yield last
                 return stop.value
+            except _Stopped:
+                return CANCELLED
             if cancel.is_set():
                 return CANCELLED
             shown = pacer.offer(event)
             if shown is not None:
                 yield shown
     finally:
+        points.remove()  # the work's clean-up may use torch
         work.close()
 
 

@@ -1,12 +1,14 @@
 """The Train dock widget: pick an annotated folder and a run folder, press Start.
 
-Training (`training.run.train`) runs in a napari worker thread (`widgets.base.WorkerControls`), so the viewer stays responsive; its
-progress events drive the stage label, the progress bar and live loss/accuracy curves. The
-worker imports the trainer and renders the curves itself (`_LiveCurves`, at most every
-`CURVES_INTERVAL` seconds, the last epoch always): a matplotlib redraw would cost the GUI thread
-0.2-1 s per epoch; the GUI thread only shows the image. Cancel stops within one batch and keeps
-the last epoch's checkpoint; Resume continues a run folder. When training ends the validation report appears, and the new bundle goes
-to the Classify widget (if docked) and is remembered for the next session.
+Training (`training.run.train`) runs in a napari worker thread (`widgets.base.WorkerControls`),
+so the viewer stays responsive; its progress events drive the stage label, the progress bar and
+live loss/accuracy curves. The worker imports the trainer and renders the curves itself
+(`_LiveCurves`, at most every `CURVES_INTERVAL` seconds, the last epoch always): a matplotlib
+redraw would cost the GUI thread 0.2-1 s per epoch; the GUI thread only shows the image. Cancel
+stops inside the running batch (`widgets.base.TorchCancelPoints`) and keeps the last epoch's
+checkpoint; Resume continues a run folder. When training ends the validation report appears,
+and the new bundle goes to the Classify widget (if docked) and is remembered for the next
+session.
 """
 
 from __future__ import annotations
@@ -38,26 +40,9 @@ from qtpy.QtWidgets import (
 
 from napari_allbag.model.networks import DEFAULT_BACKBONE
 from napari_allbag.progress import Progress, retold
+from napari_allbag.training.steps import step_text
 from napari_allbag.widgets.base import WorkerControls, in_scroll_area, show_error, wrapping_form
 
-STAGE_NAMES = {
-    "preprocess": "Preprocessing",
-    "stage1-A": "Stage 1: model-A",
-    "stage1-B": "Stage 1: model-B",
-    "features": "Stage 2: features",
-    "stage2": "Stage 2: combined model",
-    "report": "Report",
-}
-#: Step k of STEP_COUNT for each stage, so the label says how far the run is.
-STAGE_STEPS = {
-    "preprocess": 1,
-    "stage1-A": 2,
-    "stage1-B": 3,
-    "features": 4,
-    "stage2": 4,
-    "report": 5,
-}
-STEP_COUNT = 5
 #: The worker renders the live curves at most this often (seconds; a render costs 0.1-0.5 s).
 CURVES_INTERVAL = 2.0
 
@@ -366,18 +351,14 @@ class TrainWidget(QWidget):
         )
 
     def cancel(self) -> None:
-        """Stop at the next batch; the checkpoint of the last finished epoch stays."""
+        """Stop now (inside the running batch); the checkpoint of the last finished epoch stays."""
         if self.controls.cancel():
-            self.stage_label.setText("cancelling after this batch…")
+            self.stage_label.setText("cancelling…")
 
     # ------------------------------------------------------------------ events
 
     def _on_progress(self, event: Progress) -> None:
-        text = STAGE_NAMES.get(event.stage, event.stage)
-        if event.stage in STAGE_STEPS:
-            text = f"Step {STAGE_STEPS[event.stage]} of {STEP_COUNT}: {text}"
-        if event.message:
-            text += f" — {event.message}"
+        text = step_text(event)  # "Step 2 of 5: segmenting 120/400", the core's numbered steps
         figures = [
             f"{key} {event.metrics[key]:.3g}"
             for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
