@@ -7,7 +7,9 @@
 Candidates: eager fp32 PyTorch as `classify_crops` runs it today (the baseline: channels_last,
 inference_mode), eager without channels_last, bf16 autocast, torch.compile (inductor, frozen
 weights; compile time printed apart), dynamic int8 (Linear layers only), ONNX Runtime fp32 and
-static int8 (QDQ, calibrated on real crops), OpenVINO f32, bf16 and int8 (the same QDQ graph).
+static int8 (QDQ, calibrated on real crops), OpenVINO f32, bf16 and int8 (the same QDQ graph),
+OpenVINO f32 with the THROUGHPUT hint (streams, async queue) and NNCF int8 (all of the backbones,
+or with the stem kept fp32; needs `pip install nncf`, skipped without it).
 
 Weights are random (pretrained=False; speed does not depend on them), made to give varied
 predictions: BatchNorm statistics are recomputed on real crops and each head is scaled and
