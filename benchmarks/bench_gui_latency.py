@@ -2,9 +2,11 @@
 
 A 50 ms QTimer records the longest gap between its ticks (the worst event-loop stall a user
 feels) while a tiny training runs in the Train widget's worker thread; then Cancel is pressed
-and the time until the worker has stopped is measured. Run under a display:
+and the time until the worker has stopped is measured. The epochs trained in the measured
+window show what the GUI's share costs the training. Run under a display:
 
     xvfb-run -a python benchmarks/bench_gui_latency.py [--seconds 20] [--torch-threads N]
+        [--worker-niceness N]
 
 Prints one line per figure. Not a test: the figures depend on the machine and its load.
 """
@@ -22,6 +24,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=20.0, help="training time measured")
     parser.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads")
     parser.add_argument("--img-size", type=int, default=64)
+    parser.add_argument(
+        "--worker-niceness", type=int, default=None, help="widgets.base.WORKER_NICENESS"
+    )
     return parser.parse_args()
 
 
@@ -66,8 +71,11 @@ def main() -> None:
     import torch
 
     from napari_allbag.data.synthetic import write_annotated_folder
+    from napari_allbag.widgets import base
     from napari_allbag.widgets.train import TrainWidget
 
+    if args.worker_niceness is not None:
+        base.WORKER_NICENESS = args.worker_niceness
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench_gui_"))
@@ -93,7 +101,9 @@ def main() -> None:
     before_epoch = meter.worst
     to_first = time.perf_counter() - started
     meter.reset()
+    epochs_before = len(widget._rows)
     wait(lambda: not widget.is_running, args.seconds)
+    epochs = len(widget._rows) - epochs_before
     training_worst = meter.worst
     ticks = sorted(meter.gaps)
     cancel_at = time.perf_counter()
@@ -101,7 +111,8 @@ def main() -> None:
     wait(lambda: not widget.is_running, 120)
     cancel_latency = time.perf_counter() - cancel_at
     p95 = ticks[int(0.95 * (len(ticks) - 1))] if ticks else float("nan")
-    print(f"torch threads: {torch.get_num_threads()}")
+    niceness = getattr(base, "WORKER_NICENESS", None)  # None: a version before it
+    print(f"torch threads: {torch.get_num_threads()}, worker niceness {niceness}")
     print(
         f"time to the first epoch: {to_first:.1f} s (reached: {first_epoch and bool(widget._rows)})"
     )
@@ -110,6 +121,7 @@ def main() -> None:
         f"worst event-loop gap while training ({args.seconds:.0f} s): {1000 * training_worst:.0f} ms"
     )
     print(f"95th percentile gap while training: {1000 * p95:.0f} ms (timer 50 ms)")
+    print(f"epochs trained while measured: {epochs} (the training's own speed)")
     print(f"cancel latency: {1000 * cancel_latency:.0f} ms")
     viewer.close()
 

@@ -9,20 +9,28 @@ very large generated field is segmented in a fresh process to report its time an
     python benchmarks/bench_segment.py [--data ../shared/data/cnmc_sample] [--rounds 20]
     python benchmarks/bench_segment.py --scaling [--cells 1860] [--scaling-rounds 3]
     python benchmarks/bench_segment.py --png
+    python benchmarks/bench_segment.py --auto-cost [--rounds 20]
 
 Targets (issue 2): at least 10x the reference and at least 500 cells/s on one core.
 `--scaling` (issue 14, target 1): the real cells copied into a temporary folder until there are
 `--cells` files, then 1 and N workers interleaved (`--scaling-rounds` each, median): the stream
 that `predict` and the crop cache use (`iter_segment_files`, crops back in this process) and
-`segment` end to end (`segment_to_folder`: PNG crops and cells.csv written), pool start-up
-included; the ratio N-worker / 1-worker rate is the figure (target >= 0.8 x N), and the CPU time
-of this process and of its workers per cell shows the overhead on a shared machine.
-`--png`: CPU time and size per crop for PNG settings (all lossless).
+`segment` in this process (`segment_to_folder`: PNG crops and cells.csv written), pool start-up
+included (the pool's forkserver starts once per process: in the first N-worker round), and the
+`napari-allbag segment` command in a new process each run (Python's start and all imports
+included, wall time only); the ratio N-worker / 1-worker rate is the figure (target >= 0.8 x N),
+and the CPU time of this process and of its workers per cell shows the overhead on a shared
+machine. `--png`: CPU time and size per crop of PNG encoders and settings (all lossless).
+`--auto-cost` (issue 10: "no loss of speed" on the C-NMC cells): CPU time per cell of
+`segment_auto` with background "dark" and "auto" on the decoded cells, interleaved round by
+round (median of `--rounds`), and of `detect_background` alone; every cell must come out dark.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import multiprocessing
 import platform
 import resource
 import shutil
@@ -35,12 +43,14 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 # the scikit-image reference segmentation is a test oracle: tests/segmentation/reference.py,
 # imported where it runs, so worker processes (which import this script) start without skimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+from napari_allbag.io import ordered_pool, png
 from napari_allbag.io.images import find_images, read_image
 from napari_allbag.io.ordered_pool import ordered_map
 from napari_allbag.segmentation.dark import (
@@ -50,7 +60,7 @@ from napari_allbag.segmentation.dark import (
     iter_segment_files,
     segment_file,
 )
-from napari_allbag.segmentation.to_folder import PNG_PARAMS, segment_to_folder  # noqa: E402
+from napari_allbag.segmentation.to_folder import segment_to_folder
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cnmc_sample"
 
@@ -124,10 +134,34 @@ def copies(paths: list[Path], total: int, folder: Path) -> list[Path]:
 
 
 def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds of this process, and of its worker processes so far.
+
+    Workers forked by the pool's forkserver are its children, not ours: their time is counted
+    in the forkserver's children times once it has reaped them (psutil; spawned workers in
+    RUSAGE_CHILDREN).
+    """
     own, children = (
         resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
     )
-    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime + _living_children()
+
+
+def _living_children() -> float:
+    """CPU seconds of our living children (the forkserver) and the children they reaped."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children():
+        try:
+            for _ in range(100):  # the forkserver reaps exited workers on SIGCHLD: wait for it
+                if not child.children():
+                    break
+                time.sleep(0.01)
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def timed(run) -> tuple[float, float, float]:
@@ -156,16 +190,60 @@ def folder_cells(paths, params, workers, out: Path) -> int:
             return done.value["cells"]
 
 
+def cli_cells(folder: Path, workers: int, out: Path) -> tuple[float, float, float]:
+    """(cells/s, nan, nan) of ``napari-allbag segment`` run in a new process: Python's start,
+    the imports and the worker pool's start all included, as a user sees it."""
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "napari_allbag", "segment", str(folder), "--out", str(out)]
+    start = time.perf_counter()
+    subprocess.run(
+        [*command, "--workers", str(workers), "--quiet"], check=True, capture_output=True
+    )
+    seconds = time.perf_counter() - start
+    with open(out / "cells.csv") as table:
+        cells = sum(1 for _ in table) - 1
+    return cells / seconds, math.nan, math.nan
+
+
+def pool_startup(paths, params, workers: int) -> None:
+    """Wall and CPU seconds of a pool segmenting 8 files: spawned workers (as before
+    2026-12-02), the forkserver's first pool in this process (it starts and imports the
+    segmentation once), and a later pool (workers forked from the running server)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    def spawned(count):
+        context = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(count, mp_context=context, initializer=ordered_pool._worker_init)
+
+    forked = ordered_pool._new_pool
+    print(f"\n| pool start, {workers} workers, 8 files | wall s | CPU s here | CPU s workers |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, make in (("spawn", spawned), ("forkserver, first pool", forked), ("later", forked)):
+        ordered_pool._new_pool = make
+        try:
+            cpu, start = _cpu_seconds(), time.perf_counter()
+            stream_cells(paths[:8], params, workers)
+            wall, after = time.perf_counter() - start, _cpu_seconds()
+        finally:
+            ordered_pool._new_pool = forked
+        print(f"| {name} | {wall:.2f} | {after[0] - cpu[0]:.2f} | {after[1] - cpu[1]:.2f} |")
+
+
 def scaling(args, params) -> None:
     """1 and N workers interleaved on `--cells` copies of the real cells (see the docstring)."""
     with tempfile.TemporaryDirectory(prefix="bench-segment-") as temporary:
         folder = Path(temporary)
         (folder / "in").mkdir()
         paths = copies(find_images([args.data]), args.cells, folder / "in")
+        segment_file(paths[0], params)  # this process's imports, before the 1-worker rounds
+        pool_startup(paths, params, args.workers)
         jobs = {
             "stream (predict, crop cache)": lambda w: timed(lambda: stream_cells(paths, params, w)),
             "segment, PNG crops written": lambda w: timed(
                 lambda: folder_cells(paths, params, w, folder / "out")
+            ),
+            "`napari-allbag segment` command (new process)": lambda w: cli_cells(
+                folder / "in", w, folder / "out"
             ),
         }
         found = {(name, w): [] for name in jobs for w in (1, args.workers)}
@@ -188,52 +266,92 @@ def scaling(args, params) -> None:
         for workers in (1, args.workers):
             runs = found[name, workers]
             rate = statistics.median(r[0] for r in runs)
-            own, pool = (statistics.median(r[i] for r in runs) for i in (1, 2))
-            print(
-                f"| {name} | {workers} | {rate:.0f} | {own:.2f} | {pool:.2f} | {rate / base:.2f}x |"
-            )
+            own, pool = (_ms(statistics.median(r[i] for r in runs)) for i in (1, 2))
+            print(f"| {name} | {workers} | {rate:.0f} | {own} | {pool} | {rate / base:.2f}x |")
     print(
         f"target: {args.workers} workers >= {0.8 * args.workers:.1f}x one worker; segment end to "
         "end >= 300 cells/s on 2 cores"
     )
 
 
+def _ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
 def png_settings(args, params) -> None:
-    """CPU time and size per crop of PNG settings on the real crops (all lossless)."""
-    crops = [
-        cv2.cvtColor(c, cv2.COLOR_RGB2BGR)
-        for p in find_images([args.data])
-        for c in segment_file(p, params).crops
+    """CPU time and size per crop of PNG encoders and settings on the real crops (all lossless)."""
+    crops = [c for p in find_images([args.data]) for c in segment_file(p, params).crops]
+    level = [cv2.IMWRITE_PNG_COMPRESSION]
+    up_rle = [
+        cv2.IMWRITE_PNG_FILTER,
+        cv2.IMWRITE_PNG_FILTER_UP,
+        cv2.IMWRITE_PNG_STRATEGY,
+        cv2.IMWRITE_PNG_STRATEGY_RLE,
     ]
-    settings = {
-        "OpenCV default (level 1, adaptive filters)": [],
-        "level 0 (stored)": [cv2.IMWRITE_PNG_COMPRESSION, 0],
-        "level 3": [cv2.IMWRITE_PNG_COMPRESSION, 3],
-        "level 6": [cv2.IMWRITE_PNG_COMPRESSION, 6],
-        "level 1, no filter, RLE": [
-            cv2.IMWRITE_PNG_COMPRESSION,
-            1,
-            cv2.IMWRITE_PNG_FILTER,
-            cv2.IMWRITE_PNG_FILTER_NONE,
-            cv2.IMWRITE_PNG_STRATEGY,
-            cv2.IMWRITE_PNG_STRATEGY_RLE,
-        ],
-        "level 1, up filter, RLE (segment's PNG_PARAMS)": list(PNG_PARAMS),
+    encoders = {
+        "OpenCV default (level 1, adaptive filters)": _opencv([]),
+        "OpenCV level 0 (stored)": _opencv([*level, 0]),
+        "OpenCV level 3": _opencv([*level, 3]),
+        "OpenCV level 6": _opencv([*level, 6]),
+        "OpenCV level 1, up filter, RLE (segment until 2026-12-02)": _opencv([*level, 1, *up_rle]),
+        "io.png, up filter, zlib level 1 RLE (without isal)": lambda c: _png_with(c, False),
+        f"io.png, up filter, ISA-L level {png.ISAL_LEVEL} (segment's)": png.encode_png,
     }
-    print("\n| PNG setting | CPU ms per crop (best of 3) | KB per crop |")
+    print("\n| PNG encoder and setting | CPU ms per crop (best of 3) | KB per crop |")
     print("| --- | ---: | ---: |")
-    for name, setting in settings.items():
-        best = min(_encode_seconds(crops, setting) for _ in range(3))
-        size = sum(cv2.imencode(".png", c, setting)[1].nbytes for c in crops) / len(crops)
+    for name, encode in encoders.items():
+        best = min(_encode_seconds(crops, encode) for _ in range(3))
+        size = sum(len(encode(c)) for c in crops) / len(crops)
         print(f"| {name} | {1e3 * best / len(crops):.2f} | {size / 1e3:.1f} |")
 
 
-def _encode_seconds(crops, setting) -> float:
+def _opencv(setting):
+    """An RGB crop -> PNG bytes encoder with OpenCV and `setting`."""
+    return lambda crop: cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), setting)[1]
+
+
+def _png_with(crop, use_isal: bool) -> bytes:
+    saved = png.isal_zlib
+    png.isal_zlib = saved if use_isal else None
+    try:
+        return png.encode_png(crop)
+    finally:
+        png.isal_zlib = saved
+
+
+def _encode_seconds(crops, encode) -> float:
     start = time.process_time()
     for crop in crops:
-        ok, encoded = cv2.imencode(".png", crop, setting)
-    assert ok and (cv2.imdecode(encoded, cv2.IMREAD_COLOR) == crops[-1]).all()  # lossless
+        encoded = encode(crop)
+    decoded = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
+    assert (cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB) == crops[-1]).all()  # lossless
     return time.process_time() - start
+
+
+def auto_cost(args, paths) -> None:
+    """CPU ms per cell of the dark path with background "dark" vs "auto", interleaved."""
+    from napari_allbag.segmentation.brightfield import detect_background, segment_auto
+
+    images = [read_image(path) for path in paths]
+    modes = {detect_background(image).mode for image in images}
+    print(f"auto picks {sorted(modes)} for the {len(images)} cells")
+    runs: dict[str, list[float]] = {"dark": [], "auto": [], "detect_background alone": []}
+    settings = {"dark": SegmentationParams(background="dark"), "auto": SegmentationParams()}
+    jobs = {name: (lambda im, p=p: segment_auto(im, p)) for name, p in settings.items()}
+    jobs["detect_background alone"] = detect_background
+    for round_index in range(args.rounds):
+        order = list(jobs) if round_index % 2 == 0 else list(jobs)[::-1]
+        for name in order:
+            start = time.process_time()
+            for image in images:
+                jobs[name](image)
+            runs[name].append(1e3 * (time.process_time() - start) / len(images))
+    print(f"\n| background | CPU ms per cell (median of {args.rounds} rounds, min-max) |")
+    print("| --- | ---: |")
+    for name, values in runs.items():
+        print(f"| {name} | {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f}) |")
+    extra = statistics.median(a - d for a, d in zip(runs["auto"], runs["dark"], strict=True))
+    print(f"auto - dark, median of the per-round differences: {extra:+.3f} ms per cell")
 
 
 def cpu_name() -> str:
@@ -259,6 +377,7 @@ def main() -> int:
     parser.add_argument("--cells", type=int, default=1860, help="files for --scaling")
     parser.add_argument("--scaling-rounds", type=int, default=3, help="rounds for --scaling")
     parser.add_argument("--png", action="store_true", help="PNG settings only")
+    parser.add_argument("--auto-cost", action="store_true", help="dark vs auto, CPU per cell")
     args = parser.parse_args()
 
     paths = find_images([args.data])
@@ -273,6 +392,9 @@ def main() -> int:
     )
     print(f"data: {len(paths)} cells from {args.data}; crops {params.crop_size}x{params.crop_size}")
     cv2.setNumThreads(1)
+    if args.auto_cost:
+        auto_cost(args, paths)
+        return 0
     if args.scaling or args.png:
         (scaling if args.scaling else png_settings)(args, params)
         return 0

@@ -1,15 +1,27 @@
 """Tiled segmentation of a 20,000 x 20,000 TIFF: megapixels per second and peak memory.
 
-Writes a tiled RGB BigTIFF (a dark field of many two-tone cells on a jittered grid) in a
-temporary folder, tile by tile so that writing stays in bounded memory, then segments it with
-`tiles.segment_tiled` and today's `segment_image` in worker processes: tiles go to the workers,
-each worker reads its own tiles from the file, only the kept cells come back. Writing and
-segmenting each run in a fresh process, so that their peak RSS (``getrusage`` ru_maxrss of the
-process and of its largest child; psutil's sampled sum of parent and workers where installed)
-are their own.
+Writes a tiled RGB BigTIFF in a temporary folder, tile by tile so that writing stays in bounded
+memory, then segments it with `tiles.segment_large` (background auto, decided once from the whole
+image) in worker processes: tiles go to the workers, each worker reads and decodes its own tiles
+from the file, only the kept cells come back. Writing, reading and segmenting each run in a fresh
+process, so that their peak RSS (``getrusage`` ru_maxrss of the process and of its largest child;
+psutil's sampled sum of parent and workers where installed) are their own.
+
+What the image holds (`--content`), which decides what zlib decoding costs:
+
+* ``fields`` (default): real bright-field smear fields of ``../shared/data/brightfield_sample``
+  (the human ones; JPEG photographs, with their noise) laid side by side in 1,024 px blocks
+  (centre-cropped, or mirrored out to the block where smaller), as many copies as the image needs;
+  zlib keeps about 60 % of their bytes;
+* ``generated``: `data.synthetic_brightfield` smear fields (sensor noise included) in blocks;
+* ``discs``: the first version's dark field, two-tone cells on black on a jittered grid (mostly
+  flat black: 20k x 20k compresses to 4 MB, which flatters zlib; kept for comparison).
+
+The read step decodes every window the segmentation reads, in one process, and reports its CPU
+time: the share of the work that is reading and decoding the TIFF.
 
     python benchmarks/bench_tiles.py [--size 20000] [--workers 2] [--compression zlib]
-        [--tile 2048] [--overlap 256] [--keep-crops] [--dir DIR]
+        [--content fields|generated|discs] [--tile 2048] [--overlap 256] [--keep-crops] [--dir DIR]
 
 Target (issue 10): at least 20 megapixels/s on 2 cores, in bounded memory (report the peak).
 """
@@ -19,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -32,6 +45,8 @@ import numpy as np
 
 TIFF_TILE = 512
 CELL_SPACING = 250  # one cell per 250 x 250 px: 6,400 cells on 20,000 x 20,000
+BLOCK = 1024  # side of one field copy in the fields / generated mosaics
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "brightfield_sample"
 
 
 def cell_plan(size: int, seed: int = 0) -> np.ndarray:
@@ -69,34 +84,86 @@ def draw_band(plan: np.ndarray, top: int, height: int, width: int) -> np.ndarray
     return band
 
 
-def tiles_of(plan: np.ndarray, size: int):
-    """The field's TIFF tiles in raster order, full-size (zero-padded at the far edges)."""
+def sample_dir() -> Path:
+    """The real bright-field sample beside the repository (or under $ALLBAG_SHARED_DATA)."""
+    if not SAMPLE.is_dir() and "ALLBAG_SHARED_DATA" in os.environ:
+        return Path(os.environ["ALLBAG_SHARED_DATA"]) / "brightfield_sample"
+    return SAMPLE
+
+
+def to_block(image: np.ndarray) -> np.ndarray:
+    """A BLOCK x BLOCK piece of `image`: its centre, mirrored out to the block where smaller."""
+    pads = [max(0, BLOCK - side) for side in image.shape[:2]]
+    if any(pads):
+        image = np.pad(image, [(p // 2, p - p // 2) for p in pads] + [(0, 0)], mode="symmetric")
+    top, left = ((side - BLOCK) // 2 for side in image.shape[:2])
+    return np.ascontiguousarray(image[top : top + BLOCK, left : left + BLOCK])
+
+
+def mosaic_blocks(content: str) -> list[np.ndarray]:
+    """The field blocks a mosaic repeats: real human fields, or generated ones."""
+    if content == "fields":
+        from napari_allbag.io.images import read_image
+
+        paths = sorted((sample_dir() / "fields").glob("*.jpg"))
+        paths = [p for p in paths if not p.name.startswith("pig_")]  # one species, one scale
+        if not paths:
+            raise SystemExit(f"no fields in {sample_dir()}: use --content generated")
+        return [to_block(read_image(path)) for path in paths]
+    from napari_allbag.data.synthetic_brightfield import make_brightfield_field
+
+    return [to_block(make_brightfield_field(seed)[0]) for seed in range(6)]
+
+
+def band_painter(content: str, size: int):
+    """band(top, height) -> rows top:top+height of the image, HxWx3 uint8."""
+    if content == "discs":
+        plan = cell_plan(size)
+        return lambda top, height: draw_band(plan, top, height, size), len(plan)
+    blocks = mosaic_blocks(content)
+    across = math.ceil(size / BLOCK)
+
+    def band(top: int, height: int) -> np.ndarray:
+        out = np.empty((height, across * BLOCK, 3), np.uint8)
+        for row in range(top, top + height):
+            block_row, inner = divmod(row, BLOCK)
+            for col in range(across):
+                block = blocks[(block_row * 7 + col * 3) % len(blocks)]
+                out[row - top, col * BLOCK : (col + 1) * BLOCK] = block[inner]
+        return out[:, :size]
+
+    return band, 0
+
+
+def tiles_of(band, size: int):
+    """The image's TIFF tiles in raster order, full-size (zero-padded at the far edges)."""
     padded = math.ceil(size / TIFF_TILE) * TIFF_TILE
     for top in range(0, size, TIFF_TILE):
-        band = np.zeros((TIFF_TILE, padded, 3), np.uint8)
+        rows = np.zeros((TIFF_TILE, padded, 3), np.uint8)
         height = min(TIFF_TILE, size - top)
-        band[:height, :size] = draw_band(plan, top, height, size)
+        rows[:height, :size] = band(top, height)
         for left in range(0, padded, TIFF_TILE):
-            yield band[:, left : left + TIFF_TILE]
+            yield rows[:, left : left + TIFF_TILE]
 
 
-def write_field(path: Path, size: int, compression: str | None) -> dict:
+def write_field(path: Path, size: int, compression: str | None, content: str) -> dict:
     import tifffile
 
     start = time.perf_counter()
-    plan = cell_plan(size)
+    band, cells_drawn = band_painter(content, size)
     with tifffile.TiffWriter(path, bigtiff=True) as tiff:
         tiff.write(
-            tiles_of(plan, size),
+            tiles_of(band, size),
             shape=(size, size, 3),
             dtype=np.uint8,
             tile=(TIFF_TILE, TIFF_TILE),
             photometric="rgb",
             compression=compression,
+            maxworkers=2,
         )
     return {
         "seconds": time.perf_counter() - start,
-        "cells_drawn": int(len(plan)),
+        "cells_drawn": cells_drawn,
         "file_mb": path.stat().st_size / 2**20,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -133,8 +200,8 @@ class RssSampler(threading.Thread):
 
 def segment_field(path: Path, args) -> dict:
     from napari_allbag.progress import drive
-    from napari_allbag.segmentation import SegmentationParams, segment_image
-    from napari_allbag.segmentation.tiles import TileOptions, open_large_image, segment_tiled
+    from napari_allbag.segmentation import SegmentationParams
+    from napari_allbag.segmentation.tiles import TileOptions, open_large_image, segment_large
 
     image = open_large_image(path)
     access, shape = image.access, image.shape
@@ -142,19 +209,50 @@ def segment_field(path: Path, args) -> dict:
     options = TileOptions(args.tile, args.overlap, args.workers, False, args.keep_crops)
     sampler = RssSampler()
     sampler.start()
-    start = time.perf_counter()
-    result = drive(segment_tiled(path, segment_image, SegmentationParams(), options))
+    start, cpu_before = time.perf_counter(), cpu_seconds()
+    result = drive(segment_large(path, SegmentationParams(), options))
     seconds = time.perf_counter() - start
+    own, workers = (after - before for after, before in zip(cpu_seconds(), cpu_before, strict=True))
     return {
         "access": access,
+        "mode": result.mode,
         "seconds": seconds,
         "megapixels_per_s": shape[0] * shape[1] / 1e6 / seconds,
+        "cpu_s_parent": own,
+        "cpu_s_workers": workers,
         "cells_found": result.n_cells,
         "message": result.message,
         "parent_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "largest_worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "sampled_total_peak_rss_mb": sampler.stop(),
     }
+
+
+def read_windows(path: Path, args) -> dict:
+    """Decode every window the segmentation reads, in this process: the reading's CPU share."""
+    from napari_allbag.segmentation.tiles import open_large_image, plan_tiles, read_window
+
+    image = open_large_image(path)
+    tiles = plan_tiles(image.shape, args.tile, args.overlap)
+    start = time.process_time()
+    for tile in tiles:
+        read_window(image.array, tile.window)
+    seconds = time.process_time() - start
+    image.close()
+    return {
+        "windows": len(tiles),
+        "cpu_s": seconds,
+        "cpu_s_per_megapixel_of_image": seconds / (image.shape[0] * image.shape[1] / 1e6),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """User + system CPU seconds of this process and of its (finished) children."""
+    own, children = (
+        resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def run_step(step: str, path: Path, argv: list[str]) -> dict:
@@ -170,41 +268,71 @@ def parse(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tile", type=int, default=2048)
     parser.add_argument("--overlap", type=int, default=256)
-    parser.add_argument("--compression", choices=("none", "zlib"), default="none")
+    parser.add_argument(
+        "--compression",
+        nargs="+",
+        choices=("none", "zlib"),
+        default=["none"],
+        help="one run per compression named",
+    )
+    parser.add_argument("--content", choices=("fields", "generated", "discs"), default="fields")
     parser.add_argument("--keep-crops", action="store_true", help="keep every cell's 299 px crop")
-    parser.add_argument("--dir", type=Path, default=None, help="where to write the TIFF")
-    parser.add_argument("--write", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--segment", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="keep the TIFF there (reused when present)"
+    )
+    for step in ("write", "read", "segment"):
+        parser.add_argument(f"--{step}", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    compression = None if args.compression == "none" else args.compression
-    if args.write:
-        print(json.dumps(write_field(args.write, args.size, compression)))
-        return 0
-    if args.segment:
-        print(json.dumps(segment_field(args.segment, args)))
-        return 0
+    compression = None if args.compression[0] == "none" else args.compression[0]
+    steps = {
+        "write": lambda path: write_field(path, args.size, compression, args.content),
+        "read": lambda path: read_windows(path, args),
+        "segment": lambda path: segment_field(path, args),
+    }
+    for step, run in steps.items():
+        if getattr(args, step):
+            print(json.dumps(run(getattr(args, step))))
+            return 0
+    for name in args.compression:
+        run_one(args, name)
+    return 0
+
+
+def run_one(args, compression: str) -> None:
+    """Write, read and segment one TIFF, each step in a fresh process; print the figures."""
     passed = [f"--{name}={getattr(args, name)}" for name in ("size", "workers", "tile", "overlap")]
-    passed += [f"--compression={args.compression}"] + (["--keep-crops"] if args.keep_crops else [])
+    passed += [f"--compression={compression}", f"--content={args.content}"]
+    passed += ["--keep-crops"] if args.keep_crops else []
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         path = Path(folder) / "field.tif"
-        written = run_step("write", path, passed)
-        segmented = run_step("segment", path, passed)
+        if args.dir is not None:  # kept there, and reused by the next run with the same image
+            path = args.dir / f"bench-{args.content}-{args.size}-{compression}.tif"
+        figures = {"write": {"reused": str(path)}} if path.exists() else {}
+        for step in ("write", "read", "segment"):
+            figures.setdefault(step, run_step(step, path, passed))
+        file_mb = path.stat().st_size / 2**20
+    segmented, read = figures["segment"], figures["read"]
     print(
-        f"{args.size} x {args.size} RGB, TIFF tiles {TIFF_TILE} px, compression {args.compression}"
+        f"{args.size} x {args.size} RGB, content {args.content}, TIFF tiles {TIFF_TILE} px, "
+        f"compression {compression}, file {file_mb:.0f} MB"
     )
-    print(f"write:   {json.dumps(written)}")
-    print(f"segment: {json.dumps(segmented)}")
+    for step, values in figures.items():
+        print(f"{step + ':':9}{json.dumps(values)}")
+    cpu = segmented["cpu_s_parent"] + segmented["cpu_s_workers"]
     print(
         f"=> {segmented['megapixels_per_s']:.1f} MP/s with {args.workers} worker(s) "
-        f"(target >= 20 on 2 cores); peaks: parent {segmented['parent_peak_rss_mb']:.0f} MB, "
-        f"largest worker {segmented['largest_worker_peak_rss_mb']:.0f} MB, sampled total "
-        f"{segmented['sampled_total_peak_rss_mb']:.0f} MB (shared machine: other jobs ran too)"
+        f"(target >= 20 on 2 cores), mode {segmented['mode']}, {segmented['cells_found']} cells; "
+        f"CPU {cpu:.0f} s ({read['cpu_s']:.0f} s of it reading + decoding, 1 process); "
+        f"peaks: parent {segmented['parent_peak_rss_mb']:.0f} MB, largest worker "
+        f"{segmented['largest_worker_peak_rss_mb']:.0f} MB, sampled total "
+        f"{segmented['sampled_total_peak_rss_mb']:.0f} MB; load average "
+        f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}",
+        flush=True,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def save_small(rgba: np.ndarray, path: Path) -> None:
 
 def show_only(viewer: napari.Viewer, names: tuple[str, ...]) -> None:
     """Show the named plugin docks and hide the others."""
-    for name in (*WIDGETS, "Cell table"):
+    for name in WIDGETS:
         dock, _widget = viewer.window.add_plugin_dock_widget("napari-allbag", name)
         dock.setVisible(name in names)
     QApplication.processEvents()

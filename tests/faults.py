@@ -1,4 +1,5 @@
-"""Faults for the tests: a full disk, a read-only folder, a write that fails part-way.
+"""Faults for the tests: a full disk, a read-only folder, a write that fails part-way, a model
+that gives NaN (`nan_probabilities`).
 
 Two ways, said in each test that uses them:
 - `small_filesystem` mounts a real tiny tmpfs (full after `size`, or read-only), which needs
@@ -95,3 +96,19 @@ def leftovers(folder: Path) -> list[Path]:
     return sorted(
         p for p in Path(folder).rglob(".*") if p.name.endswith(".tmp") or ".partial-" in p.name
     )
+
+
+def nan_probabilities(monkeypatch, column: str = "p_all_combined") -> None:
+    """Every cell's `column` probability becomes NaN (as a damaged bundle would give)."""
+    import numpy as np
+
+    from napari_allbag.inference import classify
+
+    real_columns = classify.CellPredictions.columns
+
+    def with_nan(self):
+        columns = real_columns(self)
+        columns[column] = np.full(len(columns[column]), np.nan)
+        return columns
+
+    monkeypatch.setattr(classify.CellPredictions, "columns", with_nan)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from napari_allbag.model.bundle import save_bundle
@@ -99,3 +100,14 @@ def make_tiny_bundle(
         **(extra_meta or {}),
     }
     return save_bundle(out_dir, model_a, model_b, head, meta, overwrite=overwrite)
+
+
+def random_crops(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    """n random uint8 RGB crops, size x size: inputs whose exact content does not matter."""
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def direct_probs(bundle, crops: np.ndarray) -> np.ndarray:
+    """The ensemble's probabilities computed in one call, bypassing the batched pipeline."""
+    with torch.no_grad():
+        return bundle.ensemble(torch.from_numpy(crops)).numpy()

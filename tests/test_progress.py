@@ -65,3 +65,81 @@ def test_on_a_terminal_progress_is_a_tqdm_bar():
 def test_quiet_bar_prints_nothing(capsys):
     assert drive_with_bar(counting(2), quiet=True) == 20
     assert capsys.readouterr().err == ""
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_pacer_thins_counting_events_and_flush_gives_the_last():
+    from napari_allbag.progress import Pacer
+
+    clock = Clock()
+    pacer = Pacer(0.1, clock)
+    shown = []
+    for i in range(1, 10):  # 9 of 10 steps within 0.09 s: only the stage's first is shown
+        clock.now = i * 0.01
+        shown += [e.done for e in [pacer.offer(Progress(i, 10, "count"))] if e is not None]
+    assert shown == [1]
+    assert pacer.flush().done == 9 and pacer.flush() is None
+    clock.now = 0.2
+    assert pacer.offer(Progress(9, 10, "count")).done == 9  # the interval has passed
+
+
+def test_the_pacer_always_shows_milestones():
+    from napari_allbag.progress import Pacer
+
+    pacer = Pacer(60.0, Clock())  # the clock stands still: only milestones pass
+    events = [
+        Progress(1, 10, "count"),  # a new stage
+        Progress(2, 10, "count"),
+        Progress(3, 10, "count", metrics={"row": {"epoch": 1}}),
+        Progress(0, None, "count", "building the model"),  # a busy step
+        Progress(4, 10, "count", metrics={"text": "a note"}),
+        Progress(5, 10, "count", metrics={"image": b"png"}),
+        Progress(6, 10, "count"),
+        Progress(7, 10, "count", metrics={"step": 2}),  # a new numbered step
+        Progress(8, 10, "count", metrics={"step": 2}),
+        Progress(10, 10, "count"),  # the stage's last step
+        Progress(1, 5, "next"),
+    ]
+    shown = [e for e in events if pacer.offer(e) is not None]
+    assert [(e.stage, e.done) for e in shown] == [
+        ("count", 1),
+        ("count", 3),
+        ("count", 0),
+        ("count", 4),
+        ("count", 5),
+        ("count", 7),
+        ("count", 10),
+        ("next", 1),
+    ]
+    assert pacer.flush() is None
+
+
+def test_retold_changes_the_events_keeps_the_result_and_closes_the_work():
+    from napari_allbag.progress import retold
+
+    closed = []
+
+    def work():
+        try:
+            yield Progress(1, 2, "a")
+            yield Progress(2, 2, "a")
+            return "result"
+        finally:
+            closed.append(True)
+
+    seen = []
+    assert drive(retold(work(), lambda e: Progress(e.done * 10, 20, "b")), seen.append) == "result"
+    assert [(e.done, e.stage) for e in seen] == [(10, "b"), (20, "b")]
+    stopped = retold(work(), lambda e: e)
+    next(stopped)
+    stopped.close()  # a cancelled worker: the work's clean-up runs now
+    assert closed == [True, True]

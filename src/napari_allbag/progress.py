@@ -8,6 +8,8 @@ Long work (segmenting a folder, predicting, training) is written as a generator 
 `nohup`, a pipe) it prints plain lines instead: one when a stage starts, one every
 `LOG_PERCENT_STEP` percent of it, one when it ends (stages without a total: every
 `LOG_SECONDS` seconds), so a log file reads line by line without carriage-return updates.
+`Pacer` thins the events for a GUI (a counter at most every `GUI_INTERVAL` seconds, but every
+milestone), and `retold` passes a generator's events through a function, keeping its result.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ T = TypeVar("T")
 LOG_PERCENT_STEP = 10
 #: Outside a terminal, for stages without a total: a line at most this often (seconds).
 LOG_SECONDS = 30.0
+#: A GUI is shown a counting event at most this often (seconds); milestones always.
+GUI_INTERVAL = 0.1
+#: Metrics that make an event a milestone: text for a report, a history row, a rendered image.
+MILESTONE_METRICS = ("text", "row", "image")
 
 
 @dataclass
@@ -54,6 +60,65 @@ def drive(
             return stop.value
         if on_progress is not None:
             on_progress(event)
+
+
+def retold(
+    work: Generator[Progress, None, T], change: Callable[[Progress], Progress]
+) -> Generator[Progress, None, T]:
+    """`work`'s events passed through `change`, and its result; closing this closes `work`."""
+    try:
+        while True:
+            try:
+                event = next(work)
+            except StopIteration as stop:
+                return stop.value
+            yield change(event)
+    finally:
+        work.close()
+
+
+class Pacer:
+    """Thins progress events for a GUI, whose every update costs the event loop time.
+
+    A counting event (same stage, a total, not the last step) passes at most every `interval`
+    seconds; the others wait in `pending`, replaced by newer ones, so `flush` gives the last
+    one at the end. Milestones always pass: a new stage or a new numbered step (metrics `step`,
+    as training's "Step 2 of 5"), a busy step (no total, e.g. "building the model": the GUI
+    must say so while it lasts), a stage's last step, and events carrying `MILESTONE_METRICS`.
+    A counter shown is therefore at most one step behind the work.
+    """
+
+    def __init__(self, interval: float = GUI_INTERVAL, clock: Callable[[], float] = time.monotonic):
+        self.interval = float(interval)
+        self.clock = clock
+        self.pending: Progress | None = None
+        self._stage: str | None = None
+        self._step: Any = None
+        self._shown_at = -float("inf")
+
+    def is_milestone(self, event: Progress) -> bool:
+        return (
+            event.stage != self._stage
+            or event.metrics.get("step") != self._step
+            or not event.total
+            or event.done >= event.total
+            or any(key in event.metrics for key in MILESTONE_METRICS)
+        )
+
+    def offer(self, event: Progress) -> Progress | None:
+        """`event` when it should be shown now, else None (it waits as `pending`)."""
+        now = self.clock()
+        if self.is_milestone(event) or now - self._shown_at >= self.interval:
+            self.pending, self._stage, self._shown_at = None, event.stage, now
+            self._step = event.metrics.get("step")
+            return event
+        self.pending = event
+        return None
+
+    def flush(self) -> Progress | None:
+        """The event held back last (None when the last one was shown)."""
+        event, self.pending = self.pending, None
+        return event
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -20,7 +20,7 @@ from napari_allbag.cli.main import main
 from napari_allbag.data.synthetic import make_field, write_annotated_folder
 from napari_allbag.io.lock import RunLock, lock_path_for
 from tests.cli.test_train import tiny_args
-from tests.faults import fail_syncs, fail_writes, leftovers, refuse_writes
+from tests.faults import fail_syncs, fail_writes, leftovers, nan_probabilities, refuse_writes
 from tests.model_factory import make_tiny_bundle
 
 
@@ -237,18 +237,7 @@ def test_a_run_killed_while_writing_config_json_starts_again_and_is_cleaned(
 def test_predict_refuses_to_write_a_non_finite_probability(
     bundle_dir, images, tmp_path, capsys, monkeypatch
 ):
-    import numpy as np
-
-    from napari_allbag.inference import classify as predict_module
-
-    real_columns = predict_module.CellPredictions.columns
-
-    def with_nan(self):
-        columns = real_columns(self)
-        columns["p_all_combined"] = np.full(len(columns["p_all_combined"]), np.nan)
-        return columns
-
-    monkeypatch.setattr(predict_module.CellPredictions, "columns", with_nan)
+    nan_probabilities(monkeypatch)
     out = tmp_path / "results.csv"
     assert _predict(bundle_dir, images, out) == 1
     captured = capsys.readouterr()

@@ -95,6 +95,10 @@ def test_train_writes_a_run_folder(annotated, tmp_path, capsys):
     assert main(tiny_args(annotated, out, tmp_path / "cache")) == 0
     printed = capsys.readouterr()
     assert "cells: 90 (60 ALL, 30 HEM)" in printed.out + printed.err
+    lines = (printed.out + printed.err).splitlines()
+    steps = [line for line in lines if line.startswith("Step ")]  # each step once, in order
+    assert [line[:12] for line in steps] == [f"Step {k} of 5:" for k in range(1, 6)], steps
+    assert steps[3] == "Step 4 of 5: building model-A (test_resnet, random weights)"
     assert "weighted avg" in printed.out + printed.err
     assert f"Model bundle: {out / 'bundle'}" in printed.out
     config = json.loads((out / "config.json").read_text())["config"]

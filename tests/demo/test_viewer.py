@@ -1,4 +1,4 @@
-"""`napari-allbag demo --napari`: the sample field, the three widgets and the bundle in a viewer."""
+"""`napari-allbag demo --napari`: the sample field, the four widgets and the bundle in a viewer."""
 
 from __future__ import annotations
 
@@ -46,6 +46,25 @@ def test_segment_then_classify_the_field(make_napari_viewer, qtbot, bundle_dir):
     qtbot.waitUntil(lambda: not classify.is_running, timeout=60_000)
     assert set(cells.features["label"]) <= {"all", "hem"}
     assert len(cells.features["confidence"]) == n_cells
+
+
+def test_the_demo_classifies_the_field_and_the_cell_table_lists_it(
+    make_napari_viewer, qtbot, bundle_dir
+):
+    viewer = make_napari_viewer(show=True)
+    widgets = open_demo(viewer, bundle_dir, classify_field=True)
+    classify, table = widgets["Classify cells"], widgets["Cell table"]
+    assert classify.is_running  # started by the demo itself, in the background
+    qtbot.waitUntil(lambda: not classify.is_running, timeout=120_000)
+    cells = viewer.layers["cells [synthetic field of cells]"]
+    n_cells = len(cells.features)
+    assert n_cells > 0 and set(cells.features["label"]) <= {"all", "hem"}
+    assert table.layer is cells
+    assert table.table.rowCount() == n_cells
+    assert f"{n_cells} cell(s) of 'synthetic field of cells'" in table.title.text()
+    ids = sorted(int(table.table.item(row, 1).text()) for row in range(n_cells))
+    assert ids == sorted(int(i) for i in cells.features["index"])
+    qtbot.waitUntil(lambda: table.isVisible() and classify.isVisible())  # their tabs are raised
 
 
 def test_a_demo_folder_fills_in_the_train_widget(make_napari_viewer, bundle_dir, tmp_path):

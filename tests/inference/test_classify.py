@@ -6,35 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from napari_allbag.defaults import PREDICTION_COLUMNS
 from napari_allbag.inference.classify import CellPredictions, classify_crops
-from napari_allbag.model.bundle import load_bundle
 from napari_allbag.model.networks import decide
 from napari_allbag.progress import drive
-from tests.model_factory import make_tiny_bundle
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return load_bundle(make_tiny_bundle(tmp_path_factory.mktemp("b") / "tiny", seed=4), "cpu")
-
-
-def _crops(n, size=64, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-def _direct(bundle, crops):
-    with torch.no_grad():
-        return bundle.ensemble(torch.from_numpy(crops)).numpy()
+from tests.model_factory import direct_probs, random_crops
 
 
 def test_classify_crops_batches_and_matches_the_ensemble(bundle):
-    crops = _crops(11)
+    crops = random_crops(11)
     events = []
     result = drive(classify_crops(bundle, crops, batch_size=4), events.append)
-    expected = _direct(bundle, crops)
+    expected = direct_probs(bundle, crops)
     assert np.allclose(result.probs, expected, atol=1e-5)
     labels, confidence = decide(expected)
     assert result.labels.tolist() == labels.tolist()
@@ -49,12 +33,12 @@ def test_classify_crops_batches_and_matches_the_ensemble(bundle):
 
 
 def test_classify_crops_edge_cases(bundle):
-    assert len(drive(classify_crops(bundle, _crops(0)))) == 0
+    assert len(drive(classify_crops(bundle, random_crops(0)))) == 0
     with pytest.raises(ValueError, match="uint8"):
-        drive(classify_crops(bundle, _crops(2).astype(np.float32)))
+        drive(classify_crops(bundle, random_crops(2).astype(np.float32)))
     with pytest.raises(ValueError, match="RGB"):
         drive(classify_crops(bundle, np.zeros((2, 64, 64), np.uint8)))
-    one = drive(classify_crops(bundle, _crops(1), batch_size=7))
+    one = drive(classify_crops(bundle, random_crops(1), batch_size=7))
     assert one.probs.shape == (1, 3, 2)
 
 

@@ -27,3 +27,39 @@ def test_prediction_columns_are_what_the_ensemble_gives():
     assert tuple(columns) == PREDICTION_COLUMNS
     assert all(len(values) == 5 for values in columns.values())
     np.testing.assert_allclose(columns["p_all_combined"], p_all[:, 2], rtol=1e-6)
+
+
+def test_result_rows_refuse_a_non_finite_probability():
+    from pathlib import Path
+
+    import pytest
+
+    from napari_allbag.inference.columns import NonFiniteProbability, result_rows
+    from napari_allbag.inference.predict import FilePredictions
+
+    probs = np.full((2, 3, 2), 0.5)
+    fine = FilePredictions(Path("f.png"), {}, CellPredictions.from_probs(probs))
+    assert len(result_rows(fine)) == 2
+    probs[1, 2] = np.nan
+    broken = FilePredictions(Path("f.png"), {}, CellPredictions.from_probs(probs))
+    with pytest.raises(NonFiniteProbability, match="non-finite probability.*f.png"):
+        result_rows(broken)
+
+
+def test_the_per_image_summary_is_written_beside_the_results(tmp_path):
+    import csv
+    from pathlib import Path
+
+    from napari_allbag.inference.columns import SUMMARY_COLUMNS, summary_path, write_summary
+    from napari_allbag.inference.predict import FileSummary
+
+    path = summary_path(tmp_path / "results.csv")
+    assert path == tmp_path / "results.images.csv"
+    files = [FileSummary(Path("a.png"), 4, 1, flagged=2), FileSummary(Path("b.png"), error="bad")]
+    write_summary(path, files)
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0]) == SUMMARY_COLUMNS
+    assert rows[1] == ["a.png", "4", "1", "3", "0.2500", "2", ""]
+    assert rows[2] == ["b.png", "0", "0", "0", "", "0", "bad"]
+    assert [p.name for p in tmp_path.iterdir()] == ["results.images.csv"]  # nothing temporary

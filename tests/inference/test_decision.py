@@ -8,22 +8,16 @@ import pytest
 from napari_allbag.inference.decision import Decision, judge, resolve_decision
 from napari_allbag.inference.pipeline import PipelineOptions, classify_cells
 from napari_allbag.inference.tta import dihedral_views
-from napari_allbag.model.bundle import load_bundle
 from napari_allbag.model.calibration import apply_temperatures
 from napari_allbag.model.networks import decide
 from napari_allbag.model.rules import rule_p_all
 from napari_allbag.model.trust import TrustSettings
 from napari_allbag.progress import drive
-from tests.model_factory import make_tiny_bundle
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return load_bundle(make_tiny_bundle(tmp_path_factory.mktemp("b") / "tiny", seed=4), "cpu")
+from tests.model_factory import random_crops
 
 
 def _crops(n=6, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    return random_crops(n, 32, seed)
 
 
 def test_default_pipeline_is_the_papers_rule(bundle):

@@ -7,30 +7,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
-import torch
 
 from napari_allbag.data.synthetic import make_field
 from napari_allbag.inference.pipeline import PipelineOptions, predict_files
 from napari_allbag.inference.predict import table_columns
-from napari_allbag.model.bundle import load_bundle
 from napari_allbag.progress import drive
 from napari_allbag.segmentation.dark import FileSegmentation, SegmentationParams, segment_image
-from tests.model_factory import make_tiny_bundle
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return load_bundle(make_tiny_bundle(tmp_path_factory.mktemp("b") / "tiny", seed=4), "cpu")
-
-
-def _crops(n, size=64, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-def _direct(bundle, crops):
-    with torch.no_grad():
-        return bundle.ensemble(torch.from_numpy(crops)).numpy()
+from tests.model_factory import direct_probs, random_crops
 
 
 class _FakeResult:
@@ -59,7 +42,7 @@ def _fake_stream(files, closed):
 
 
 def test_predict_files_streams_files_in_order_to_the_sink(bundle):
-    files = {f"img{i:02d}.png": _crops(i % 4, seed=i) for i in range(12)}
+    files = {f"img{i:02d}.png": random_crops(i % 4, seed=i) for i in range(12)}
     files["img05.png"] = "not an image"
     paths = [Path(name) for name in files]
     received = []
@@ -82,7 +65,7 @@ def test_predict_files_streams_files_in_order_to_the_sink(bundle):
             continue
         assert len(result.predictions) == len(value) == len(result.table["cell_id"])
         if len(value):
-            assert np.allclose(result.predictions.probs, _direct(bundle, value), atol=1e-5)
+            assert np.allclose(result.predictions.probs, direct_probs(bundle, value), atol=1e-5)
     assert run.cells == sum(len(v) for v in files.values() if not isinstance(v, str))
     assert [e.path for e in run.errors] == [Path("img05.png")]
     assert run.n_all == sum(r.predictions.n_all for r in received)
@@ -90,7 +73,7 @@ def test_predict_files_streams_files_in_order_to_the_sink(bundle):
 
 
 def test_predict_files_stops_its_feeder_when_cancelled(bundle):
-    files = {f"img{i:03d}.png": _crops(3, seed=i) for i in range(200)}
+    files = {f"img{i:03d}.png": random_crops(3, seed=i) for i in range(200)}
     closed = []
     work = predict_files(
         bundle,
@@ -120,7 +103,9 @@ def test_predict_files_segments_real_images(bundle, tmp_path):
     params = SegmentationParams.from_dict(bundle.meta["segmentation"])
     expected = segment_image(cv2.cvtColor(cv2.imread(str(paths[0])), cv2.COLOR_BGR2RGB), params)
     assert len(received[0].predictions) == expected.n_cells > 0
-    assert np.allclose(received[0].predictions.probs, _direct(bundle, expected.crops), atol=1e-5)
+    assert np.allclose(
+        received[0].predictions.probs, direct_probs(bundle, expected.crops), atol=1e-5
+    )
     assert np.allclose(received[0].table["centroid_row"], expected.table["centroid_row"])
     assert (
         run.files[2].cells == 0 and run.files[2].error is None and "no cell" in run.files[2].message

@@ -41,19 +41,26 @@ def test_items_are_pulled_lazily_with_a_bounded_number_in_flight():
     assert len(pulled) == 30
 
 
-def test_a_worker_that_dies_costs_only_its_own_item():
-    items = [10, 11, 12, 13, 14, 15, 16]
+@pytest.mark.parametrize(
+    ("items", "max_in_flight"),
+    [
+        ([10, 11, 12, 13, 14, 15, 16], 4),
+        # the first item kills its worker at once, often while the rest are still submitted
+        ([13, *range(14, 40)], 27),
+    ],
+)
+def test_a_worker_that_dies_costs_only_its_own_item(items, max_in_flight):
     outcomes = list(
         ordered_map(
             square_or_die,
             items,
             (0,),
             workers=2,
-            max_in_flight=4,
+            max_in_flight=max_in_flight,
             on_worker_death=lambda item, why: (item, why),
         )
     )
-    assert outcomes == [100, 121, 144, (13, WORKER_DIED), 196, 225, 256]
+    assert outcomes == [(i, WORKER_DIED) if i == 13 else i * i for i in items]
 
 
 def test_without_a_handler_a_dying_worker_raises():

@@ -7,19 +7,27 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_allbag.io.images import ImageReadError
+from napari_allbag.data.synthetic_brightfield import BrightfieldLook, make_brightfield_field
+from napari_allbag.io.images import ImageReadError, read_image
 from napari_allbag.progress import drive
 from napari_allbag.segmentation import SegmentationParams, segment_image
+from napari_allbag.segmentation.brightfield import StainLevels, segment_brightfield
 from napari_allbag.segmentation.tiles import (
+    LEVEL_GRID,
+    LEVEL_WINDOW,
     LargeImage,
     TileOptions,
+    image_levels,
     iter_tile_cells,
+    level_windows,
     needs_tiling,
     open_large_image,
     plan_tiles,
     read_window,
+    segment_large,
     segment_tiled,
 )
+from tests.segmentation.test_brightfield import shared_data
 
 TILE, OVERLAP = 2048, 256
 # Window starts are 0, 1792, 3584; window ends 2048, 3840; core edges 1920, 3712.
@@ -284,3 +292,109 @@ def test_extra_columns_of_any_segment_function_are_carried():
     assert tiled.n_cells == len(placed)
     assert list(tiled.table["kept_because"]) == ["round"] * len(placed)
     assert set(tiled.table["mode"]) == {"dark"}
+
+
+# --- bright-field levels measured once for the whole image ----------------------------------------
+
+
+def _centroids(result) -> np.ndarray:
+    return np.stack([result.table["centroid_row"], result.table["centroid_col"]], axis=1)
+
+
+def _matched(found, reference, tolerance=3.0) -> int:
+    """How many of `found`'s cells have a cell of `reference` within `tolerance` px."""
+    if not found.n_cells or not reference.n_cells:
+        return 0
+    a, b = _centroids(found), _centroids(reference)
+    distance = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
+    return int(np.count_nonzero(distance.min(axis=1) < tolerance))
+
+
+@pytest.fixture(scope="module")
+def large_smear():
+    """A generated smear of 16 white cells at half scale (red-cell radius ~17 px)."""
+    look = BrightfieldLook(scale=0.5)
+    return make_brightfield_field(7, (1500, 2000), 16, 2, 2, look=look)
+
+
+def test_level_windows_spread_over_the_image_or_take_it_whole(monkeypatch):
+    assert level_windows((1500, 2000, 3)) == [(0, 0, 1500, 2000)]
+    windows = level_windows((20000, 30000, 3))
+    assert len(windows) == LEVEL_GRID**2
+    assert all(b - t == r - left == LEVEL_WINDOW for t, left, b, r in windows)
+    assert windows[0][:2] == (0, 0) and windows[-1][2:] == (20000, 30000)
+    monkeypatch.setattr("napari_allbag.segmentation.tiles.LEVEL_WINDOW", 512)
+    assert len(level_windows((1500, 2000))) == 3 * 4
+
+
+def test_bright_field_tiles_find_the_same_cells_whatever_their_size(large_smear, monkeypatch):
+    """Per-tile thresholds lost cells in small tiles (5 of 14 here at 256 px); the whole image's
+    levels, measured once on a grid of windows, give every tile size the cells of one go."""
+    monkeypatch.setattr(
+        "napari_allbag.segmentation.tiles.LEVEL_WINDOW", 512
+    )  # a grid, as on slides
+    image, truth = large_smear
+    params = SegmentationParams(background="bright", crop_size=32)
+    whole = segment_brightfield(image, params)
+    assert whole.n_cells >= len([c for c in truth.white_cells if c.label == "all"])
+    levels = image_levels(image)
+    assert isinstance(levels, StainLevels) and levels.measured
+    assert abs(levels.radius - whole_radius(image)) < 0.15 * levels.radius
+    # 256 and 1024 px tiles at half scale: 512 and 2048 at full scale, in red-cell radii
+    small, large = (
+        drive(segment_large(image, params, TileOptions(tile, 128, keep_crops=False)))
+        for tile in (256, 1024)
+    )
+    assert small.mode == large.mode == "bright"
+    assert abs(small.n_cells - large.n_cells) <= 1
+    assert _matched(small, large) >= large.n_cells - 1
+    for tiled in (small, large):
+        assert _matched(tiled, whole) >= whole.n_cells - 1
+        assert tiled.n_cells <= whole.n_cells + 1
+
+
+def whole_radius(image) -> float:
+    from napari_allbag.segmentation.brightfield import _scene
+
+    return _scene(image).radius
+
+
+def test_tiles_of_real_fields_find_the_cells_of_one_go():
+    """The real fields cut into 400 px tiles (most are 400-1300 px a side): with the image's
+    levels, the tiles find what one go finds (per-tile levels: 50 of 59 on the sample)."""
+    fields = sorted((shared_data("brightfield_sample") / "fields").glob("*.jpg"))
+    params = SegmentationParams(background="bright", crop_size=32)
+    whole_cells = matched = found = 0
+    for path in fields:
+        image = read_image(path)
+        whole = segment_brightfield(image, params)
+        tiled = drive(segment_large(image, params, TileOptions(400, 200, keep_crops=False)))
+        whole_cells, found = whole_cells + whole.n_cells, found + tiled.n_cells
+        matched += _matched(tiled, whole)
+    assert whole_cells > 50
+    assert matched >= 0.95 * whole_cells and found <= whole_cells + 2
+
+
+def test_a_compression_that_cannot_be_decoded_is_refused_on_opening(tmp_path):
+    path = tmp_path / "lzw.tif"
+    tifffile.imwrite(path, _pattern()[:600, :600], tile=(256, 256), compression="zlib")
+    with tifffile.TiffFile(path, mode="r+") as tif:  # zlib data labelled LZW: undecodable
+        tif.pages[0].tags["Compression"].overwrite(5)
+    with pytest.raises(ImageReadError, match="LZW compression could not be decoded"):
+        open_large_image(path)
+
+
+def test_windows_sharing_tiff_tiles_decode_them_once(tmp_path):
+    reference = _pattern()
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, reference, tile=(256, 256), compression="zlib", photometric="rgb")
+    image = open_large_image(path)
+    try:
+        before = image.array.chunks_decoded
+        first = read_window(image.array, (0, 0, 512, 600))  # 2 x 3 TIFF tiles
+        second = read_window(image.array, (0, 500, 512, 1100))  # shares the third column
+        assert image.array.chunks_decoded - before == 6 + 4
+        assert np.array_equal(first, reference[:512, :600])
+        assert np.array_equal(second, reference[:512, 500:1100])
+    finally:
+        image.close()

@@ -58,6 +58,15 @@ def test_curves_png_has_a_panel_row_per_stage(tmp_path):
     assert empty.size > 0
 
 
+def test_curves_render_to_an_rgba_array_of_the_asked_size():
+    from napari_allbag.training.curves import render_curves_rgba
+
+    image = render_curves_rgba(_rows()[:3], 320, 200)
+    assert image.shape == (200, 320, 4) and image.dtype == np.uint8
+    assert image[..., :3].std() > 10  # something was drawn
+    assert render_curves_rgba([], 50, 40).shape == (40, 50, 4)
+
+
 def test_the_kept_epoch_is_the_first_lowest_validation_loss():
     from napari_allbag.training.curves import kept_epoch
 

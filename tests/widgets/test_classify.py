@@ -213,3 +213,25 @@ def test_background_choice_reaches_the_segmentation(make_napari_viewer, qtbot, b
     _run(widget, qtbot)
     assert set(viewer.layers["cells [smear]"].features["mode"]) == {"dark"}
     assert "doubtful segmentation" in widget.status.text()
+
+
+def test_the_bundle_info_wraps_and_shows_whole_in_a_narrow_short_dock(
+    make_napari_viewer, qtbot, tmp_path
+):
+    from tests.widgets.test_base import dock_in_window, squeezed
+
+    metrics = {"validation": {"ensemble": {"weighted_f1": 0.9123}}}
+    bundle = make_tiny_bundle(
+        tmp_path / "a bundle", seed=5, crop_size=80, extra_meta={"metrics": metrics}
+    )
+    viewer = make_napari_viewer(show=True)
+    _dock, widget = dock_in_window(viewer, qtbot, "Classify cells", width=300, height=450)
+    assert widget.set_bundle(bundle)
+    qtbot.wait(50)
+    label = widget.bundle_info
+    assert "crops 80 px" in label.text() and "validation weighted F1 0.912" in label.text()
+    line = label.fontMetrics().height()
+    assert label.heightForWidth(label.width()) >= 2 * line  # the text needs several lines here
+    assert label.height() >= label.heightForWidth(label.width())  # and gets all of them
+    assert widget.scroll.verticalScrollBar().maximum() > 0  # the short dock scrolls instead
+    assert squeezed(widget) == []

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from napari_allbag.data.synthetic import make_field
-from napari_allbag.inference.columns import RESULT_COLUMNS
+from napari_allbag.inference.columns import RESULT_COLUMNS, SUMMARY_COLUMNS
 from napari_allbag.widgets.classify import CELLS_LAYER, CLASSES_LAYER, ClassifyWidget
 from napari_allbag.widgets.results import result_name
+from tests.faults import nan_probabilities
 from tests.model_factory import make_tiny_bundle
 
 
@@ -66,6 +68,12 @@ def test_classify_folder_writes_csv_and_reopens(make_napari_viewer, qtbot, bundl
         assert sum(row["source"].endswith(name) for row in rows) == n
     assert widget.run_images.count() == 2
     assert widget.open_button.isEnabled()
+    with open(folder / "allbag-results.images.csv", newline="") as handle:
+        summary = list(csv.DictReader(handle))  # the per-image summary, as predict writes it
+    assert tuple(summary[0]) == SUMMARY_COLUMNS
+    assert {Path(row["source"]).name: int(row["cells"]) for row in summary} == per_image
+    assert run.summary_path == folder / "allbag-results.images.csv"
+    assert "allbag-results.images.csv" in widget.status.text()
 
     assert widget.open_run_image(1)
     qtbot.waitUntil(lambda: not widget.is_running, timeout=60_000)
@@ -118,3 +126,19 @@ def test_cancel_a_folder_run(make_napari_viewer, qtbot, bundle_dir, tmp_path):
     assert not (folder / "allbag-results.csv").exists()
     assert sorted(p.suffix for p in folder.iterdir()) == [".png"] * 6  # no temporary file left
     assert widget.folder_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_a_non_finite_probability_stops_the_folder_run(
+    make_napari_viewer, qtbot, bundle_dir, tmp_path, monkeypatch
+):
+    nan_probabilities(monkeypatch, "p_all_model_b")
+    folder = _image_folder(tmp_path / "images", 2)
+    widget = _widget(make_napari_viewer(), bundle_dir, folder)
+    widget.classify_folder()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=120_000)
+    assert widget.folder_run is None
+    assert "non-finite probability (p_all_model_b)" in widget.status.text()
+    assert not (folder / "allbag-results.csv").exists()
+    assert not (folder / "allbag-results.images.csv").exists()
+    for kept in folder.glob("*.partial"):  # the rows before the first NaN, never a NaN
+        assert "nan" not in kept.read_text().lower()

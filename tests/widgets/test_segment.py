@@ -199,8 +199,9 @@ def test_a_multiscale_layer_is_segmented_in_tiles_at_full_resolution(
     np.testing.assert_allclose(
         np.sort(cells.features["centroid_col"]), np.sort(whole.table["centroid_col"]), atol=3
     )
-    tiles = [e for e in events if e.stage == "segmenting tiles" and e.total]
-    assert [e.done for e in tiles] == [1, 2]  # progress per tile
+    tiles = [e.done for e in events if e.stage == "segmenting tiles" and e.total]
+    # progress per tile, paced for the GUI (widgets.base: at most 10 a second, the last always)
+    assert tiles[-1] == 2 and tiles == sorted(set(tiles)) and set(tiles) <= {0, 1, 2}
     assert "bright-field (auto)" in widget.status.value
 
 

@@ -3,8 +3,9 @@
 Writes a synthetic annotated set, trains the two-stage bagging ensemble on it with a small
 backbone (nothing is downloaded), prints the validation report (the paper's Table 1), segments
 and classifies the shipped sample field of cells, and writes everything to DIR (see
-`napari_allbag.demo.run`). `--napari` then opens the viewer with the sample field, the three widgets
-docked and the demo bundle chosen in the Classify widget; given a DIR that already holds a
+`napari_allbag.demo.run`). `--napari` then opens the viewer with the sample field, the four
+widgets docked, the demo bundle chosen in the Classify widget and the field classified (the Cell
+table lists its cells); given a DIR that already holds a
 finished demo, it opens that one without training again.
 """
 

@@ -30,14 +30,13 @@ from napari_allbag.cli.options import (
     guarded,
     pipeline_options,
 )
-from napari_allbag.defaults import PREDICTION_COLUMNS
 from napari_allbag.inference import columns
 from napari_allbag.io.atomic import AtomicCsv
 
 if TYPE_CHECKING:  # torch loads only when a prediction runs, so `--help` stays fast
     from napari_allbag.inference.predict import FilePredictions, PredictionRun
 
-SUMMARY_COLUMNS = ("source", "cells", "n_all", "n_hem", "all_fraction", "flagged", "error")
+SUMMARY_COLUMNS = columns.SUMMARY_COLUMNS
 #: Above this many files the terminal shows totals only (the per-file table goes to --summary).
 MAX_FILES_SHOWN = 100
 
@@ -114,7 +113,7 @@ def _run(args: argparse.Namespace, claims: ExitStack) -> int:
     result = _classify(args, bundle, paths, options, writer)
     writer.commit()
     if args.summary:
-        _write_summary(args.summary, result)
+        columns.write_summary(args.summary, result.files)
     _print_summary(result, args)
     return 0 if result.cells or len(result.errors) < len(result.files) else 1
 
@@ -200,50 +199,17 @@ def _classify(
 
 def summary_path(out: Path) -> Path:
     """Where the per-image summary goes without --summary: `<out stem>.images.csv` beside it."""
-    return out.with_name(f"{out.stem}.images.csv")
+    return columns.summary_path(out)
 
 
 def _write_rows(writer: AtomicCsv, result: FilePredictions) -> None:
-    if result.error or not len(result.predictions):
-        return
-    _refuse_non_finite(result.predictions.columns(), result.path)
-    for values in columns.result_rows(result):
-        writer.write_row(values)
-
-
-def _refuse_non_finite(predictions: dict[str, Any], path: Path) -> None:
-    """Never write a NaN or infinite probability: the bundle computed nonsense (issue 13)."""
-    import numpy as np
-
-    for name in PREDICTION_COLUMNS[:3] + ("confidence",):
-        if not np.isfinite(np.asarray(predictions[name], dtype=float)).all():
-            raise CommandError(
-                f"The model gave a non-finite probability ({name}) for a cell of {path}: the "
-                "bundle's weights are damaged or overflow on this image, so predict stopped rather "
-                "than write it. Check the bundle (train or copy it again)."
-            )
-
-
-def _write_summary(path: Path, result: PredictionRun) -> None:
-    writer = AtomicCsv(path, SUMMARY_COLUMNS)
+    """One file's rows; never a NaN or infinite probability (the core refuses it, issue 13)."""
     try:
-        for item in result.files:
-            fraction = item.all_fraction
-            writer.write_row(
-                [
-                    str(item.path),
-                    item.cells,
-                    item.n_all,
-                    item.n_hem,
-                    "" if fraction is None else f"{fraction:.4f}",
-                    item.flagged,
-                    item.error or item.message or "",
-                ]
-            )
-    except BaseException:
-        writer.abandon(keep=False)
-        raise
-    writer.commit()
+        rows = columns.result_rows(result)
+    except columns.NonFiniteProbability as error:
+        raise CommandError(str(error)) from error
+    for values in rows:
+        writer.write_row(values)
 
 
 def _print_summary(result: PredictionRun, args: argparse.Namespace) -> None:

@@ -408,14 +408,21 @@ def _preflight(args: argparse.Namespace) -> None:
 def for_terminal(
     work: Generator[Progress, None, T], quiet: bool = False
 ) -> Generator[Progress, None, T]:
-    """Print the run's texts (summary, report) and keep only short figures for the bar."""
+    """Print each numbered step as it begins ("Step 2 of 5: reading files 0/400") and the
+    run's texts (summary, report); keep only short figures for the bar."""
     from tqdm import tqdm
 
+    from napari_allbag.training.steps import step_text
+
+    step = None
     while True:
         try:
             event = next(work)
         except StopIteration as stop:
             return stop.value
+        if event.metrics.get("step", step) != step and not quiet:
+            step = event.metrics["step"]
+            tqdm.write(step_text(event))
         text = event.metrics.get("text")
         if text and not quiet:
             tqdm.write(str(text))

@@ -2,8 +2,10 @@
 
 `FolderClassification(bundle, folder, out, options).run()` is a progress generator: it finds the
 folder's images, runs `pipeline.predict_files` over them, writes one results.csv row per cell
-through `io.atomic.AtomicCsv` (`<out>.partial` keeps the rows of a cancelled run, see `close`)
-and keeps each file's predictions. `reopen_image(bundle, file, options)` turns one file of the
+through `io.atomic.AtomicCsv` (`<out>.partial` keeps the rows of a cancelled run, see `close`),
+then the per-image summary `<out stem>.images.csv`, as `predict` does (`columns.write_summary`),
+and keeps each file's predictions. A NaN or infinite probability stops the run before its rows
+are written (`columns.NonFiniteProbability`, the check `predict` makes). `reopen_image(bundle, file, options)` turns one file of the
 run back into what the single-image path shows: the image, its cells (segmented again with the
 same parameters, so the same cells in the same order) and the run's predictions for them.
 Plain Python: the Classify widget runs both in its worker thread.
@@ -45,6 +47,7 @@ class FolderRun:
     run: PredictionRun
     files: list[FilePredictions] = field(default_factory=list)
     csv_path: Path | None = None
+    summary_path: Path | None = None  # the per-image summary, `<csv stem>.images.csv`
 
     def file(self, path: str | os.PathLike) -> FilePredictions:
         for item in self.files:
@@ -76,9 +79,11 @@ class FolderClassification:
 
         self.bundle, self.options = bundle, options
         self.out = Path(out)
-        check_output_location(self.out, [], getattr(bundle, "path", None), what="results CSV")
-        if self.out.is_dir():
-            raise ValueError(f"{self.out} is a folder: give a file name for the results CSV")
+        self.summary = columns.summary_path(self.out)
+        for target, what in ((self.out, "results CSV"), (self.summary, "per-image summary")):
+            check_output_location(target, [], getattr(bundle, "path", None), what=what)
+            if target.is_dir():
+                raise ValueError(f"{target} is a folder: give a file name for the {what}")
         self.paths = find_images([folder])
         if not self.paths:
             raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
@@ -99,7 +104,8 @@ class FolderClassification:
             raise
         self.writer.commit()
         self.finished = True
-        return FolderRun(run, list(self.files), self.out)
+        columns.write_summary(self.summary, run.files)
+        return FolderRun(run, list(self.files), self.out, self.summary)
 
     def close(self) -> Path | None:
         """After a cancelled or failed run: keep its rows as `<out>.partial` (returned)."""

@@ -5,9 +5,15 @@ Used to segment thousands of files on all cores with bounded memory (`segmentati
 pool's pipe: the worker pickles the result with protocol 5 and writes the arrays' buffers to one
 spool file (on /dev/shm where there is one), the parent reads that file in one call and rebuilds
 the result around it (`_spooled_call`, `_unspool`). Pickling 300 KB crops through the pipe cost the
-parent more than the worker's segmentation saved: two workers were slower than one. Workers are started with "spawn" (safe when the parent runs threads: Qt,
-torch) and use one OpenCV thread each. As with any spawn pool, a script that calls this must
-guard its entry point with ``if __name__ == "__main__":``.
+parent more than the worker's segmentation saved: two workers were slower than one.
+
+Workers are forked from a "forkserver" (a clean single-threaded process started once, so safe
+when the parent runs threads: Qt, torch), which imports the task's module and the `preload`
+modules once: a spawned worker spent about a second importing scipy and scikit-image, a
+fifth of the run on 1,860 cells (benchmarks/bench_segment.py --scaling). Where there is no
+forkserver (Windows) they are spawned. Workers see the environment variables of the moment the
+forkserver started (the first pool). Each worker uses one OpenCV thread. As with any spawn
+pool, a script that calls this must guard its entry point with ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ R = TypeVar("R")
 WORKER_DIED = "the worker process died while working on this item (out of memory?)"
 #: Results whose out-of-band buffers total at least this many bytes go through a spool file.
 SPOOL_MIN_BYTES = 32 * 1024
+#: Modules the forkserver imports when it starts (`ordered_map`'s `preload` and tasks' modules).
+_PRELOAD: set[str] = {__name__}
 
 
 def ordered_map(
@@ -45,6 +53,7 @@ def ordered_map(
     max_in_flight: int | None = None,
     on_worker_death: Callable[[T, str], R] | None = None,
     chunk_size: int = 1,
+    preload: Iterable[str] = (),
 ) -> Iterator[R]:
     """Yield ``task(item, *task_args)`` for each item, in order, from `workers` processes.
 
@@ -58,11 +67,16 @@ def ordered_map(
     its worker again gives ``on_worker_death(item, WORKER_DIED)`` (or raises BrokenProcessPool
     when no `on_worker_death` is given), and the rest go on in a new pool. Closing the iterator
     early cancels what has not started and waits for what has.
+
+    `preload`: modules the task imports when it runs (the task's own module is always
+    preloaded), imported once in the forkserver instead of in every worker. They count only
+    until this process's forkserver starts (its first pool); later ones are imported per worker.
     """
     workers = max(1, int(workers))
     if workers == 1:
         yield from (task(item, *task_args) for item in items)
         return
+    _PRELOAD.update(name for name in (task.__module__, *preload) if name != "__main__")
     spool = _spool_folder()
     try:
         chunk_size = max(1, int(chunk_size))
@@ -90,17 +104,13 @@ def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
 def _pooled(chunks, spooled_args, workers, max_chunks, on_worker_death):
     """`ordered_map`'s loop: submit up to `max_chunks`, yield in order, survive a dead worker."""
     pool = _new_pool(workers)
-    pending: deque[tuple[list, Future]] = deque()
+    pending: deque[tuple[list, Future | None]] = deque()
     try:
         while True:
-            while len(pending) < max_chunks:
-                chunk = next(chunks, None)
-                if chunk is None:
-                    break
-                pending.append((chunk, pool.submit(_spooled_call, chunk, *spooled_args)))
-            if not pending:
-                return
             try:
+                _submit_more(pool, pending, chunks, max_chunks, spooled_args)
+                if not pending:
+                    return
                 outcomes = _unspool(pending[0][1].result())
             except BrokenProcessPool:
                 stranded = [item for chunk, _ in pending for item in chunk]
@@ -113,6 +123,21 @@ def _pooled(chunks, spooled_args, workers, max_chunks, on_worker_death):
             yield from outcomes
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _submit_more(pool, pending: deque, chunks, max_chunks: int, spooled_args) -> None:
+    """Submit chunks until `max_chunks` are pending; a chunk the broken pool refused stays in
+    `pending` (a worker can die while chunks are still being submitted)."""
+    while len(pending) < max_chunks:
+        chunk = next(chunks, None)
+        if chunk is None:
+            return
+        try:
+            future = pool.submit(_spooled_call, chunk, *spooled_args)
+        except BrokenProcessPool:
+            pending.append((chunk, None))
+            raise
+        pending.append((chunk, future))
 
 
 def _run_one_at_a_time(items, spooled_args, on_worker_death):
@@ -193,5 +218,9 @@ def _worker_init() -> None:
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:
-    context = multiprocessing.get_context("spawn")
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(sorted(_PRELOAD))  # only until the server starts
+    else:  # pragma: no cover - Windows
+        context = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)

@@ -272,7 +272,7 @@ def build_crop_cache(
 ) -> Generator[Progress, None, CropCache]:
     """Segment and crop `paths` into the cache (or find them there); returns the `CropCache`.
 
-    Yields `Progress` while hashing files and while segmenting. Files that cannot be read or hold
+    Yields `Progress` while hashing files, while segmenting and before writing the crops. Files that cannot be read or hold
     no cell do not stop the run: their row has `ok` False and an error.
     """
     params = params or SegmentationParams()
@@ -298,6 +298,7 @@ def build_crop_cache(
         todo = rows.copy_reusable(cache_dir, keys, hash_errors)
         reused = total - len(todo) - len(hash_errors)
         yield from _segment_rows(rows, [paths[i] for i in todo], todo, params, workers, reused)
+        yield Progress(total, total, "preprocessing: caching", f"writing {total} crops")
         index = rows.write(temp, keys, paths, params_json)
         _move_into_place(temp, folder)
         temp = None

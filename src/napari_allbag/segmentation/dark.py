@@ -282,6 +282,9 @@ def segment_image_progress(
 #: Files a worker process segments per task: one C-NMC cell takes ~3 ms, so one file per task
 #: spent a fifth of the time on round trips between processes (benchmarks/bench_segment.py).
 FILES_PER_TASK = 4
+#: What a worker segmenting files imports beyond its task's module (`segment_file` imports
+#: `brightfield`, with scipy and scikit-image, when it first runs): the pool imports it once.
+WORKER_PRELOAD = ("napari_allbag.segmentation.brightfield",)
 
 
 def iter_segment_files(
@@ -311,6 +314,7 @@ def iter_segment_files(
         max_in_flight=workers * max(in_flight_per_worker, 2 * FILES_PER_TASK),
         on_worker_death=lambda path, why: FileSegmentation(path, None, why),
         chunk_size=FILES_PER_TASK,
+        preload=WORKER_PRELOAD,
     )
 
 

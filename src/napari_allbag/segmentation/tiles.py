@@ -21,7 +21,9 @@ centroid is in a core lies whole inside that window as long as no pixel of it is
 the overlap is cut by the window's edge and left out, and the result's message says how many
 were (raise the overlap). The per-image segmentation must also decide locally: a threshold
 taken over each window (Otsu) is the same in every window only where every window holds both
-cells and background.
+cells and background. So `segment_large` decides the background mode once for the whole image,
+and for bright-field measures the scale and stain thresholds once (`image_levels`) and gives
+them to every tile: the cells found then do not depend on the tile size.
 
 Memory: one window per worker in flight (a 2048 px tile with 256 px overlap is about 15 MB of
 RGB) plus the cells' rows and crops; no full-size label image unless asked (`keep_labels`): a
@@ -31,11 +33,13 @@ RGB) plus the cells' rows and crops; no full-size label image unless asked (`kee
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import threading
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,9 @@ from napari_allbag.segmentation.dark import SegmentationResult
 TILING_MEGAPIXELS = 36.0
 DEFAULT_TILE = 2048
 DEFAULT_OVERLAP = 256
+#: Worker processes take this many neighbouring tiles at a time: each reuses the TIFF tiles
+#: its previous window decoded along their shared edge (see `TiffChunkReader`).
+TILES_PER_TASK = 4
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".svs", ".ome.tif", ".ome.tiff")
 _TILEABLE_DTYPES = (np.uint8, np.uint16, np.bool_)
 
@@ -69,7 +76,10 @@ class TiffChunkReader:
     """Array-like view of one TIFF page: slicing decodes only the tiles or strips it touches.
 
     Supports ``reader[top:bottom, left:right]`` (steps of 1) and `shape` / `dtype` / `ndim`.
-    `chunks_decoded` counts decoded chunks (to see that reads stay local). Thread-safe.
+    The chunks decoded for one read are kept until the next, which takes from them the ones it
+    shares (a tile's window and the next one along its row share a column of TIFF tiles): at
+    most one window's chunks are held. `chunks_decoded` counts decoded chunks (to see that reads
+    stay local). Thread-safe.
     """
 
     def __init__(self, path: str | os.PathLike, page) -> None:
@@ -85,6 +95,7 @@ class TiffChunkReader:
         else:
             self._chunk = (page.rowsperstrip or page.imagelength, page.imagewidth)
         self._chunks_across = math.ceil(page.imagewidth / self._chunk[1])
+        self._last_read: dict[int, tuple[np.ndarray, tuple[int, int]] | None] = {}
         self.chunks_decoded = 0
 
     def __getitem__(self, key) -> np.ndarray:
@@ -99,31 +110,61 @@ class TiffChunkReader:
         """The region [top:bottom, left:right] as a new array."""
         out = np.zeros((bottom - top, right - left, *self.shape[2:]), self.dtype)
         chunk_h, chunk_w = self._chunk
+        previous, current = self._last_read, {}
         for chunk_row in range(top // chunk_h, math.ceil(bottom / chunk_h)):
             for chunk_col in range(left // chunk_w, math.ceil(right / chunk_w)):
-                self._paste(chunk_row * self._chunks_across + chunk_col, out, top, left)
+                index = chunk_row * self._chunks_across + chunk_col
+                chunk = previous[index] if index in previous else self._decode(index)
+                current[index] = chunk
+                if chunk is not None:
+                    _paste(chunk, out, top, left)
+        self._last_read = current
         return out
 
-    def _paste(self, index: int, out: np.ndarray, top: int, left: int) -> None:
+    def check_decodable(self) -> None:
+        """Decode one chunk now, so that a compression tifffile cannot decode without the
+        optional `imagecodecs` (JPEG, LZW, JPEG 2000, zstd, ...) is refused on opening, in words,
+        rather than by every tile."""
+        try:
+            self._decode(0)
+        except Exception as error:  # noqa: BLE001 - codecs raise many kinds of errors
+            compression = getattr(self._page.compression, "name", self._page.compression)
+            hint = ""
+            if importlib.util.find_spec("imagecodecs") is None:
+                hint = (
+                    "; TIFFs compressed otherwise than zlib (LZW, JPEG, ...) need imagecodecs: "
+                    "pip install 'napari-allbag[tiff]'"
+                )
+            raise ImageReadError(
+                self.path, f"{compression} compression could not be decoded ({error}){hint}"
+            ) from None
+
+    def _decode(self, index: int) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """Chunk `index` as (pixels rows x cols x samples, its top-left corner); None if empty."""
         page = self._page
         with self._lock:
             self._handle.seek(page.dataoffsets[index])
             data = self._handle.read(page.databytecounts[index])
             self.chunks_decoded += 1
         if not data:
-            return  # an empty chunk: zeros
+            return None  # an empty chunk: zeros
         segment, position, _ = page.decode(data, index, jpegtables=page.jpegtables)
-        segment = segment[0]  # (length, width, samples) of this tile or strip
-        row0, col0 = position[2] - top, position[3] - left
-        src_rows = slice(max(0, -row0), min(segment.shape[0], out.shape[0] - row0))
-        src_cols = slice(max(0, -col0), min(segment.shape[1], out.shape[1] - col0))
-        if src_rows.start >= src_rows.stop or src_cols.start >= src_cols.stop:
-            return
-        target = out[
-            row0 + src_rows.start : row0 + src_rows.stop,
-            col0 + src_cols.start : col0 + src_cols.stop,
-        ]
-        target[...] = segment[src_rows, src_cols].reshape(target.shape)
+        return segment[0], (position[2], position[3])
+
+
+def _paste(chunk: tuple[np.ndarray, tuple[int, int]], out: np.ndarray, top: int, left: int):
+    """Copy the part of a decoded chunk that falls in `out` (whose corner is top, left)."""
+    segment, (row, col) = chunk
+    row0, col0 = row - top, col - left
+    src_rows = slice(max(0, -row0), min(segment.shape[0], out.shape[0] - row0))
+    src_cols = slice(max(0, -col0), min(segment.shape[1], out.shape[1] - col0))
+    if src_rows.start >= src_rows.stop or src_cols.start >= src_cols.stop:
+        return
+    target = out[
+        row0 + src_rows.start : row0 + src_rows.stop,
+        col0 + src_cols.start : col0 + src_cols.stop,
+    ]
+    target[...] = segment[src_rows, src_cols].reshape(target.shape)
 
 
 @dataclass
@@ -188,7 +229,9 @@ def _open_tiff_level0(path: Path, tif) -> LargeImage:
         array = tifffile.memmap(path, series=0, level=0, mode="r")
         tif.close()
         return LargeImage(path, array, "memmap", levels)
-    return LargeImage(path, TiffChunkReader(path, page), "chunks", levels, _owner=tif)
+    reader = TiffChunkReader(path, page)
+    reader.check_decodable()
+    return LargeImage(path, reader, "chunks", levels, _owner=tif)
 
 
 def _check_tileable_dtype(dtype, path: Path | str = "image") -> None:
@@ -394,7 +437,11 @@ def iter_tile_cells(
         if image is None or image.path is None or image.access == "memory":
             raise ValueError("workers > 1 needs a TIFF file the workers can open themselves")
         results = ordered_map(
-            _segment_tile_from_file, tiles, (str(image.path), job), options.workers
+            _segment_tile_from_file,
+            tiles,
+            (str(image.path), job),
+            options.workers,
+            chunk_size=TILES_PER_TASK,
         )
         try:
             yield from results
@@ -543,30 +590,82 @@ def overview(array, side: int = 1024) -> np.ndarray:
         )
 
 
+#: A large bright-field image's levels are measured on windows of this side (about 150 red cells
+#: of 30 px radius each: enough for the scale; tiles below ~800 px were not, see `image_levels`)...
+LEVEL_WINDOW = 1024
+#: ... at most this many across and down (4 x 4: 17 MP of a 400 MP slide, ~4 %).
+LEVEL_GRID = 4
+
+
+def level_windows(shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """Windows (top, left, bottom, right) spread evenly over an image, on which its bright-field
+    levels are measured: the whole image where it is at most four windows large."""
+    height, width = shape[:2]
+    side, grid = LEVEL_WINDOW, LEVEL_GRID
+    if height * width <= 4 * side * side:
+        return [(0, 0, height, width)]
+    tops = _even_starts(height, side, min(grid, math.ceil(height / side)))
+    lefts = _even_starts(width, side, min(grid, math.ceil(width / side)))
+    return [
+        (top, left, min(height, top + side), min(width, left + side))
+        for top in tops
+        for left in lefts
+    ]
+
+
+def _even_starts(length: int, side: int, count: int) -> list[int]:
+    if count <= 1:
+        return [max(0, (length - side) // 2)]
+    return [round(i * (length - side) / (count - 1)) for i in range(count)]
+
+
+def image_levels(array):
+    """The bright-field scale and stain thresholds of a whole large image, for every tile.
+
+    Measured per tile (Otsu on the tile's stain, its own red cells' radius), they differ from
+    tile to tile, and a small tile (a few red cells, no white cell) misreads them and loses
+    cells; measured once on windows spread over the image (`level_windows`, read one at a time:
+    bounded memory), the tiles' cells no longer depend on the tile size.
+    Returns `brightfield.StainLevels`, or a string where the windows are all black or uniform.
+    """
+    from napari_allbag.segmentation.brightfield import measure_levels
+
+    return measure_levels(read_window(array, window) for window in level_windows(array.shape))
+
+
 def segment_large(
     source, params=None, options: TileOptions | None = None, name: str = ""
 ) -> Generator[Progress, None, SegmentationResult]:
-    """`segment_tiled` with `segment_auto`, the background mode decided once for the whole image
-    (tiles of pure background or of one cell would each decide differently); the result says
-    which mode ran, whether it was guessed, and what looks wrong, like `segment_auto`'s."""
-    from dataclasses import replace
-
-    from napari_allbag.segmentation.brightfield import detect_background, segment_auto
+    """`segment_tiled` with the background mode decided once for the whole image (tiles of pure
+    background or of one cell would each decide differently) and, for bright-field, the scale and
+    stain thresholds measured once (`image_levels`); the result says which mode ran, whether it
+    was guessed, and what looks wrong, like `segment_auto`'s."""
+    from napari_allbag.segmentation.brightfield import (
+        detect_background,
+        segment_auto,
+        segment_brightfield,
+    )
     from napari_allbag.segmentation.dark import SegmentationParams
 
     params = params or SegmentationParams()
     opened = open_large_image(source) if isinstance(source, (str, os.PathLike)) else None
     target = opened if opened is not None else source
     try:
+        array = target.array if isinstance(target, LargeImage) else target
         guess = None
         mode = params.background
         if mode == "auto":
-            array = target.array if isinstance(target, LargeImage) else target
             yield Progress(0, None, "segmenting tiles", "choosing the background mode")
             guess = detect_background(overview(array))
             mode = guess.mode
         fixed = replace(params, background=mode)
-        result = yield from segment_tiled(target, segment_auto, fixed, options, name)
+        segment_fn = segment_auto
+        if mode == "bright":
+            yield Progress(0, None, "segmenting tiles", "measuring the stain levels")
+            levels = image_levels(array)
+            if not isinstance(levels, str):  # else each tile measures its own
+                segment_fn = partial(segment_brightfield, levels=levels)
+        result = yield from segment_tiled(target, segment_fn, fixed, options, name)
     finally:
         if opened is not None:
             opened.close()

@@ -20,16 +20,17 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from napari_allbag.io.atomic import AtomicCsv, write_bytes_atomic
 from napari_allbag.io.images import ImageReadError
 from napari_allbag.io.ordered_pool import ordered_map
+from napari_allbag.io.png import encode_png
 from napari_allbag.progress import Progress
 from napari_allbag.segmentation.dark import (
     FILES_PER_TASK,
     TABLE_COLUMNS,
+    WORKER_PRELOAD,
     SegmentationParams,
     default_workers,
     try_segment_file,
@@ -40,18 +41,6 @@ CELLS_COLUMNS = ("source", "cell_id", "crop") + tuple(
     name for name in TABLE_COLUMNS if name not in ("source", "cell_id")
 )
 ERRORS_COLUMNS = ("file", "reason")
-#: PNG settings for crops (lossless): zlib level 1, the "up" row filter, run-length strategy.
-#: Measured on the 62 real crops (2026-12-02, CPU time per 299 px crop; benchmarks/bench_segment.py
-#: --png): 2.1 ms and 58 KB, against 2.3 ms / 61 KB for OpenCV's defaults, 6.3 ms / 62 KB at
-#: level 3, 18 ms / 57 KB at level 6, and 1.5 ms but 134 KB without a row filter.
-PNG_PARAMS = (
-    cv2.IMWRITE_PNG_COMPRESSION,
-    1,
-    cv2.IMWRITE_PNG_FILTER,
-    cv2.IMWRITE_PNG_FILTER_UP,
-    cv2.IMWRITE_PNG_STRATEGY,
-    cv2.IMWRITE_PNG_STRATEGY_RLE,
-)
 
 
 @dataclass(frozen=True)
@@ -95,6 +84,7 @@ def segment_to_folder(
         workers,
         on_worker_death=lambda item, why: SavedCells(item[0], None, [], why),
         chunk_size=FILES_PER_TASK,
+        preload=WORKER_PRELOAD,
     )
     with (
         AtomicCsv(out_dir / "cells.csv", CELLS_COLUMNS, on_error="commit") as cells_csv,
@@ -245,7 +235,4 @@ def _cells_row(table: dict[str, np.ndarray], row: int, path: Path, crop_name: st
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), PNG_PARAMS)
-    if not ok:  # pragma: no cover - encoding a uint8 RGB array does not fail
-        raise OSError(f"{path}: PNG encoding failed")
-    write_bytes_atomic(path, encoded.tobytes(), mode=None, sync=False)
+    write_bytes_atomic(path, encode_png(rgb), mode=None, sync=False)

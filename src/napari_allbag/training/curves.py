@@ -3,7 +3,8 @@
 One history row per finished epoch and stage: loss, accuracy, validation loss and accuracy,
 learning rate, seconds. The curves draw each stage's loss and accuracy (training and validation)
 against the epoch. matplotlib is imported lazily with the Agg canvas and a `Figure` object (no
-pyplot state), so drawing is safe from a worker thread.
+pyplot state), so drawing is safe from a worker thread: the Train widget has its worker render
+the live curves (`render_curves_rgba`), since a redraw costs the GUI thread 0.2-1 s.
 """
 
 from __future__ import annotations
@@ -133,3 +134,16 @@ def render_curves_png(
     if path is not None:
         write_bytes_atomic(Path(path), data)
     return data
+
+
+def render_curves_rgba(rows: Sequence[dict[str, Any]], width: int, height: int, dpi: float = 80):
+    """The curves as a `height` x `width` x 4 uint8 RGBA array (for a GUI to show)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(max(1, width) / dpi, max(1, height) / dpi), dpi=dpi)
+    canvas = FigureCanvasAgg(figure)
+    draw_curves(figure, rows)
+    canvas.draw()
+    return np.array(canvas.buffer_rgba(), dtype=np.uint8)

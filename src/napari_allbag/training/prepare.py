@@ -1,6 +1,7 @@
 """A run's data: scan, segment into the crop cache, split 7:3 by subject, bagging sets.
 
-Rank 0 prepares it; `data_to_json` / `data_from_json` hand it to the other ranks.
+Rank 0 prepares it; `data_to_json` / `data_from_json` hand it to the other ranks. Its events are
+the run's first three steps (`training.steps`): scanning, segmenting, caching crops.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from napari_allbag.segmentation.crop_cache import (
 )
 from napari_allbag.segmentation.dark import SegmentationParams, default_workers
 from napari_allbag.training.config import RunPaths, TrainConfig, TrainingError
+from napari_allbag.training.steps import CACHE, SCAN, SEGMENT, numbered, step_event
 
 
 @dataclass
@@ -54,14 +56,17 @@ def preprocess_cells(
 ) -> Generator[Progress, None, PreparedData]:
     """Scan the annotated folder, crop every image once (the cache), split 7:3 by subject, and
     write the data summary (rank 0)."""
-    yield Progress(0, None, "preprocess", f"scanning {config.data_dir}")
+    yield step_event(SCAN, f"scanning {config.data_dir}")
     annotated = scan_annotated_folder(config.data_dir, config.subjects_csv)
+    count = len(annotated.paths)
+    yield step_event(SCAN, f"scanning {config.data_dir} ({count} images)", count, count)
     cache = yield from _cached_crops(config, annotated.paths)
     annotated = annotated.without(cache.errors_by_path)
     try:
         check_classes(annotated)
     except AnnotationError as error:
         raise TrainingError(f"{error} (after leaving out the images without a cell)") from error
+    yield step_event(CACHE, f"caching crops: {len(annotated.paths)} cells, splitting by subject")
     try:
         split = split_train_val(annotated.items, config.val_fraction, config.seed)
     except ValueError as error:
@@ -70,7 +75,7 @@ def preprocess_cells(
     if config.is_main_process:
         write_json_atomic(paths.summary_json, summary)
         write_text_atomic(paths.summary_text, text + "\n")
-    yield Progress(1, 1, "preprocess", "data ready", {"text": text})
+    yield numbered(CACHE)(Progress(1, 1, "preprocess", "data ready", {"text": text}))
     return PreparedData(
         cache=cache,
         rows=cache.rows(annotated.paths),
@@ -84,7 +89,8 @@ def preprocess_cells(
 
 
 def _cached_crops(config: TrainConfig, files: list[Path]) -> Generator[Progress, None, CropCache]:
-    """The crop cache of `files`, its progress retold as the 'preprocess' stage's."""
+    """The crop cache of `files`, its progress retold as the run's steps: reading the files and
+    segmenting them (step 2), writing the crops (step 3)."""
     params = segmentation_params(config)
     cache_dir = config.cache_dir if config.cache_dir is not None else default_cache_dir()
     workers = config.workers if config.workers is not None else default_workers()
@@ -94,8 +100,19 @@ def _cached_crops(config: TrainConfig, files: list[Path]) -> Generator[Progress,
             event = next(building)
         except StopIteration as stop:
             return stop.value
-        step = event.stage.split(":", 1)[-1].strip()
-        yield Progress(event.done, event.total, "preprocess", f"{step} {event.message}".strip())
+        yield _cache_step(event)
+
+
+def _cache_step(event: Progress) -> Progress:
+    """A crop-cache event as a step of the run: "reading files 40/400", "segmenting 120/400
+    (80 reused)" (step 2), "caching crops: writing 400 crops" (step 3)."""
+    if event.stage.endswith("caching"):
+        return step_event(CACHE, f"caching crops: {event.message}", event.done, event.total)
+    words = "reading files" if event.stage.endswith("hashing") else "segmenting"
+    text = f"{words} {event.done}/{event.total}"
+    if words == "segmenting" and event.message:
+        text += f" ({event.message})"
+    return step_event(SEGMENT, text, event.done, event.total)
 
 
 def _data_summary(annotated, cache: CropCache, split) -> tuple[dict[str, Any], str]:

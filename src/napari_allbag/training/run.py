@@ -6,7 +6,8 @@
     -> validation report (model-A, model-B, combined, ensemble) -> model bundle, log.csv, curves.png
 
 `train(config)` yields `Progress` events (stages 'preprocess', 'stage1-A', 'stage1-B',
-'features', 'stage2', 'report') and returns a `TrainResult`. Every epoch is checkpointed; with
+'features', 'stage2', 'report'), each marked with its numbered step (`training.steps`: scanning,
+segmenting, caching crops, building the models, training), and returns a `TrainResult`. Every epoch is checkpointed; with
 `resume=True` a run continues from its last finished epoch and ends with the same weights as a run
 that was never interrupted. No global state: everything lives in the run; only the main process
 (rank 0) writes files.
@@ -46,7 +47,7 @@ from napari_allbag.model.networks import (
     resolve_backbone,
 )
 from napari_allbag.model.trust import format_calibration
-from napari_allbag.progress import Progress
+from napari_allbag.progress import Progress, retold
 from napari_allbag.training.batches import CropFeeder, CropSource, FeatureBatches
 from napari_allbag.training.build import (
     make_runners,
@@ -99,6 +100,7 @@ from napari_allbag.training.resources import (
 )
 from napari_allbag.training.stage1 import SideBySide
 from napari_allbag.training.stage2 import cached_features, ensemble_probs, probs_from_features
+from napari_allbag.training.steps import BUILD, CACHE, SCAN, TRAIN, numbered
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "train", "STAGES"]
 
@@ -273,21 +275,26 @@ class TrainingRun:
         self.backbone = resolve_backbone(config.backbone, config.img_size)
         self.history: list[dict[str, Any]] = []
         self.outcomes: dict[str, StageOutcome] = {}
+        self.built_one = False  # whether this process built its first model (`build_step`)
 
     def steps(self) -> Generator[Progress, None, TrainResult]:
         """The whole run (see the module doc); returns the `TrainResult`."""
-        yield from self.announce()
+        yield from retold(self.announce(), numbered(SCAN))
         yield from self.prepare()
         self.val_feeder = self.crops.feeder(self.dist.shard(self.data.val), self.batch)
         try:
-            yield from self.stage1()
-            if self.config.finetune_backbones:
-                yield from self.stage2_finetuned()
-            else:
-                yield from self.stage2_on_features()
+            yield from retold(self.training(), numbered(TRAIN))
         finally:
             self.val_feeder.close()
-        return (yield from self.finish())
+        return (yield from retold(self.finish(), numbered(TRAIN)))
+
+    def training(self) -> Generator[Progress, None, None]:
+        """Stage 1, then stage 2 (on cached features, or fine-tuning the backbones)."""
+        yield from self.stage1()
+        if self.config.finetune_backbones:
+            yield from self.stage2_finetuned()
+        else:
+            yield from self.stage2_on_features()
 
     def announce(self) -> Generator[Progress, None, None]:
         """The run's notes: resumed, data-parallel, `--parallel-models` without processes."""
@@ -320,7 +327,7 @@ class TrainingRun:
         )
         subset_a, subset_b = bagging_sets(config, self.data)
         text = describe_subsets(subset_a, subset_b, self.data.labels[self.data.train])
-        yield Progress(0, None, "preprocess", "bagging sets ready", {"text": text})
+        yield numbered(CACHE)(Progress(0, None, "preprocess", "bagging sets ready", {"text": text}))
         self.subsets = {"stage1-A": subset_a, "stage1-B": subset_b}
         self.dtype = autocast_dtype_for(device)
         workers = loader_workers(config, device, dist.local_world_size)
@@ -374,9 +381,12 @@ class TrainingRun:
         config, device = self.config, self.device
         team_batch = local_batch_size(config.batch_size, team.world_size)
         team_sync_bn = use_sync_batchnorm(config, team, device, team_batch)
-        yield Progress(0, None, name, f"building the model ({config.backbone})")
+        yield numbered(self.build_step())(Progress(0, None, name, self.building_text(name)))
         model = new_stage1_model(config, name, device)
         runners = make_runners(config, model, team, device, team_sync_bn)
+        readers = self.crops.workers
+        where = f"{readers} crop-reader processes" if readers else "crops read in this process"
+        yield Progress(0, None, name, f"starting the first batch ({where})")
         subset = self.subsets[name]
         positions = self.data.train[subset.indices]
         sampler = team.sampler(len(positions), order_seed(config.seed, name))
@@ -389,6 +399,23 @@ class TrainingRun:
         if team_sync_bn:
             model = without_sync_batchnorm(model, stage1_skeleton(config), device)
         return model, outcome
+
+    def build_step(self) -> int:
+        """Step 4 (building the models) for this process's first model, then step 5."""
+        first, self.built_one = not self.built_one, True
+        return BUILD if first else TRAIN
+
+    def building_text(self, name: str) -> str:
+        """What building `name` means: the backbone and where its weights come from."""
+        config = self.config
+        if config.init_from is not None:
+            weights = f"weights of {config.init_from}"
+        elif config.weights_path is not None:
+            weights = f"weights from {config.weights_path}"
+        else:
+            weights = "ImageNet weights" if config.pretrained else "random weights"
+        model = f"model-{name.rsplit('-', 1)[-1]}"
+        return f"building {model} ({config.backbone}, {weights})"
 
     def stage2_finetuned(self) -> Generator[Progress, None, None]:
         """`--finetune-backbones`: the whole combined model trained on the crops."""

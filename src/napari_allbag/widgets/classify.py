@@ -10,7 +10,8 @@ The model (and its GPU memory) is released when another bundle is chosen or the 
 
 Classify folder runs every image of a folder as `napari-allbag predict` does (`inference.folder`):
 progress, Cancel, a results CSV (`<folder>/allbag-results.csv` or a chosen file; a cancelled run
-keeps its rows as `<csv>.partial`), then lists the run's images; "Open with results" adds one with
+keeps its rows as `<csv>.partial`) and the per-image summary `<csv stem>.images.csv` beside it
+(a NaN probability stops the run, as in `predict`), then lists the run's images; "Open with results" adds one with
 its `cells [name]` and `classes [name]` layers, as a single Run makes them.
 """
 
@@ -40,7 +41,12 @@ from qtpy.QtWidgets import (
 from napari_allbag.defaults import BACKGROUND_HELP, BACKGROUND_MODES, ENSEMBLE_RULES
 from napari_allbag.io.atomic import atomic_path
 from napari_allbag.progress import Progress
-from napari_allbag.widgets.base import WorkerControls, show_error
+from napari_allbag.widgets.base import (
+    WorkerControls,
+    in_scroll_area,
+    show_error,
+    wrapping_form,
+)
 from napari_allbag.widgets.results import (
     ALL_COLOUR,
     CELLS,
@@ -219,7 +225,10 @@ class ClassifyWidget(QWidget):
             "max: the paper's (highest of the six probabilities); mean of the three models; "
             "agree: A and B where they agree, else the combined model; combined alone"
         )
-        self.tta_check = QCheckBox("Test-time augmentation (8 views, about 8x slower)")
+        self.tta_check = QCheckBox("Test-time augmentation (8 views)")
+        self.tta_check.setToolTip(
+            "averages the 8 flips and rotations of each crop: about 8x slower"
+        )
         self.heatmap_button = QPushButton("Show heatmap of selected cell")
         self.heatmap_button.setToolTip("Grad-CAM of the combined model's evidence for ALL")
         self.background_combo = QComboBox()
@@ -242,6 +251,7 @@ class ClassifyWidget(QWidget):
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.legend = QLabel(legend_html())
+        self.legend.setWordWrap(True)  # its entries go onto a second line in a narrow dock
         self.legend.setToolTip("outline colours: class, corrected by you, flagged for review")
         self.export_button = QPushButton("Export CSV…")
         self.export_button.setEnabled(False)
@@ -265,21 +275,23 @@ class ClassifyWidget(QWidget):
         self._refresh_layers()
 
     def _lay_out(self, folder_rows: QFormLayout) -> None:
-        """Bundle and options form, Run/Cancel, progress, results, then the folder section."""
+        """Bundle and options form, Run/Cancel, progress, results, then the folder section, in a
+        scroll area."""
         bundle_row = QHBoxLayout()
         bundle_row.addWidget(self.bundle_edit)
         bundle_row.addWidget(self.browse_button)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        form = QFormLayout()
+        form = wrapping_form()
         form.addRow("Bundle", bundle_row)
-        form.addRow("", self.bundle_info)
+        form.addRow(self.bundle_info)  # its own row, both columns wide: it wraps, never clipped
         form.addRow("Layer", self.layer_combo)
         form.addRow("Background", self.background_combo)
         form.addRow("Rule", self.rule_combo)
-        form.addRow("", self.tta_check)
-        layout = QVBoxLayout(self)
+        form.addRow(self.tta_check)
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addLayout(form)
         layout.addWidget(self.device_label)
         layout.addLayout(buttons)
@@ -291,6 +303,7 @@ class ClassifyWidget(QWidget):
         layout.addWidget(self.heatmap_button)
         layout.addLayout(folder_rows)
         layout.addStretch(1)
+        self.scroll = in_scroll_area(self, content)  # a short dock scrolls, no row is squeezed
 
     def _build_folder_controls(self) -> QFormLayout:
         """Folder, results CSV, "Classify folder", and the run's images to open."""
@@ -310,7 +323,7 @@ class ClassifyWidget(QWidget):
         open_row = QHBoxLayout()
         open_row.addWidget(self.run_images, 1)
         open_row.addWidget(self.open_button)
-        form = QFormLayout()
+        form = wrapping_form()
         form.addRow("Folder", folder_row)
         form.addRow("Results", self.results_edit)
         form.addRow("", self.folder_button)
@@ -611,7 +624,7 @@ class ClassifyWidget(QWidget):
         result = run.run
         self.status.setText(
             f"{len(result.files)} image(s), {result.cells} cell(s), {result.n_all} ALL; "
-            f"results in {run.csv_path}"
+            f"results in {run.csv_path}, per-image summary in {run.summary_path}"
         )
 
     @property

@@ -1,64 +1,115 @@
 """The Train dock widget: pick an annotated folder and a run folder, press Start.
 
-Training (`training.run.train`) runs in a napari worker thread (`widgets.base.WorkerControls`), so the viewer stays responsive; its
-progress events drive the stage label, the progress bar and live loss/accuracy curves (redrawn
-after every epoch). Cancel stops within one batch and keeps the last epoch's checkpoint; Resume
-continues a run folder. When training ends the validation report appears, and the new bundle goes
-to the Classify widget (if docked) and is remembered for the next session.
+Training (`training.run.train`) runs in a napari worker thread (`widgets.base.WorkerControls`),
+so the viewer stays responsive; its progress events drive the stage label, the progress bar and
+live loss/accuracy curves. The worker imports the trainer and renders the curves itself
+(`_LiveCurves`, at most every `CURVES_INTERVAL` seconds, the last epoch always): a matplotlib
+redraw would cost the GUI thread 0.2-1 s per epoch; the GUI thread only shows the image. Cancel
+stops inside the running batch (`widgets.base.TorchCancelPoints`) and keeps the last epoch's
+checkpoint; Resume continues a run folder. When training ends the validation report appears,
+and the new bundle goes to the Classify widget (if docked) and is remembered for the next
+session.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Generator
+import time
+from collections.abc import Callable, Generator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtGui import QFont
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QFont, QImage, QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFileDialog,
-    QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from napari_allbag.model.networks import DEFAULT_BACKBONE
-from napari_allbag.progress import Progress
-from napari_allbag.widgets.base import WorkerControls, show_error
+from napari_allbag.progress import Progress, retold
+from napari_allbag.training.steps import step_text
+from napari_allbag.widgets.base import WorkerControls, in_scroll_area, show_error, wrapping_form
 
-STAGE_NAMES = {
-    "preprocess": "Preprocessing",
-    "stage1-A": "Stage 1: model-A",
-    "stage1-B": "Stage 1: model-B",
-    "features": "Stage 2: features",
-    "stage2": "Stage 2: combined model",
-    "report": "Report",
-}
-#: Step k of STEP_COUNT for each stage, so the label says how far the run is.
-STAGE_STEPS = {
-    "preprocess": 1,
-    "stage1-A": 2,
-    "stage1-B": 3,
-    "features": 4,
-    "stage2": 4,
-    "report": 5,
-}
-STEP_COUNT = 5
+#: The worker renders the live curves at most this often (seconds; a render costs 0.1-0.5 s).
+CURVES_INTERVAL = 2.0
 
 
-def _run_training(work: Generator[Progress, None, Any]) -> Generator[Progress, None, Any]:
-    """The worker's generator function (napari needs a generator *function*)."""
-    return (yield from work)
+def _run_training(config, curves: _LiveCurves) -> Generator[Progress, None, Any]:
+    """The worker's generator function: import and run the trainer in the worker thread (the
+    import alone would freeze the GUI for a second), rendering the curves on the way."""
+    from napari_allbag.training.run import train
+
+    result = yield from retold(train(config), curves.see)
+    last = curves.final()
+    if last is not None:
+        yield last
+    return result
+
+
+class _LiveCurves:
+    """The worker's side of the live curves: the history rows so far, and an RGBA image of the
+    current stage's curves attached (metrics "image") to an event when a render is due: at most
+    every `interval` seconds after a new row, and once more at the end when rows came since.
+
+    `size()` gives the view's (width, height, device pixel ratio), set by the GUI thread.
+    """
+
+    def __init__(
+        self,
+        rows: list[dict[str, Any]],
+        size: Callable[[], tuple[int, int, float]],
+        interval: float = CURVES_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.rows = list(rows)
+        self.size = size
+        self.interval = interval
+        self.clock = clock
+        self.dirty = bool(self.rows)
+        self.rendered_at = -math.inf
+        self.last: Progress | None = None
+
+    def see(self, event: Progress) -> Progress:
+        """`event`, with the curves image when one is due."""
+        self.last = event
+        row = event.metrics.get("row")
+        if row:
+            self.rows.append(row)
+            self.dirty = True
+        if self.dirty and self.clock() - self.rendered_at >= self.interval:
+            return replace(event, metrics={**event.metrics, "image": self.render()})
+        return event
+
+    def final(self) -> Progress | None:
+        """An event with the last rows' image, when they were not rendered yet."""
+        if not self.dirty:
+            return None
+        last = self.last or Progress(0)
+        return Progress(last.done, last.total, last.stage, last.message, {"image": self.render()})
+
+    def render(self) -> tuple[Any, float]:
+        """(RGBA array of the last stage's curves, device pixel ratio)."""
+        from napari_allbag.training.curves import render_curves_rgba
+
+        width, height, ratio = self.size()
+        stage = self.rows[-1]["stage"] if self.rows else None
+        current = [row for row in self.rows if row["stage"] == stage]
+        image = render_curves_rgba(current, round(width * ratio), round(height * ratio), 80 * ratio)
+        self.dirty, self.rendered_at = False, self.clock()
+        return image, ratio
 
 
 class TrainWidget(QWidget):
@@ -67,7 +118,6 @@ class TrainWidget(QWidget):
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self._work = None
         self._device = None
         self._rows: list[dict[str, Any]] = []
         self.result = None
@@ -138,7 +188,7 @@ class TrainWidget(QWidget):
 
     def _build_layout(self) -> None:
         """The form above the run controls, in a scroll area so the dock fits a small screen."""
-        form = QFormLayout()
+        form = wrapping_form()
         form.addRow("Annotated folder", _row(self.data_edit, self.data_browse))
         form.addRow("Run folder", _row(self.out_edit, self.out_browse))
         form.addRow("Backbone", self.backbone_edit)
@@ -161,12 +211,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.curves.widget)
         layout.addWidget(self.report)
-        scroll = QScrollArea()  # the dock fits a small screen: the fields scroll
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(inner)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        self.scroll = in_scroll_area(self, inner)  # the dock fits a small screen: it scrolls
 
     def _connect_signals(self) -> None:
         """Browse buttons pick paths; Start, Cancel and Resume… run the work."""
@@ -182,7 +227,7 @@ class TrainWidget(QWidget):
 
     def config(self, resume: bool = False):
         """The `TrainConfig` the fields describe."""
-        from napari_allbag.training.run import TrainConfig, TrainingError
+        from napari_allbag.training.config import TrainConfig, TrainingError
 
         data, out = self.data_edit.text().strip(), self.out_edit.text().strip()
         if not data or not out:
@@ -238,7 +283,7 @@ class TrainWidget(QWidget):
 
     def start(self) -> bool:
         """Start a new run with the fields' settings; False (and a message) when it cannot."""
-        from napari_allbag.training.run import TrainingError
+        from napari_allbag.training.config import TrainingError
 
         try:
             config = self.config()
@@ -250,9 +295,8 @@ class TrainWidget(QWidget):
 
     def resume_run(self, run_dir: str | os.PathLike) -> bool:
         """Continue the run in `run_dir` with its own settings."""
-        from napari_allbag.training.config import load_run_config
+        from napari_allbag.training.config import TrainingError, load_run_config
         from napari_allbag.training.curves import read_log
-        from napari_allbag.training.run import TrainingError
 
         try:
             saved = load_run_config(run_dir)
@@ -269,8 +313,7 @@ class TrainWidget(QWidget):
         config = saved.__class__.from_dict(
             {**saved.to_dict(), "data_dir": str(data_dir), "out_dir": str(run_dir), "resume": True}
         )
-        self._rows = read_log(Path(run_dir) / "log.csv")
-        self.curves.draw(self._rows)
+        self._rows = read_log(Path(run_dir) / "log.csv")  # the worker draws them first
         return self._launch(config)
 
     def _show_settings(self, config) -> None:
@@ -285,7 +328,6 @@ class TrainWidget(QWidget):
 
     def _launch(self, config) -> bool:
         from napari_allbag.model.devices import select_device
-        from napari_allbag.training.run import train
 
         if self.controls.is_running:
             return False
@@ -298,28 +340,25 @@ class TrainWidget(QWidget):
         self.last_error = None
         self.report.setPlainText("")
         self.stage_label.setText("starting…")
-        self._work = train(config)
+        self.curves.clear()
         return self.controls.start(
             _run_training,
-            self._work,
+            config,
+            _LiveCurves(self._rows, self.curves.size),
             on_result=self._on_result,
             on_error=self._on_error,
             on_aborted=self._on_aborted,
         )
 
     def cancel(self) -> None:
-        """Stop at the next batch; the checkpoint of the last finished epoch stays."""
+        """Stop now (inside the running batch); the checkpoint of the last finished epoch stays."""
         if self.controls.cancel():
-            self.stage_label.setText("cancelling after this batch…")
+            self.stage_label.setText("cancelling…")
 
     # ------------------------------------------------------------------ events
 
     def _on_progress(self, event: Progress) -> None:
-        text = STAGE_NAMES.get(event.stage, event.stage)
-        if event.stage in STAGE_STEPS:
-            text = f"Step {STAGE_STEPS[event.stage]} of {STEP_COUNT}: {text}"
-        if event.message:
-            text += f" — {event.message}"
+        text = step_text(event)  # "Step 2 of 5: segmenting 120/400", the core's numbered steps
         figures = [
             f"{key} {event.metrics[key]:.3g}"
             for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
@@ -334,7 +373,9 @@ class TrainWidget(QWidget):
         row = event.metrics.get("row")
         if row:
             self._rows.append(row)
-            self.curves.draw(self._rows)
+        image = event.metrics.get("image")
+        if image is not None:
+            self.curves.show(*image)
 
     def _on_result(self, result) -> None:
         from napari_allbag.io.settings import remember_bundle_dir
@@ -345,7 +386,6 @@ class TrainWidget(QWidget):
         self.stage_label.setText(
             f"Done: validation weighted F1 {f1:.3f} (ensemble). Bundle: {result.bundle_path}"
         )
-        self.curves.draw(result.history)
         remember_bundle_dir(result.bundle_path)
         classify = self.classify_widget()
         if classify is not None:
@@ -375,12 +415,7 @@ class TrainWidget(QWidget):
         )
 
     def _on_finished(self) -> None:
-        from napari_allbag.model.devices import release_memory
-
-        work, self._work = self._work, None
-        if work is not None:
-            work.close()  # runs the trainer's clean-up now (a cancelled worker leaves it paused)
-        release_memory(self._device)
+        # the trainer's clean-up (memory, the run folder's lock) ran in the worker thread
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if self.result is not None else 0)
 
@@ -395,25 +430,70 @@ class TrainWidget(QWidget):
 
 
 class _CurvesView:
-    """Live loss and accuracy curves in a matplotlib canvas (the figure object, no pyplot)."""
+    """The live loss and accuracy curves: an image the worker rendered, in a label (the GUI
+    thread never draws them). `size()` is the label's size, for the worker's next render."""
+
+    PLACEHOLDER = "Training curves appear after the first epoch."
 
     def __init__(self) -> None:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
+        self.widget = _ImageLabel(self.PLACEHOLDER)
+        self.shown = 0
 
-        self.figure = Figure(figsize=(5, 3.2), dpi=80)
-        self.widget = FigureCanvasQTAgg(self.figure)
-        self.widget.setMinimumHeight(220)
-        self.draws = 0
+    def size(self) -> tuple[int, int, float]:
+        return self.widget.size_px
 
-    def draw(self, rows: list[dict[str, Any]]) -> None:
-        from napari_allbag.training.curves import draw_curves
+    def show(self, rgba: Any, ratio: float = 1.0) -> None:
+        """Show an RGBA array (H x W x 4 uint8) rendered for `ratio` device pixels per pixel."""
+        height, width = rgba.shape[:2]
+        image = QImage(rgba.tobytes(), width, height, 4 * width, QImage.Format.Format_RGBA8888)
+        image.setDevicePixelRatio(ratio)
+        self.widget.show_image(image)
+        self.shown += 1
 
-        stages = list(dict.fromkeys(row["stage"] for row in rows))
-        current = [row for row in rows if stages and row["stage"] == stages[-1]]
-        draw_curves(self.figure, current)
-        self.widget.draw_idle()
-        self.draws += 1
+    def clear(self) -> None:
+        self.widget.show_image(None)
+
+
+class _ImageLabel(QLabel):
+    """A label showing one image, scaled to its size; keeps its size (and device pixel ratio)
+    where another thread can read it."""
+
+    def __init__(self, placeholder: str):
+        super().__init__(placeholder)
+        from qtpy.QtWidgets import QSizePolicy
+
+        self.placeholder = placeholder
+        self.image: QImage | None = None
+        self.size_px: tuple[int, int, float] = (400, 256, 1.0)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
+        self.setMinimumHeight(240)
+
+    def show_image(self, image: QImage | None) -> None:
+        self.image = image
+        if image is None:
+            self.setText(self.placeholder)
+        else:
+            self._fit()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        self.size_px = (max(1, self.width()), max(1, self.height()), self.devicePixelRatioF())
+        if self.image is not None:
+            self._fit()
+
+    def _fit(self) -> None:
+        pixmap = QPixmap.fromImage(self.image)
+        ratio = self.image.devicePixelRatio()
+        if (pixmap.width() / ratio, pixmap.height() / ratio) != (self.width(), self.height()):
+            pixmap = pixmap.scaled(
+                round(self.width() * ratio),
+                round(self.height() * ratio),
+                Qt.AspectRatioMode.KeepAspectRatio,
+                Qt.TransformationMode.SmoothTransformation,
+            )
+            pixmap.setDevicePixelRatio(ratio)
+        self.setPixmap(pixmap)
 
 
 def _bundle_backbone(bundle: Path, img_size: int | None) -> tuple[str, int | None]:
