@@ -4,8 +4,9 @@ Writes a tiled RGB BigTIFF in a temporary folder, tile by tile so that writing s
 memory, then segments it with `tiles.segment_large` (background auto, decided once from the whole
 image) in worker processes: tiles go to the workers, each worker reads and decodes its own tiles
 from the file, only the kept cells come back. Writing, reading and segmenting each run in a fresh
-process, so that their peak RSS (``getrusage`` ru_maxrss of the process and of its largest child;
-psutil's sampled sum of parent and workers where installed) are their own.
+process, so that their peak RSS (``getrusage`` ru_maxrss of the process; psutil's samples of
+each worker and of the sum of parent and workers, where psutil is installed) are their own; CPU
+seconds of the workers are psutil's too (forkserver workers are not this process's children).
 
 What the image holds (`--content`), which decides what zlib decoding costs:
 
@@ -169,12 +170,16 @@ def write_field(path: Path, size: int, compression: str | None, content: str) ->
     }
 
 
-class RssSampler(threading.Thread):
-    """Peak of this process's RSS plus its children's, sampled every 0.1 s (psutil)."""
+class Sampler(threading.Thread):
+    """Every 0.1 s (psutil): this process's RSS plus its descendants' (worker processes, and a
+    forkserver's workers, which are not this process's children), each descendant's peak RSS
+    and its CPU seconds so far (the last seen counts: up to 0.1 s per process is missed)."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.peak_mb = float("nan")
+        self.process_peak_mb: dict[int, float] = {}
+        self.process_cpu_s: dict[int, float] = {}
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -184,11 +189,16 @@ class RssSampler(threading.Thread):
             return
         me, peak = psutil.Process(), 0
         while not self._stop_event.wait(0.1):
-            try:
-                total = me.memory_info().rss
-                total += sum(c.memory_info().rss for c in me.children(recursive=True))
-            except psutil.Error:
-                continue
+            total = me.memory_info().rss
+            for child in me.children(recursive=True):
+                try:
+                    rss, cpu = child.memory_info().rss, child.cpu_times()
+                except psutil.Error:
+                    continue
+                total += rss
+                pid = child.pid
+                self.process_peak_mb[pid] = max(self.process_peak_mb.get(pid, 0), rss / 2**20)
+                self.process_cpu_s[pid] = cpu.user + cpu.system
             peak = max(peak, total)
             self.peak_mb = peak / 2**20
 
@@ -207,24 +217,24 @@ def segment_field(path: Path, args) -> dict:
     access, shape = image.access, image.shape
     image.close()
     options = TileOptions(args.tile, args.overlap, args.workers, False, args.keep_crops)
-    sampler = RssSampler()
+    sampler = Sampler()
     sampler.start()
-    start, cpu_before = time.perf_counter(), cpu_seconds()
+    start, cpu_before = time.perf_counter(), time.process_time()
     result = drive(segment_large(path, SegmentationParams(), options))
-    seconds = time.perf_counter() - start
-    own, workers = (after - before for after, before in zip(cpu_seconds(), cpu_before, strict=True))
+    seconds, own = time.perf_counter() - start, time.process_time() - cpu_before
+    total_peak = sampler.stop()
     return {
         "access": access,
         "mode": result.mode,
         "seconds": seconds,
         "megapixels_per_s": shape[0] * shape[1] / 1e6 / seconds,
         "cpu_s_parent": own,
-        "cpu_s_workers": workers,
+        "cpu_s_workers": sum(sampler.process_cpu_s.values()),
         "cells_found": result.n_cells,
         "message": result.message,
         "parent_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "largest_worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-        "sampled_total_peak_rss_mb": sampler.stop(),
+        "largest_worker_peak_rss_mb": max(sampler.process_peak_mb.values(), default=0.0),
+        "sampled_total_peak_rss_mb": total_peak,
     }
 
 
@@ -245,14 +255,6 @@ def read_windows(path: Path, args) -> dict:
         "cpu_s_per_megapixel_of_image": seconds / (image.shape[0] * image.shape[1] / 1e6),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-
-
-def cpu_seconds() -> tuple[float, float]:
-    """User + system CPU seconds of this process and of its (finished) children."""
-    own, children = (
-        resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-    )
-    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def run_step(step: str, path: Path, argv: list[str]) -> dict:
@@ -313,7 +315,8 @@ def run_one(args, compression: str) -> None:
             path = args.dir / f"bench-{args.content}-{args.size}-{compression}.tif"
         figures = {"write": {"reused": str(path)}} if path.exists() else {}
         for step in ("write", "read", "segment"):
-            figures.setdefault(step, run_step(step, path, passed))
+            if step not in figures:
+                figures[step] = run_step(step, path, passed)
         file_mb = path.stat().st_size / 2**20
     segmented, read = figures["segment"], figures["read"]
     print(

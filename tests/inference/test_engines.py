@@ -13,6 +13,7 @@ from napari_allbag.inference.classify import classify_crops
 from napari_allbag.model.bundle import LoadedBundle
 from napari_allbag.model.networks import Ensemble, Preprocess, decide
 from napari_allbag.progress import drive
+from tests.faults import refuse_writes
 from tests.model_factory import make_tiny_models
 
 SIZE = 64
@@ -114,6 +115,14 @@ def test_export_goes_to_the_user_cache_when_the_bundle_folder_cannot_be_written(
     blocker.write_text("a file where the bundle's .engines folder would go")
     assert engines.export_folder(blocker) == tmp_path / "cache" / "engines"
     assert engines.export_folder(tmp_path) == tmp_path / engines.EXPORT_FOLDER
+
+
+def test_an_export_that_cannot_be_cached_is_used_for_this_run_only(ensemble, tmp_path, monkeypatch):
+    refuse_writes(monkeypatch)  # the cache folder exists but every write fails (read-only, full)
+    with pytest.warns(RuntimeWarning, match="could not cache the ONNX export"):
+        path = engines.export_onnx(ensemble, SIZE, tmp_path)
+    assert path.is_file() and path.parent != tmp_path and path.stat().st_size > 0
+    assert list(tmp_path.iterdir()) == []  # nothing half-written in the cache folder
 
 
 def _without_fast_cpu(monkeypatch) -> None:

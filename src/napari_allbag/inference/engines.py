@@ -174,8 +174,30 @@ def export_onnx(ensemble: nn.Module, crop_size: int, folder: str | Path) -> Path
         data = _onnx_bytes(cpu_model, example)
     finally:
         cpu_model.train(was_training)
-    write_bytes_atomic(path, data)
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as error:  # a read-only or full cache folder must not stop the run
+        return _uncached_export(data, path, error)
     return path
+
+
+def _uncached_export(data: bytes, path: Path, error: OSError) -> Path:
+    """Write the export where this run alone uses it (removed at exit), and say it is not cached."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="allbag-engine-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    warnings.warn(
+        f"could not cache the ONNX export in {path.parent} ({error.strerror or error}); "
+        "this run uses a temporary copy and the next one exports again",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    temporary = folder / path.name
+    temporary.write_bytes(data)
+    return temporary
 
 
 def _cpu_copy(module: nn.Module) -> nn.Module:

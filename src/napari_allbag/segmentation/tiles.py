@@ -26,7 +26,8 @@ and for bright-field measures the scale and stain thresholds once (`image_levels
 them to every tile: the cells found then do not depend on the tile size.
 
 Memory: one window per worker in flight (a 2048 px tile with 256 px overlap is about 15 MB of
-RGB) plus the cells' rows and crops; no full-size label image unless asked (`keep_labels`): a
+RGB, and its TIFF tiles kept for the next window about as much again) plus the cells' rows and
+crops (of up to 4 tasks of `TILES_PER_TASK` tiles in flight); no full-size label image unless asked (`keep_labels`): a
 20,000 x 20,000 int32 label image alone is 1.6 GB. Cancel by no longer iterating the generator
 (closing it stops the worker pool).
 """
