@@ -7,7 +7,9 @@
 Candidates: eager fp32 PyTorch as `classify_crops` runs it today (the baseline: channels_last,
 inference_mode), eager without channels_last, bf16 autocast, torch.compile (inductor, frozen
 weights; compile time printed apart), dynamic int8 (Linear layers only), ONNX Runtime fp32 and
-static int8 (QDQ, calibrated on real crops), OpenVINO f32, bf16 and int8 (the same QDQ graph).
+static int8 (QDQ, calibrated on real crops), OpenVINO f32, bf16 and int8 (the same QDQ graph),
+OpenVINO f32 with the THROUGHPUT hint (streams, async queue) and NNCF int8 (all of the backbones,
+or with the stem kept fp32; needs `pip install nncf`, skipped without it).
 
 Weights are random (pretrained=False; speed does not depend on them), made to give varied
 predictions: BatchNorm statistics are recomputed on real crops and each head is scaled and
@@ -173,6 +175,9 @@ def build_candidates(
     add("onnxruntime", lambda: engines.onnxruntime_engine(onnx_path, batch).run)
     add("openvino", lambda: engines.openvino_engine(onnx_path, batch, "f32").run)
     add("openvino-bf16", lambda: engines.openvino_engine(onnx_path, batch, "bf16").run)
+    add("openvino-throughput", lambda: openvino_async(onnx_path, batch))
+    for name, keep in NNCF_VARIANTS.items():
+        add(name, lambda keep=keep: openvino_async(nncf_int8(onnx_path, calibration, keep), batch))
     if not {"ort-int8", "openvino-int8"} <= skip:
         start = time.perf_counter()
         int8_path = quantize_qdq(onnx_path, calibration, folder)
@@ -180,6 +185,62 @@ def build_candidates(
         add("ort-int8", lambda: engines.onnxruntime_engine(int8_path, batch).run)
         add("openvino-int8", lambda: engines.openvino_engine(int8_path, batch, "f32").run)
     return runners, setup
+
+
+#: NNCF int8 candidates: the parts of each backbone kept in fp32 (heads always kept fp32).
+NNCF_VARIANTS = {
+    "openvino-nncf-int8": (),
+    "openvino-nncf-int8-stem-fp32": (
+        "conv2d_1a",
+        "conv2d_2a",
+        "conv2d_2b",
+        "conv2d_3b",
+        "conv2d_4a",
+    ),
+}
+
+
+def nncf_int8(onnx_path: Path, crops: np.ndarray, keep_fp32: tuple[str, ...]):
+    """An OpenVINO model quantised by NNCF (int8, per-channel symmetric weights, min-max
+    activations calibrated on `crops`), the heads and the named backbone parts left in fp32."""
+    import nncf
+    import openvino as ov
+
+    patterns = [".*Gemm.*", ".*/head.*", *(f".*/backbone/{part}/.*" for part in keep_fp32)]
+    dataset = nncf.Dataset([crops[i : i + 4] for i in range(0, len(crops), 4)])
+    return nncf.quantize(
+        ov.Core().read_model(str(onnx_path)),
+        dataset,
+        subset_size=len(crops),
+        ignored_scope=nncf.IgnoredScope(patterns=patterns, validate=False),
+    )
+
+
+def openvino_async(model, batch: int) -> Runner:
+    """OpenVINO f32 precision hint, THROUGHPUT hint (streams), batches in an async queue."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(model)) if isinstance(model, Path) else model
+    config = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_NUM_THREADS": engines._threads(),
+        "PERFORMANCE_HINT": "THROUGHPUT",
+    }
+    compiled = core.compile_model(model, "CPU", config)
+    requests = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+
+    def run(crops: np.ndarray) -> np.ndarray:
+        queue, out = ov.AsyncInferQueue(compiled, requests), {}
+        queue.set_callback(
+            lambda request, i: out.__setitem__(i, request.get_output_tensor(0).data.copy())
+        )
+        for first in range(0, len(crops), batch):
+            queue.start_async({0: np.ascontiguousarray(crops[first : first + batch])}, first)
+        queue.wait_all()
+        return np.concatenate([out[key] for key in sorted(out)])
+
+    return run
 
 
 def _export(ensemble: Ensemble, size: int, folder: Path) -> Runner:
