@@ -102,7 +102,8 @@ def draw_curves(figure: Any, rows: Sequence[dict[str, Any]]) -> None:
             _mark_kept(axis, history, metric)
             kept = kept_epoch(history)
             title = f"{STAGE_TITLES.get(stage, stage)}: {label}"
-            axis.set_title(title + (f" (kept: epoch {kept})" if kept else ""), fontsize=9)
+            # the kept epoch on its own line: two titles side by side overlap in a narrow dock
+            axis.set_title(title + (f"\n(kept: epoch {kept})" if kept else ""), fontsize=9)
             axis.set_xlabel("epoch", fontsize=8)
             axis.tick_params(labelsize=7)
             axis.grid(alpha=0.3)
