@@ -13,6 +13,8 @@ from napari_allbag.model.calibration import (
     expected_calibration_error,
     fit_temperature,
     fit_temperatures,
+    golden_minimum,
+    log_softmax,
     reliability_bins,
     sensitivity_threshold,
 )
@@ -154,3 +156,22 @@ def test_threshold_by_hand_and_bad_input():
     with pytest.raises(ValueError, match="target"):
         sensitivity_threshold(p_all, labels, target=0.0)
     assert sensitivity_threshold([0.7], [1]).specificity is None
+
+
+def test_log_softmax_matches_the_direct_formula_and_survives_large_values():
+    values = np.array([[1.0, 2.0, 3.0], [1000.0, 1001.0, 999.0]])
+    expected = values - values.max(axis=1, keepdims=True)
+    expected = expected - np.log(np.exp(expected).sum(axis=1, keepdims=True))
+    result = log_softmax(values, axis=1)
+    assert np.isfinite(result).all()
+    assert result == pytest.approx(expected)
+    assert np.exp(result).sum(axis=1) == pytest.approx(np.ones(2))
+
+
+@pytest.mark.parametrize("minimum", [-2.3, 0.0, 1.7])
+def test_golden_minimum_finds_the_least_point_of_a_unimodal_function(minimum):
+    assert golden_minimum(lambda x: (x - minimum) ** 2, -3.0, 3.0, 1e-6) == pytest.approx(
+        minimum, abs=1e-5
+    )
+    # a minimum outside the interval: the search ends at the nearer bound
+    assert golden_minimum(lambda x: x, -3.0, 3.0, 1e-6) == pytest.approx(-3.0, abs=1e-5)

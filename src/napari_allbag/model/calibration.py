@@ -6,7 +6,7 @@ model's label (argmax is unchanged) but makes "0.88" mean "right 88 % of the tim
 are rescaled in log space: softmax(log p / T) equals softmax(logits / T), since log p differs from
 the logits only by a per-cell constant.
 
-Imports numpy and scipy only.
+Imports numpy only (no scipy: see `golden_minimum`).
 """
 
 from __future__ import annotations
@@ -16,14 +16,42 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
 
 #: The range T is searched in; a model needing more is broken, not miscalibrated.
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 ECE_BINS = 15
 #: Probabilities are clipped here before the log (a float32 softmax can give exact 0 or 1).
 _TINY = 1e-12
+
+
+def log_softmax(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """log(softmax(values)) along `axis`, computed stably (the largest value subtracted first)."""
+    shifted = values - values.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def golden_minimum(function, low: float, high: float, tolerance: float = 1e-4) -> float:
+    """Where a unimodal `function` is least on [low, high], to `tolerance` (golden-section search).
+
+    Plain Python rather than scipy.optimize: importing that in a worker thread held the GIL for
+    0.2-0.3 s and froze napari before the first epoch (benchmarks/bench_gui_latency.py).
+    """
+    a, b = low, high
+    c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
+    fc, fd = function(c), function(d)
+    while b - a > tolerance:
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - _GOLDEN * (b - a)
+            fc = function(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + _GOLDEN * (b - a)
+            fd = function(d)
+    return (a + b) / 2.0
 
 
 def _log_scores(scores, logits: bool) -> np.ndarray:
@@ -42,7 +70,7 @@ def fit_temperature(scores, labels, logits: bool = False) -> float:
     """The temperature T that minimises the NLL of `labels` under softmax(scores / T).
 
     `scores` are probabilities (N, classes) (default) or logits (`logits=True`); labels are class
-    indices. The NLL is convex in 1/T, so a bounded scalar search on log T finds the optimum; it is
+    indices. The NLL is convex in 1/T, so a golden-section search on log T finds the optimum; it is
     kept within `TEMPERATURE_BOUNDS`. Where every cell is already classified right, the NLL only
     falls as T goes to 0, so the split does not determine T: T = 1 is kept (no scaling rather than
     an extreme one that would make every later call look certain).
@@ -56,13 +84,8 @@ def fit_temperature(scores, labels, logits: bool = False) -> float:
     if np.array_equal(log_scores.argmax(axis=1), labels):
         return 1.0
     low, high = (math.log(bound) for bound in TEMPERATURE_BOUNDS)
-    result = minimize_scalar(
-        lambda log_t: _nll(log_scores, labels, math.exp(log_t)),
-        bounds=(low, high),
-        method="bounded",
-        options={"xatol": 1e-4},
-    )
-    best = float(math.exp(result.x))
+    log_t = golden_minimum(lambda value: _nll(log_scores, labels, math.exp(value)), low, high)
+    best = float(math.exp(log_t))
     return best if _nll(log_scores, labels, best) <= _nll(log_scores, labels, 1.0) else 1.0
 
 
