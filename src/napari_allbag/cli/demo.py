@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from napari_allbag.cli.options import add_device_option, fail
+from napari_allbag.progress import retold
 
 
 def register(subparsers) -> None:
@@ -126,24 +127,19 @@ def _printing_texts(work: Generator, quiet: bool) -> Generator:
     (data summary, notes) above the bars instead of squeezing them into a bar."""
     from tqdm import tqdm
 
-    try:
-        while True:
-            try:
-                event = next(work)
-            except StopIteration as stop:
-                return stop.value
-            metrics = event.metrics or {}
-            text = metrics.get("text")
-            if text is not None and not quiet and event.stage != "report":
-                tqdm.write(str(text))  # the report itself is printed at the end
-            figures = {
-                key: value
-                for key, value in metrics.items()
-                if key != "text" and isinstance(value, (int, float, str)) and len(str(value)) < 40
-            }
-            yield replace(event, metrics=figures) if figures != metrics else event
-    finally:
-        work.close()
+    def short_figures(event):
+        metrics = event.metrics or {}
+        text = metrics.get("text")
+        if text is not None and not quiet and event.stage != "report":
+            tqdm.write(str(text))  # the report itself is printed at the end
+        figures = {
+            key: value
+            for key, value in metrics.items()
+            if key != "text" and isinstance(value, (int, float, str)) and len(str(value)) < 40
+        }
+        return replace(event, metrics=figures) if figures != metrics else event
+
+    return retold(work, short_figures)
 
 
 def _open_viewer(bundle_path: Path, demo_dir: Path | None = None) -> int:

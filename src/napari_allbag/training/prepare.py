@@ -17,7 +17,7 @@ from napari_allbag.data.annotations import AnnotationError, check_classes, scan_
 from napari_allbag.data.bagging import make_bagging_subsets
 from napari_allbag.data.splits import split_train_val
 from napari_allbag.io.atomic import write_json_atomic, write_text_atomic
-from napari_allbag.progress import Progress
+from napari_allbag.progress import Progress, retold
 from napari_allbag.segmentation.crop_cache import (
     CROPS_FILE,
     CropCache,
@@ -94,13 +94,7 @@ def _cached_crops(config: TrainConfig, files: list[Path]) -> Generator[Progress,
     params = segmentation_params(config)
     cache_dir = config.cache_dir if config.cache_dir is not None else default_cache_dir()
     workers = config.workers if config.workers is not None else default_workers()
-    building = build_crop_cache(files, params, cache_dir, workers)
-    while True:
-        try:
-            event = next(building)
-        except StopIteration as stop:
-            return stop.value
-        yield _cache_step(event)
+    return (yield from retold(build_crop_cache(files, params, cache_dir, workers), _cache_step))
 
 
 def _cache_step(event: Progress) -> Progress:
