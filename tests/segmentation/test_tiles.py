@@ -10,7 +10,7 @@ import tifffile
 from napari_allbag.data.synthetic_brightfield import BrightfieldLook, make_brightfield_field
 from napari_allbag.io.images import ImageReadError, read_image
 from napari_allbag.progress import drive
-from napari_allbag.segmentation import SegmentationParams, segment_image
+from napari_allbag.segmentation import SegmentationParams, segment_image, tiles
 from napari_allbag.segmentation.brightfield import StainLevels, segment_brightfield
 from napari_allbag.segmentation.tiles import (
     LEVEL_GRID,
@@ -220,6 +220,42 @@ def test_ome_tiff_and_striped_tiff_read_by_chunks(tmp_path):
             _check_windows(image.array, reference)
         finally:
             image.close()
+
+
+@pytest.mark.parametrize(
+    "grey16, layout, predictor, byteorder",
+    [
+        (False, {"tile": (256, 256)}, False, "<"),
+        (False, {"rowsperstrip": 96}, True, "<"),  # the last strip is shorter
+        (True, {"tile": (256, 256)}, True, ">"),
+        (True, {"rowsperstrip": 96}, False, ">"),
+    ],
+)
+def test_zlib_chunks_inflated_by_isal_give_tifffiles_pixels(
+    tmp_path, monkeypatch, grey16, layout, predictor, byteorder
+):
+    monkeypatch.setattr(tiles, "_has_imagecodecs", lambda: False)  # else tifffile's libdeflate
+    noise = np.random.default_rng(3).integers(0, 40, (700, 900, 3), dtype=np.uint8)
+    reference = _pattern((700, 900)) + noise
+    if grey16:
+        reference = reference[..., 0].astype(np.uint16) * 250
+    path = tmp_path / "zlib.tif"
+    tifffile.imwrite(
+        path, reference, compression="zlib", predictor=predictor, byteorder=byteorder, **layout
+    )
+    image = open_large_image(path)
+    try:
+        assert image.array._inflate
+        for top, left, bottom, right in [
+            (0, 0, 700, 900),
+            (250, 250, 300, 530),
+            (690, 5, 700, 899),
+        ]:
+            assert np.array_equal(
+                image.array[top:bottom, left:right], reference[top:bottom, left:right]
+            )
+    finally:
+        image.close()
 
 
 def test_uncompressed_tiff_is_memory_mapped_and_other_formats_loaded(tmp_path):

@@ -5,7 +5,9 @@ loading it (`open_large_image`): an uncompressed contiguous TIFF is memory-mappe
 (``tifffile.memmap``); a tiled, striped or compressed one (OME-TIFF, pyramidal TIFF with SubIFDs
 or with pages) is read region by region by `TiffChunkReader`, which decodes only the TIFF tiles
 or strips a region touches (tifffile's own ``TiffPage.decode``; no zarr needed, which this
-project does not depend on). Pyramids give their full-resolution level. Other formats are read
+project does not depend on). zlib chunks of the common layouts are inflated with ISA-L (the
+`isal` dependency) instead: without imagecodecs, tifffile falls back to the standard library's
+zlib, twice as slow, and inflating was a third of the workers' time on a 20,000 px zlib TIFF. Pyramids give their full-resolution level. Other formats are read
 whole with `read_image`.
 
 `segment_tiled` then runs any per-image segmentation ``segment_fn(image, params, source) ->
@@ -46,6 +48,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    from isal import isal_zlib
+except ImportError:  # pragma: no cover - isal is a dependency
+    isal_zlib = None
+
 from napari_allbag.io.images import ImageReadError, read_image, to_rgb_uint8
 from napari_allbag.io.ordered_pool import ordered_map
 from napari_allbag.progress import Progress
@@ -61,6 +68,8 @@ DEFAULT_OVERLAP = 256
 TILES_PER_TASK = 4
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".svs", ".ome.tif", ".ome.tiff")
 _TILEABLE_DTYPES = (np.uint8, np.uint16, np.bool_)
+#: TIFF compression codes of zlib: Adobe deflate and the older deflate.
+_ZLIB_CODES = (8, 32946)
 
 SegmentFn = Callable[[np.ndarray, Any, str], SegmentationResult]
 
@@ -96,6 +105,7 @@ class TiffChunkReader:
         else:
             self._chunk = (page.rowsperstrip or page.imagelength, page.imagewidth)
         self._chunks_across = math.ceil(page.imagewidth / self._chunk[1])
+        self._inflate = _inflatable(page)
         self._last_read: dict[int, tuple[np.ndarray, tuple[int, int]] | None] = {}
         self.chunks_decoded = 0
 
@@ -131,7 +141,7 @@ class TiffChunkReader:
         except Exception as error:  # noqa: BLE001 - codecs raise many kinds of errors
             compression = getattr(self._page.compression, "name", self._page.compression)
             hint = ""
-            if importlib.util.find_spec("imagecodecs") is None:
+            if not _has_imagecodecs():
                 hint = (
                     "; TIFFs compressed otherwise than zlib (LZW, JPEG, ...) need imagecodecs: "
                     "pip install 'napari-allbag[tiff]'"
@@ -149,8 +159,57 @@ class TiffChunkReader:
             self.chunks_decoded += 1
         if not data:
             return None  # an empty chunk: zeros
+        if self._inflate:
+            inflated = self._inflated(data, index)
+            if inflated is not None:
+                return inflated
         segment, position, _ = page.decode(data, index, jpegtables=page.jpegtables)
         return segment[0], (position[2], position[3])
+
+    def _inflated(self, data: bytes, index: int) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """zlib chunk `index` inflated by ISA-L, as `_decode` gives it; None where the data is
+        short or corrupt (tifffile then decodes it, or says why not)."""
+        page, (rows, cols) = self._page, self._chunk
+        top, left = divmod(index, self._chunks_across)
+        top, left = top * rows, left * cols
+        if not page.is_tiled:
+            rows = min(rows, page.imagelength - top)  # the last strip may be shorter
+        stored = np.dtype(page.dtype).newbyteorder(page.parent.byteorder)
+        count = rows * cols * page.samplesperpixel
+        try:
+            raw = isal_zlib.decompress(data, bufsize=count * stored.itemsize)
+        except isal_zlib.error:
+            return None
+        if len(raw) < count * stored.itemsize:
+            return None
+        pixels = np.frombuffer(raw, stored, count).reshape(rows, cols, page.samplesperpixel)
+        pixels = pixels.astype(page.dtype, copy=False)  # native byte order
+        if page.predictor == 2:  # horizontal differencing, modulo 2**bits like the writer's
+            pixels = np.cumsum(pixels, axis=1, dtype=pixels.dtype)
+        return pixels, (top, left)
+
+
+def _inflatable(page) -> bool:
+    """True where `TiffChunkReader._inflated` decodes the page's chunks: zlib, unsigned 8- or
+    16-bit samples interleaved, no predictor or the horizontal one, and no imagecodecs (with it
+    tifffile inflates with libdeflate, about 15 % faster than ISA-L)."""
+    return (
+        isal_zlib is not None
+        and page.compression in _ZLIB_CODES
+        and page.predictor in (1, 2)
+        and np.dtype(page.dtype) in (np.uint8, np.uint16)
+        and page.bitspersample == np.dtype(page.dtype).itemsize * 8
+        and page.sampleformat == 1
+        and page.fillorder == 1
+        and page.planarconfig == 1
+        and page.imagedepth == 1
+        and not page.is_subsampled
+        and not _has_imagecodecs()
+    )
+
+
+def _has_imagecodecs() -> bool:
+    return importlib.util.find_spec("imagecodecs") is not None
 
 
 def _paste(chunk: tuple[np.ndarray, tuple[int, int]], out: np.ndarray, top: int, left: int):
