@@ -1,6 +1,6 @@
 """Bright-field white-cell detection on the real development sample: counts, IoU, speed.
 
-Usage: python benchmarks/bench_brightfield.py [--data DIR] [--verbose]
+Usage: python benchmarks/bench_brightfield.py [--data DIR] [--verbose] [--robustness]
 
 DIR defaults to <repo>/../shared/data/brightfield_sample (or $ALLBAG_SHARED_DATA/brightfield_sample).
 Per image kind (fields, crops) it prints the fraction of images with the exact white-cell count
@@ -9,6 +9,11 @@ where masks exist whether any returned cell overlaps no white cell of the mask (
 platelet or debris returned as a white cell) and the mean IoU of the mask's white cells with
 the found hulls; then the time for one 2000 x 1500 field on one core.
 Targets (issue 10): exact count >= 90% of fields, one centred cell >= 95% of crops, no red cell.
+
+With --robustness, instead: the exact-count figures again on every image after each of a set of
+changes a different microscope, camera or scanner makes (scale 0.5-2x, 20% less light, gamma
+0.8 / 1.3, warmer / cooler white balance, JPEG quality 50, sensor noise): a method fitted to
+these 40 files breaks under them; one that generalises keeps its counts.
 """
 
 from __future__ import annotations
@@ -122,14 +127,79 @@ def time_large_field(data: Path, repeats: int = 5) -> None:
     )
 
 
+def _resized(factor: float):
+    kind = cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC
+    return lambda image: cv2.resize(image, None, fx=factor, fy=factor, interpolation=kind)
+
+
+def _graded(function):
+    return lambda image: np.clip(function(image.astype(np.float32)), 0, 255).astype(np.uint8)
+
+
+def _jpeg(quality: int):
+    def apply(image):
+        _, data = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        return cv2.imdecode(data, cv2.IMREAD_COLOR)[:, :, ::-1]
+
+    return apply
+
+
+def _noisy(sigma: float):
+    return _graded(lambda x: x + np.random.default_rng(0).normal(0, sigma, x.shape))
+
+
+#: What another microscope, camera or scanner changes, as functions of an RGB uint8 image.
+CHANGES = {
+    "unchanged": lambda image: image,
+    "scale 0.5": _resized(0.5),
+    "scale 0.75": _resized(0.75),
+    "scale 1.5": _resized(1.5),
+    "scale 2": _resized(2.0),
+    "20% less light": _graded(lambda x: 0.8 * x),
+    "gamma 0.8": _graded(lambda x: 255 * (x / 255) ** 0.8),
+    "gamma 1.3": _graded(lambda x: 255 * (x / 255) ** 1.3),
+    "warmer": _graded(lambda x: x * np.float32([1.08, 1.0, 0.92])),
+    "cooler": _graded(lambda x: x * np.float32([0.92, 1.0, 1.08])),
+    "JPEG q50": _jpeg(50),
+    "noise sd 6": _noisy(6.0),
+}
+
+
+def robustness(data: Path) -> None:
+    """Exact counts per image kind under each of `CHANGES`, and the images that miss."""
+    params = SegmentationParams(background="bright")
+    rows = read_tsv(data / "MANIFEST.tsv")
+    images = [(row, read_image(data / row["relpath"])) for row in rows]
+    totals: dict[str, list[int]] = {}
+    for name, change in CHANGES.items():
+        exact: dict[str, list[bool]] = {}
+        misses = []
+        for row, image in images:
+            found = segment_brightfield(change(image), params).n_cells
+            exact.setdefault(row["kind"], []).append(found == int(row["wbc_count"]))
+            if found != int(row["wbc_count"]):
+                misses.append(f"{Path(row['relpath']).stem} {found}/{row['wbc_count']}")
+        for kind, hits in exact.items():
+            totals.setdefault(kind, [0, 0])
+            totals[kind][0] += sum(hits)
+            totals[kind][1] += len(hits)
+        counts = "  ".join(f"{kind} {sum(h)}/{len(h)}" for kind, h in exact.items())
+        print(f"{name:15s} {counts}  misses: {', '.join(misses) or '-'}", flush=True)
+    print("all changes    ", "  ".join(f"{k} {a}/{n}" for k, (a, n) in totals.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=default_data_dir())
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--robustness", action="store_true", help="counts under image changes")
     args = parser.parse_args(argv)
     if not (args.data / "MANIFEST.tsv").is_file():
         print(f"bright-field sample not found at {args.data}", file=sys.stderr)
         return 1
+    if args.robustness:
+        robustness(args.data)
+        return 0
     evaluate(args.data, args.verbose)
     time_large_field(args.data)
     return 0

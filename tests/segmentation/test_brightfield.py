@@ -19,9 +19,12 @@ from napari_allbag.segmentation import (
     segment_image,
 )
 from napari_allbag.segmentation.brightfield import (
+    _domes,
     _sanity_message,
     _Scene,
     detect_background,
+    field_stop_mask,
+    neutral_black,
     red_cell_radius,
     segment_auto,
     segment_brightfield,
@@ -440,3 +443,87 @@ def test_generated_fields_give_every_white_cell_all_and_hem_alike_and_nothing_el
         hits.append(inside[0] if len(inside) == 1 else None)
     assert None not in hits and len(set(hits)) == len(hits), hits  # no red cell, none twice
     assert set(hits) == set(range(truth.n_white)), [c.label for c in truth.white_cells]
+
+
+DEEP_NUCLEUS = (46, 18, 72)  # a deeply stained nucleus in a dim exposure: grey under 40, purple
+
+
+def test_a_nucleus_darker_than_the_black_level_is_still_a_nucleus():
+    image, _ = smear(seed=21, keep_clear=[(200, 250, 30)])
+    draw_white_cell(image, 200, 250)
+    cv2.circle(image, (250, 200), 13, DEEP_NUCLEUS, -1, cv2.LINE_AA)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    assert grey[200, 250] < 40  # as dark as a field stop, but purple
+    assert not neutral_black(image, grey)[200, 250]
+    result = segment_brightfield(image)
+    assert result.n_cells == 1
+    assert result.labels[200, 250] > 0
+    nucleus = (np.hypot(*np.mgrid[-200:200, -250:250]) <= 11) & (result.labels == 0)
+    assert not nucleus.any()  # no hole where the nucleus is darkest
+
+
+def test_a_dark_purple_nucleus_cut_by_the_border_is_not_a_field_stop():
+    image, _ = smear(seed=22, keep_clear=[(200, 0, 40)])
+    cv2.circle(image, (0, 200), 34, CYTOPLASM, -1, cv2.LINE_AA)
+    cv2.circle(image, (0, 200), 26, DEEP_NUCLEUS, -1, cv2.LINE_AA)  # 0.2 % of the image
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    assert not field_stop_mask(grey, neutral_black(image, grey)).any()
+    stopped = image.copy()
+    stopped[:, :30] = 3  # a real (neutral) black border is one
+    grey = cv2.cvtColor(stopped, cv2.COLOR_RGB2GRAY)
+    assert field_stop_mask(grey, neutral_black(stopped, grey))[:, :30].all()
+
+
+def test_chromatin_granules_of_an_enlarged_crop_are_not_taken_for_red_cells():
+    rng = np.random.default_rng(23)
+    image = np.zeros((600, 600, 3), np.uint8)
+    image[:] = BACKGROUND
+    cv2.circle(image, (300, 300), 220, CYTOPLASM, -1, cv2.LINE_AA)
+    cv2.circle(image, (300, 300), 170, NUCLEUS, -1, cv2.LINE_AA)
+    for row, col in rng.uniform(160, 440, (60, 2)).astype(int):  # dark compact granules
+        cv2.circle(image, (int(col), int(row)), 4, DEEP_NUCLEUS, -1, cv2.LINE_AA)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    stain = stain_channel(image)
+    valid = np.ones(grey.shape, bool)
+    _, how = red_cell_radius(grey, valid)
+    assert "red cells" in how and "crop" not in how  # without the stain: granules measured
+    radius, how = red_cell_radius(grey, valid, stain > 170)
+    assert "a crop" in how and radius == 60.0
+    assert segment_brightfield(image).n_cells == 1
+
+
+def _rescaled(image, factor):
+    return cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
+
+
+def test_real_images_keep_their_count_in_a_dimmer_exposure_and_enlarged():
+    """Exposure and resolution differ between microscopes: 20 % less light, or a crop at 1.5x
+    its size, must not change what is found (a nucleus darker than grey 40 was once taken
+    for black; an enlarged crop's chromatin granules for red cells)."""
+    bright = shared_data("brightfield_sample")
+    for row in _manifest(bright):
+        image = read_image(bright / row["relpath"])
+        found = segment_brightfield(image).n_cells
+        if found != int(row["wbc_count"]):
+            continue  # only images that are right to begin with
+        dim = (image * 0.8).astype(np.uint8)
+        assert segment_brightfield(dim).n_cells == found, (row["relpath"], "dim")
+        if row["kind"] == "crops":
+            enlarged = segment_brightfield(_rescaled(image, 1.5)).n_cells
+            assert enlarged == found, (row["relpath"], "x1.5")
+
+
+def test_a_dome_with_two_tips_is_one_dome_and_two_discs_with_a_neck_are_two():
+    one = np.zeros((41, 41), np.uint8)
+    cv2.circle(one, (20, 20), 18, 1, -1)
+    distance = cv2.distanceTransform(one, cv2.DIST_L2, 3)
+    top = distance.max()
+    distance[20, 19] = distance[20, 21] = top  # two tips of one height, apart by a lower pixel
+    distance[19:22, 20] = top - 0.5
+    assert _domes(distance, 5.0, 10.0)[1] == 1
+    two = np.zeros((41, 81), np.uint8)
+    cv2.circle(two, (20, 20), 18, 1, -1)
+    cv2.circle(two, (60, 20), 18, 1, -1)
+    cv2.line(two, (20, 20), (60, 20), 1, 5)
+    markers, n = _domes(cv2.distanceTransform(two, cv2.DIST_L2, 3), 5.0, 10.0)
+    assert n == 2 and markers[20, 20] != markers[20, 60]

@@ -12,15 +12,18 @@ measurement against the masks of the development sample (docs/image-kinds.md): a
 saturation, CMYK magenta and yellow, B-G, B-R, 1-G and Lab -b*, the ratio separates white-cell
 pixels best on smear fields (AUC 0.98) and, thresholded, finds nuclei rather than red cells.
 
-Steps (all sizes relative to the image's own scale, the median radius of its isolated red cells;
-single-cell crops with too few whole red cells fall back to a tenth of the image side):
+Steps (all sizes relative to the image's own scale, the median radius of its isolated red cells,
+compact dark objects that are not purple; single-cell crops with too few whole red cells fall
+back to a tenth of the image side):
 
-1. black field stop (dark pixels connected to the border) excluded from every statistic;
+1. black field stop (dark regions touching the border, mostly neutral black) and other neutral
+   near-black pixels excluded from every statistic (a nucleus's darkest pixels stay: they are
+   purple however dim the exposure);
 2. nuclei = stain above the upper threshold of a three-class Otsu (background / red cells and
    cytoplasm / nuclei) of the valid pixels, opened to drop specks;
 3. lobes closer than about one red-cell radius are grouped into one white cell (a neutrophil's
    segmented nucleus is one cell); a group holding two or more nuclei at least as thick as a
-   red cell (distance-transform domes with a neck between them, the h-maxima) is split by a
+   red cell (distance-transform domes with a neck between them, caps of the h-dome transform) is split by a
    watershed, and each part's cytoplasm is what lies nearer to it than to the others; nuclei
    pressed together along a wide front (no neck) are cut between two deep concavities of their
    outline when that leaves two compact parts each as large as a lone nucleus (fields only: a
@@ -45,7 +48,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_multiotsu
-from skimage.morphology import h_maxima
+from skimage.morphology import reconstruction
 from skimage.segmentation import watershed
 
 from napari_allbag.progress import Progress, drive
@@ -64,6 +67,11 @@ from napari_allbag.segmentation.dark import (
 
 #: Pixels darker than this (grey level) may belong to a black background or field stop.
 _BLACK = 40
+#: ... if they are also neutral: channels differing by less than this (max - min). A nucleus
+#: stains dark but purple: on the sample its pixels under grey 40 differ by 67 to 156 (5th
+#: percentile to median; 54 and up in a 20% darker exposure); field-stop pixels by 3 to 6
+#: (median), 47 at the 99th percentile of its coloured rim.
+_BLACK_CHROMA = 48
 _BLACK_IMAGE = "no cell found: the image is black (or all field stop), no bright-field smear"
 #: Fewer isolated red cells than this: the scale falls back to a fraction of the image side.
 _MIN_RED_CELLS = 20
@@ -165,8 +173,28 @@ def stain_channel(image: np.ndarray) -> np.ndarray:
     return cv2.divide(blue, total, scale=384.0, dtype=cv2.CV_8U)  # 0 where the pixel is black
 
 
-def field_stop_mask(grey: np.ndarray) -> np.ndarray:
-    """Near-black regions touching the image border (a microscope's field stop), as bool."""
+def neutral_black(image: np.ndarray, grey: np.ndarray) -> np.ndarray:
+    """Pixels both near-black and neutral (bool): a field stop or a black border, not the
+    darkest pixels of a deeply stained nucleus, which are purple however dark the exposure."""
+    dark = (grey < _BLACK).view(np.uint8)
+    n_dark = cv2.countNonZero(dark)
+    if n_dark > 0.02 * dark.size:  # a field stop: the chroma of every pixel
+        red, green, blue = cv2.split(image)
+        chroma = cv2.max(cv2.max(red, green), blue) - cv2.min(cv2.min(red, green), blue)
+        return dark.view(bool) & (chroma < _BLACK_CHROMA)
+    black = np.zeros(grey.shape, bool)
+    if n_dark:  # a few dark pixels (nuclei, specks): only theirs
+        cols, rows = cv2.findNonZero(dark).reshape(-1, 2).T
+        pixels = image[rows, cols]
+        neutral = (pixels.max(axis=1) - pixels.min(axis=1)) < _BLACK_CHROMA
+        black[rows[neutral], cols[neutral]] = True
+    return black
+
+
+def field_stop_mask(grey: np.ndarray, black: np.ndarray) -> np.ndarray:
+    """Dark regions touching the image border (a microscope's field stop), as bool: large ones
+    (0.2% of the image) mostly neutral black (`neutral_black`), their coloured rim included; a
+    purple nucleus cut by the border, however dark, is not a stop."""
     dark = (grey < _BLACK).view(np.uint8)
     contours, _ = cv2.findContours(dark, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     height, width = grey.shape
@@ -175,15 +203,22 @@ def field_stop_mask(grey: np.ndarray) -> np.ndarray:
         left, top, w, h = cv2.boundingRect(contour)
         on_border = left == 0 or top == 0 or left + w == width or top + h == height
         if on_border and cv2.contourArea(contour) > 0.002 * grey.size:
-            cv2.drawContours(stop, [contour], -1, 1, thickness=cv2.FILLED)
-    stop &= dark  # a filled outline may hold brighter islands; only the dark pixels are stop
+            region = np.zeros((h, w), np.uint8)
+            cv2.drawContours(region, [contour - np.array([left, top])], -1, 1, cv2.FILLED)
+            region &= dark[top : top + h, left : left + w]
+            if np.count_nonzero(
+                black[top : top + h, left : left + w][region > 0]
+            ) * 2 >= np.count_nonzero(region):
+                stop[top : top + h, left : left + w] |= region
     if stop.any():  # the stop's blurred rim is neither stop nor smear
         rim = max(3, round(0.01 * max(height, width)))
         stop = cv2.dilate(stop, np.ones((rim, rim), np.uint8))
     return stop.view(bool)
 
 
-def red_cell_radius(grey: np.ndarray, valid: np.ndarray) -> tuple[float, str]:
+def red_cell_radius(
+    grey: np.ndarray, valid: np.ndarray, purple: np.ndarray | None = None
+) -> tuple[float, str]:
     """Radius of the image's whole isolated red cells, and how it was found (the image's scale).
 
     Red cells are the objects darker than the pale background (grey Otsu); where they touch in a
@@ -196,14 +231,14 @@ def red_cell_radius(grey: np.ndarray, valid: np.ndarray) -> tuple[float, str]:
     """
     hist = np.bincount(grey[valid], minlength=256)
     first = _otsu(hist)
-    best = _compact_dark_objects(grey, valid, first)
+    best = _compact_dark_objects(grey, valid, first, purple=purple)
     if len(best) < _MIN_RED_CELLS:  # touching red cells: try their darker cores
-        cores = _compact_dark_objects(grey, valid, _otsu(hist[: first + 1]))
+        cores = _compact_dark_objects(grey, valid, _otsu(hist[: first + 1]), purple=purple)
         best = cores if len(cores) >= 2 * _MIN_RED_CELLS else best  # many, or it is granules
     for depth in _CONTACT_EROSIONS:
         if len(best) >= _MIN_RED_CELLS:
             break
-        best = _compact_dark_objects(grey, valid, first, depth)
+        best = _compact_dark_objects(grey, valid, first, depth, purple)
     if len(best) >= _MIN_RED_CELLS:
         radii, areas = np.array(best).T
         order = np.argsort(radii)
@@ -215,10 +250,12 @@ def red_cell_radius(grey: np.ndarray, valid: np.ndarray) -> tuple[float, str]:
 
 
 def _compact_dark_objects(
-    grey, valid, threshold: int, erosion: int = 0
+    grey, valid, threshold: int, erosion: int = 0, purple=None
 ) -> list[tuple[float, float]]:
     """(radius, area) of compact objects darker than `threshold`, clear of the border; with
-    `erosion`, of the mask eroded by that many pixels (radius and area of the uneroded disc)."""
+    `erosion`, of the mask eroded by that many pixels (radius and area of the uneroded disc);
+    with `purple` (bool, nucleus-stained pixels), objects mostly purple are left out (a
+    nucleus's chromatin granules, dozens in an enlarged crop of one white cell)."""
     darker = ((grey < threshold) & valid).view(np.uint8)
     darker = cv2.morphologyEx(darker, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     if erosion:
@@ -232,9 +269,19 @@ def _compact_dark_objects(
         if area < 12 or left == 0 or top == 0 or left + w >= width or top + h >= height:
             continue
         if area > 0.9 * cv2.contourArea(cv2.convexHull(contour)):
+            if purple is not None and _mostly(purple, contour, left, top, w, h):
+                continue
             radius = math.sqrt(area / math.pi) + erosion
             found.append((radius, math.pi * radius**2))
     return found
+
+
+def _mostly(mask: np.ndarray, contour, left: int, top: int, w: int, h: int) -> bool:
+    """Whether at least half the pixels inside `contour` are set in the bool `mask`."""
+    inside = np.zeros((h, w), np.uint8)
+    cv2.drawContours(inside, [contour - np.array([left, top])], -1, 1, cv2.FILLED)
+    box = mask[top : top + h, left : left + w]
+    return 2 * np.count_nonzero(box[inside > 0]) >= np.count_nonzero(inside)
 
 
 @dataclass(frozen=True)
@@ -395,18 +442,24 @@ def measure_levels(windows: Iterable[np.ndarray]) -> StainLevels | str:
 
 
 def _valid_pixels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Grey, the field stop, and the pixels that are neither stop nor black (bool)."""
+    """Grey, the field stop, and the pixels that are neither stop nor neutral black (bool)."""
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    stop = field_stop_mask(grey)
-    return grey, stop, ~stop & (grey >= _BLACK)
+    black = neutral_black(image, grey)
+    stop = field_stop_mask(grey, black)
+    return grey, stop, ~stop & ~black
 
 
 def _measures(grey, stain, valid) -> tuple[np.ndarray, float, bool]:
     """The valid pixels' stain histogram, the red-cell radius, whether it was measured (not a
-    crop's guess)."""
+    crop's guess). Red cells are measured among the unstained pixels: a nucleus's dark
+    chromatin granules are compact dark objects too (an enlarged crop of one white cell holds
+    dozens), but purple."""
     hist = np.bincount(stain[valid], minlength=256)
+    purple = stain > _nucleus_threshold(hist) if np.count_nonzero(hist) >= 3 else None
     shrink = 2 if min(grey.shape) >= 1000 else 1  # the scale needs no more pixels than this
-    radius, how = red_cell_radius(grey[::shrink, ::shrink], valid[::shrink, ::shrink])
+    if purple is not None:
+        purple = purple[::shrink, ::shrink]
+    radius, how = red_cell_radius(grey[::shrink, ::shrink], valid[::shrink, ::shrink], purple)
     return hist, radius * shrink, _CROP_GUESS not in how
 
 
@@ -538,8 +591,7 @@ def _split_touching(lobes: np.ndarray, group: np.ndarray, radius: float) -> list
         return [lobes]
     distance = _inside_distance(filled)
     neck = max(_NECK_DEPTH * radius, _NECK_SHARE * float(distance.max()))
-    domes = h_maxima(distance, neck).astype(bool) & (distance >= _DOME * radius)
-    markers, n_peaks = ndi.label(domes, structure=np.ones((3, 3)))  # a plateau is one dome
+    markers, n_peaks = _domes(distance, neck, _DOME * radius)
     if n_peaks == 1:
         markers, n_peaks = _dome_and_rest(filled, markers, radius)
     elif area < 2 * dome_area:  # too small for two domes
@@ -551,6 +603,25 @@ def _split_touching(lobes: np.ndarray, group: np.ndarray, radius: float) -> list
     parts = watershed(-distance, markers, mask=group > 0)  # the nuclei's own domes decide
     split = [(lobes & (parts == k)).view(np.uint8) for k in range(1, n_peaks + 1)]
     return [part for part in split if cv2.countNonZero(part) > 0]
+
+
+def _domes(distance: np.ndarray, depth: float, height: float) -> tuple[np.ndarray, int]:
+    """Labels of the domes of `distance` rising at least `depth` above every neck to a
+    higher one and at least `height` high, and their number. Each dome is its whole cap above
+    the neck (the support of the h-dome transform), so a dome with two tips at about the same
+    height is one dome; `h_maxima`'s own markers are the tips, which need not touch."""
+    caps = distance - reconstruction(distance - depth, distance, method="dilation")
+    labels, n = ndi.label(caps > 0, structure=np.ones((3, 3)))
+    if n == 0:
+        return labels, 0
+    index = np.arange(1, n + 1)
+    rise = ndi.maximum(caps, labels, index)
+    top = ndi.maximum(distance, labels, index)
+    kept = index[(rise >= depth * (1 - 1e-5)) & (top >= height)]
+    markers = np.zeros(labels.shape, np.int32)
+    for k, label in enumerate(kept, start=1):
+        markers[labels == label] = k
+    return markers, len(kept)
 
 
 def _dome_and_rest(filled: np.ndarray, dome: np.ndarray, radius: float) -> tuple[np.ndarray, int]:
