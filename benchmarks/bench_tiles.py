@@ -23,6 +23,11 @@ time: the share of the work that is reading and decoding the TIFF.
 
     python benchmarks/bench_tiles.py [--size 20000] [--workers 2] [--compression zlib]
         [--content fields|generated|discs] [--tile 2048] [--overlap 256] [--keep-crops] [--dir DIR]
+        [--check-count]
+
+`--check-count` segments each block of a fields or generated mosaic alone too, with its own
+levels, and prints the sum: the tiled run, with levels measured once on windows of the whole
+image, should find about as many (cells cut at the seams between blocks differ).
 
 Target (issue 10): at least 20 megapixels/s on 2 cores, in bounded memory (report the peak).
 """
@@ -129,11 +134,38 @@ def band_painter(content: str, size: int):
         for row in range(top, top + height):
             block_row, inner = divmod(row, BLOCK)
             for col in range(across):
-                block = blocks[(block_row * 7 + col * 3) % len(blocks)]
+                block = blocks[block_index(block_row, col, len(blocks))]
                 out[row - top, col * BLOCK : (col + 1) * BLOCK] = block[inner]
         return out[:, :size]
 
     return band, 0
+
+
+def block_index(block_row: int, block_col: int, n_blocks: int) -> int:
+    """Which of the mosaic's field blocks lies at (block_row, block_col)."""
+    return (block_row * 7 + block_col * 3) % n_blocks
+
+
+def cells_of_blocks_alone(size: int, content: str) -> int:
+    """White cells the mosaic holds by the segmentation of each of its blocks alone (each with
+    its own levels; the far row and column cut as in the image): what the tiled run should find,
+    but for cells cut at the seams between blocks."""
+    from napari_allbag.segmentation import SegmentationParams
+    from napari_allbag.segmentation.brightfield import segment_brightfield
+
+    blocks, across = mosaic_blocks(content), math.ceil(size / BLOCK)
+    counts: dict[tuple[int, int, int], int] = {}
+    total = 0
+    for block_row in range(across):
+        for block_col in range(across):
+            index = block_index(block_row, block_col, len(blocks))
+            height, width = min(BLOCK, size - block_row * BLOCK), min(BLOCK, size - block_col * BLOCK)
+            key = (index, height, width)
+            if key not in counts:
+                piece = np.ascontiguousarray(blocks[index][:height, :width])
+                counts[key] = segment_brightfield(piece, SegmentationParams()).n_cells
+            total += counts[key]
+    return total
 
 
 def tiles_of(band, size: int):
@@ -280,6 +312,11 @@ def parse(argv=None):
     parser.add_argument("--content", choices=("fields", "generated", "discs"), default="fields")
     parser.add_argument("--keep-crops", action="store_true", help="keep every cell's 299 px crop")
     parser.add_argument(
+        "--check-count",
+        action="store_true",
+        help="also segment each mosaic block alone and print the cells they hold (fields, generated)",
+    )
+    parser.add_argument(
         "--dir", type=Path, default=None, help="keep the TIFF there (reused when present)"
     )
     for step in ("write", "read", "segment"):
@@ -336,6 +373,9 @@ def run_one(args, compression: str) -> None:
         f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}",
         flush=True,
     )
+    if args.check_count and args.content != "discs":
+        alone = cells_of_blocks_alone(args.size, args.content)
+        print(f"=> each block alone: {alone} cells; tiled run: {segmented['cells_found']}")
 
 
 if __name__ == "__main__":
