@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 from napari_allbag.io import ordered_pool, png
+from napari_allbag.io.allocator import tune_allocator
 from napari_allbag.io.images import find_images, read_image
 from napari_allbag.io.ordered_pool import ordered_map
 from napari_allbag.segmentation.dark import (
@@ -392,6 +393,8 @@ def main() -> int:
     )
     print(f"data: {len(paths)} cells from {args.data}; crops {params.crop_size}x{params.crop_size}")
     cv2.setNumThreads(1)
+    tuned = tune_allocator()  # as the command line does (NAPARI_ALLBAG_MALLOC=default: glibc's own)
+    print(f"allocator: {'fixed thresholds (io.allocator)' if tuned else 'the C library default'}")
     if args.auto_cost:
         auto_cost(args, paths)
         return 0

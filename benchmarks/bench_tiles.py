@@ -159,7 +159,10 @@ def cells_of_blocks_alone(size: int, content: str) -> int:
     for block_row in range(across):
         for block_col in range(across):
             index = block_index(block_row, block_col, len(blocks))
-            height, width = min(BLOCK, size - block_row * BLOCK), min(BLOCK, size - block_col * BLOCK)
+            height, width = (
+                min(BLOCK, size - block_row * BLOCK),
+                min(BLOCK, size - block_col * BLOCK),
+            )
             key = (index, height, width)
             if key not in counts:
                 piece = np.ascontiguousarray(blocks[index][:height, :width])

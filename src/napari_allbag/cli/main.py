@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from napari_allbag import __version__
+from napari_allbag.io.allocator import tune_allocator
 
 #: Subcommand name -> module in napari_allbag.cli exposing `register(subparsers)`.
 SUBCOMMANDS = ("segment", "predict", "train", "evaluate", "demo", "info", "export")
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    tune_allocator()  # freed image buffers reused, not handed back to the kernel per cell
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -1,5 +1,6 @@
 """Files in and out: reading images, finding them in folders, worker pools, remembered settings,
-atomic writes (`atomic`: the one place that writes a file through a temporary and os.replace).
+atomic writes (`atomic`: the one place that writes a file through a temporary and os.replace),
+and the process's allocator thresholds (`allocator`).
 
 May import: the standard library, numpy, OpenCV, and `progress`/`defaults`. Nothing else of the
 package (every other subpackage may import this one).
@@ -16,6 +17,7 @@ _EXPORTS = {
         ("write_bytes_atomic", "write_text_atomic", "write_json_atomic", "new_file_mode"), "atomic"
     ),
     "ordered_map": "ordered_pool",
+    "tune_allocator": "allocator",
     **dict.fromkeys(
         ("load_settings", "save_settings", "last_bundle_dir", "remember_bundle_dir"), "settings"
     ),

@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 
 import cv2
 
+from napari_allbag.io.allocator import tune_allocator
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -212,9 +214,11 @@ def _unspool(outcome: Any) -> Any:
 
 
 def _worker_init() -> None:
-    """One OpenCV thread per worker process; Ctrl-C is the parent's to handle."""
+    """One OpenCV thread per worker process, freed buffers kept for reuse (`allocator`);
+    Ctrl-C is the parent's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
+    tune_allocator()
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:
