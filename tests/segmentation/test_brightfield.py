@@ -24,6 +24,7 @@ from napari_allbag.segmentation.brightfield import (
     _Scene,
     detect_background,
     field_stop_mask,
+    measure_levels,
     neutral_black,
     red_cell_radius,
     segment_auto,
@@ -492,14 +493,40 @@ def test_chromatin_granules_of_an_enlarged_crop_are_not_taken_for_red_cells():
     assert segment_brightfield(image).n_cells == 1
 
 
+def test_an_eosinophils_granules_do_not_set_the_red_cell_scale():
+    """Orange-red granules are compact and darker than the background but not purple: sixty
+    of them once measured a 4 px "red cell", against which the nucleus covered hundreds of
+    red-cell areas and broke into dozens of cells."""
+    rng = np.random.default_rng(5)
+    image = np.zeros((600, 600, 3), np.uint8)
+    image[:] = BACKGROUND
+    cv2.circle(image, (300, 300), 230, CYTOPLASM, -1, cv2.LINE_AA)
+    cv2.ellipse(image, (300, 300), (130, 90), 30, 0, 360, NUCLEUS, -1, cv2.LINE_AA)
+    angles, distances = rng.uniform(0, 2 * np.pi, 70), rng.uniform(160, 215, 70)
+    for angle, distance in zip(angles, distances, strict=True):
+        centre = (int(300 + distance * np.cos(angle)), int(300 + distance * np.sin(angle)))
+        cv2.circle(image, centre, 4, (150, 70, 60), -1, cv2.LINE_AA)  # eosinophilic granule
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    valid = np.ones(grey.shape, bool)
+    purple = stain_channel(image) > 170
+    radius, how = red_cell_radius(grey, valid, purple)
+    assert "red cells" in how and radius < 8  # the granules alone: measured, far too small
+    radius, how = red_cell_radius(grey, valid, purple, min_radius=20.0)
+    assert "a crop" in how and radius == 60.0
+    levels = measure_levels([image])  # the nucleus: 3 red-cell areas of 60 px, 660 of 4.2 px
+    assert not levels.measured and levels.radius == 60.0
+    assert segment_brightfield(image).n_cells == 1
+
+
 def _rescaled(image, factor):
     return cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
 
 
 def test_real_images_keep_their_count_in_a_dimmer_exposure_and_enlarged():
     """Exposure and resolution differ between microscopes: 20 % less light, or a crop at 1.5x
-    its size, must not change what is found (a nucleus darker than grey 40 was once taken
-    for black; an enlarged crop's chromatin granules for red cells)."""
+    or 2x its size, must not change what is found (a nucleus darker than grey 40 was once
+    taken for black; an enlarged crop's chromatin granules, or an eosinophil's, for red
+    cells)."""
     bright = shared_data("brightfield_sample")
     for row in _manifest(bright):
         image = read_image(bright / row["relpath"])
@@ -509,8 +536,9 @@ def test_real_images_keep_their_count_in_a_dimmer_exposure_and_enlarged():
         dim = (image * 0.8).astype(np.uint8)
         assert segment_brightfield(dim).n_cells == found, (row["relpath"], "dim")
         if row["kind"] == "crops":
-            enlarged = segment_brightfield(_rescaled(image, 1.5)).n_cells
-            assert enlarged == found, (row["relpath"], "x1.5")
+            for factor in (1.5, 2.0):
+                enlarged = segment_brightfield(_rescaled(image, factor)).n_cells
+                assert enlarged == found, (row["relpath"], factor)
 
 
 def test_a_dome_with_two_tips_is_one_dome_and_two_discs_with_a_neck_are_two():

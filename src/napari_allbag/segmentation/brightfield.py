@@ -75,8 +75,9 @@ _BLACK_CHROMA = 48
 _BLACK_IMAGE = "no cell found: the image is black (or all field stop), no bright-field smear"
 #: Fewer isolated red cells than this: the scale falls back to a fraction of the image side.
 _MIN_RED_CELLS = 20
-#: Erosion depths (pixels) tried in turn to part touching red cells when too few are isolated.
-_CONTACT_EROSIONS = (1, 2, 3)
+#: Erosion depths (pixels) tried in turn to part touching red cells when too few are isolated
+#: (the contacts widen with the magnification: a dense pig smear enlarged 1.5x needs 4-6).
+_CONTACT_EROSIONS = (1, 2, 3, 4, 6)
 #: How `red_cell_radius` names its fallback for single-cell crops (a guess, not a measurement).
 _CROP_GUESS = "a crop, side / 10"
 #: A single-cell crop with more cells than this looks wrong.
@@ -84,6 +85,12 @@ _MANY_CELLS = 20
 #: Above-threshold nucleus pixels of one white cell (lobes together) cover at least this many
 #: red-cell areas (specks of stain and most platelets much less; on the sample 0.28 and up).
 _MIN_NUCLEUS = 0.2
+#: No connected piece of nucleus stain covers more red-cell areas than this: the largest white
+#: cells are about three red cells across (9 areas, nucleus and cytoplasm; on the sample's
+#: images and their rescaled copies the largest piece is 10 at most). A "red-cell scale" that
+#: makes one larger came from specks such as an eosinophil's granules (an enlarged crop of one
+#: measured a 3.3 px red cell and found 95 cells): `red_cell_radius` then looks further.
+_MAX_NUCLEUS = 20.0
 #: A white cell (nucleus and cytoplasm, its hull) is larger than a red cell; a platelet or a
 #: clump of them is smaller.
 _MIN_CELL = 1.0
@@ -217,7 +224,7 @@ def field_stop_mask(grey: np.ndarray, black: np.ndarray) -> np.ndarray:
 
 
 def red_cell_radius(
-    grey: np.ndarray, valid: np.ndarray, purple: np.ndarray | None = None
+    grey: np.ndarray, valid: np.ndarray, purple: np.ndarray | None = None, min_radius: float = 0.0
 ) -> tuple[float, str]:
     """Radius of the image's whole isolated red cells, and how it was found (the image's scale).
 
@@ -226,25 +233,32 @@ def red_cell_radius(
     mask eroded by a few pixels, which cuts the narrow contacts between touching cells (the
     erosion depth is added back to each radius). Isolated ones are compact (solidity > 0.9) and
     do not touch the border; their area-weighted median radius is the scale (specks weigh
-    little). A crop of one white cell holds too few whole red cells: then a tenth of the shorter
-    side, typical of such crops.
+    little); a scale under `min_radius` (the one the largest nucleus piece allows) is specks,
+    and the next way is tried. A crop of one white cell holds too few whole red cells: then a
+    tenth of the shorter side, typical of such crops.
     """
     hist = np.bincount(grey[valid], minlength=256)
     first = _otsu(hist)
-    best = _compact_dark_objects(grey, valid, first, purple=purple)
-    if len(best) < _MIN_RED_CELLS:  # touching red cells: try their darker cores
-        cores = _compact_dark_objects(grey, valid, _otsu(hist[: first + 1]), purple=purple)
-        best = cores if len(cores) >= 2 * _MIN_RED_CELLS else best  # many, or it is granules
-    for depth in _CONTACT_EROSIONS:
-        if len(best) >= _MIN_RED_CELLS:
-            break
-        best = _compact_dark_objects(grey, valid, first, depth, purple)
-    if len(best) >= _MIN_RED_CELLS:
-        radii, areas = np.array(best).T
+
+    def scale(objects: list[tuple[float, float]]) -> float:
+        if len(objects) < _MIN_RED_CELLS:
+            return 0.0
+        radii, areas = np.array(objects).T
         order = np.argsort(radii)
         cumulative = np.cumsum(areas[order])
-        middle = order[np.searchsorted(cumulative, cumulative[-1] / 2)]
-        return float(radii[middle]), f"area-weighted median of {len(best)} red cells"
+        radius = float(radii[order[np.searchsorted(cumulative, cumulative[-1] / 2)]])
+        return radius if radius >= min_radius else 0.0
+
+    best = _compact_dark_objects(grey, valid, first, purple=purple)
+    if not scale(best):  # touching red cells: try their darker cores
+        cores = _compact_dark_objects(grey, valid, _otsu(hist[: first + 1]), purple=purple)
+        best = cores if len(cores) >= 2 * _MIN_RED_CELLS and scale(cores) else best  # or granules
+    for depth in _CONTACT_EROSIONS:
+        if scale(best):
+            break
+        best = _compact_dark_objects(grey, valid, first, depth, purple)
+    if scale(best):
+        return scale(best), f"area-weighted median of {len(best)} red cells"
     height, width = grey.shape
     return min(height, width) / 10.0, f"only {len(best)} whole red cells: {_CROP_GUESS}"
 
@@ -457,10 +471,19 @@ def _measures(grey, stain, valid) -> tuple[np.ndarray, float, bool]:
     hist = np.bincount(stain[valid], minlength=256)
     purple = stain > _nucleus_threshold(hist) if np.count_nonzero(hist) >= 3 else None
     shrink = 2 if min(grey.shape) >= 1000 else 1  # the scale needs no more pixels than this
+    grey, valid = grey[::shrink, ::shrink], valid[::shrink, ::shrink]
+    least = 0.0  # the largest nucleus piece covers at most _MAX_NUCLEUS red-cell areas
     if purple is not None:
-        purple = purple[::shrink, ::shrink]
-    radius, how = red_cell_radius(grey[::shrink, ::shrink], valid[::shrink, ::shrink], purple)
+        purple = purple[::shrink, ::shrink] & valid  # not the field stop's coloured rim
+        least = math.sqrt(_largest_piece(purple) / (math.pi * _MAX_NUCLEUS))
+    radius, how = red_cell_radius(grey, valid, purple, least)
     return hist, radius * shrink, _CROP_GUESS not in how
+
+
+def _largest_piece(mask: np.ndarray) -> int:
+    """Pixels of the largest 8-connected piece of a bool mask."""
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    return int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
 
 
 def _levels(hist: np.ndarray, radius: float, measured: bool) -> StainLevels | str:
