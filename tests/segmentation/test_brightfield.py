@@ -541,6 +541,22 @@ def test_real_images_keep_their_count_in_a_dimmer_exposure_and_enlarged():
                 assert enlarged == found, (row["relpath"], factor)
 
 
+def test_real_fields_find_the_same_cells_under_a_cameras_noise():
+    """Sensor noise (sd 6 per channel): a field that is right stays right, and none loses cells
+    (the faint, patchy nuclei of `arslan_b35`, 4 of its 8, once broke into specks: 0)."""
+    bright = shared_data("brightfield_sample")
+    for row in _manifest(bright):
+        if row["kind"] != "fields":
+            continue
+        image = read_image(bright / row["relpath"])
+        noise = np.random.default_rng(0).normal(0, 6, image.shape)  # as bench_brightfield's
+        noisy = np.clip(image + noise, 0, 255).astype(np.uint8)
+        found, with_noise = (segment_brightfield(i).n_cells for i in (image, noisy))
+        if found == int(row["wbc_count"]):
+            assert with_noise == found, row["relpath"]
+        assert with_noise >= found, row["relpath"]
+
+
 def test_a_dome_with_two_tips_is_one_dome_and_two_discs_with_a_neck_are_two():
     one = np.zeros((41, 41), np.uint8)
     cv2.circle(one, (20, 20), 18, 1, -1)
