@@ -571,3 +571,12 @@ def test_a_dome_with_two_tips_is_one_dome_and_two_discs_with_a_neck_are_two():
     cv2.line(two, (20, 20), (60, 20), 1, 5)
     markers, n = _domes(cv2.distanceTransform(two, cv2.DIST_L2, 3), 5.0, 10.0)
     assert n == 2 and markers[20, 20] != markers[20, 60]
+
+
+def test_joining_touching_cells_into_any_but_the_largest_does_not_raise():
+    """The top half of `arslan_b35` holds too few whole red cells for a scale, so touching
+    cells are joined as in a crop; joining into any but the largest cell once raised
+    ValueError (cells were found by ==, which their arrays refuse): a whole tile lost."""
+    image = read_image(shared_data("brightfield_sample") / "fields" / "arslan_b35.jpg")
+    result = segment_brightfield(np.ascontiguousarray(image[:512]))
+    assert result.n_cells >= 1

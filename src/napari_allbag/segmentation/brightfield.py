@@ -799,12 +799,14 @@ def _joined_touching(grown: list[tuple[_Component, str]]) -> list[tuple[_Compone
     joined: list[tuple[_Component, str, np.ndarray]] = []
     for cell, reason in grown:
         hull = _filled_hull(cell)
-        touched = next((k for k in joined if _overlap(cell, hull, k[0], k[2], 1) > 0), None)
+        touched = next(
+            (i for i, k in enumerate(joined) if _overlap(cell, hull, k[0], k[2], 1) > 0), None
+        )
         if touched is None:
             joined.append((cell, reason, hull))
             continue
-        merged = _merged(touched[0], cell)
-        joined[joined.index(touched)] = (merged, touched[1], _filled_hull(merged))
+        merged = _merged(joined[touched][0], cell)  # by position: cells hold arrays, no ==
+        joined[touched] = (merged, joined[touched][1], _filled_hull(merged))
     return [(cell, reason) for cell, reason, _ in joined]
 
 
