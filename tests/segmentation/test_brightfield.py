@@ -494,9 +494,9 @@ def test_chromatin_granules_of_an_enlarged_crop_are_not_taken_for_red_cells():
 
 
 def test_an_eosinophils_granules_do_not_set_the_red_cell_scale():
-    """Orange-red granules are compact and darker than the background but not purple: sixty
-    of them once measured a 4 px "red cell", against which the nucleus covered hundreds of
-    red-cell areas and broke into dozens of cells."""
+    """Orange-red granules are compact and darker than the background but not purple: fifty
+    of them measure a 4 px "red cell", against which the nucleus covers hundreds of red-cell
+    areas (a real eosinophil crop at 2x broke into 95 cells that way)."""
     rng = np.random.default_rng(5)
     image = np.zeros((600, 600, 3), np.uint8)
     image[:] = BACKGROUND
@@ -576,7 +576,7 @@ def test_a_dome_with_two_tips_is_one_dome_and_two_discs_with_a_neck_are_two():
 def test_joining_touching_cells_into_any_but_the_largest_does_not_raise():
     """The top half of `arslan_b35` holds too few whole red cells for a scale, so touching
     cells are joined as in a crop; joining into any but the largest cell once raised
-    ValueError (cells were found by ==, which their arrays refuse): a whole tile lost."""
+    ValueError (cells were found by ==, which their arrays refuse): the file was lost."""
     image = read_image(shared_data("brightfield_sample") / "fields" / "arslan_b35.jpg")
     result = segment_brightfield(np.ascontiguousarray(image[:512]))
     assert result.n_cells >= 1

@@ -259,8 +259,9 @@ def red_cell_radius(
         if scale(best):
             break
         best = _compact_dark_objects(grey, valid, first, depth, purple)
-    if scale(best):
-        return scale(best), f"area-weighted median of {len(best)} red cells"
+    radius = scale(best)
+    if radius:
+        return radius, f"area-weighted median of {len(best)} red cells"
     height, width = grey.shape
     return min(height, width) / 10.0, f"only {len(best)} whole red cells: {_CROP_GUESS}"
 
