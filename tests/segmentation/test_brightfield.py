@@ -22,6 +22,7 @@ from napari_allbag.segmentation.brightfield import (
     _domes,
     _sanity_message,
     _Scene,
+    _valid_pixels,
     detect_background,
     field_stop_mask,
     measure_levels,
@@ -580,3 +581,40 @@ def test_joining_touching_cells_into_any_but_the_largest_does_not_raise():
     image = read_image(shared_data("brightfield_sample") / "fields" / "arslan_b35.jpg")
     result = segment_brightfield(np.ascontiguousarray(image[:512]))
     assert result.n_cells >= 1
+
+
+def test_small_red_cells_with_a_pale_centre_set_the_scale():
+    """At a low resolution a red cell's central pallor leaves a ring 2 px wide around it in the
+    darker-than-background mask: the ring must count as the whole disc, not break into specks
+    (half-size real fields were taken for crops and lost their white cells)."""
+    image = np.zeros((300, 300, 3), np.uint8)
+    image[:] = BACKGROUND
+    radius, step = 7, 19
+    for row in range(radius + 4, 300 - radius - 4, step):
+        for col in range(radius + 4, 300 - radius - 4, step):
+            cv2.circle(image, (col, row), radius, RED_CELL, -1, cv2.LINE_AA)
+            cv2.circle(image, (col, row), radius - 2, BACKGROUND, -1, cv2.LINE_AA)
+    image = np.clip(image + np.random.default_rng(3).normal(0, 2, image.shape), 0, 255)
+    grey = cv2.cvtColor(image.astype(np.uint8), cv2.COLOR_RGB2GRAY)
+    found, how = red_cell_radius(grey, np.ones(grey.shape, bool))
+    assert abs(found - radius) < 0.2 * radius, how
+
+
+def test_real_fields_keep_their_count_at_half_size():
+    """A lower-magnification objective or a downsampled file: every real field that is right
+    and whose red cells are at least 8 px in radius (4 px at half size) stays right at half
+    its size (the scale is still measured from its red cells, not guessed as for a crop)."""
+    bright = shared_data("brightfield_sample")
+    checked = 0
+    for row in _manifest(bright):
+        if row["kind"] != "fields":
+            continue
+        image = read_image(bright / row["relpath"])
+        full = segment_brightfield(image)
+        grey, _, valid = _valid_pixels(image)
+        if full.n_cells != int(row["wbc_count"]) or red_cell_radius(grey, valid)[0] < 8:
+            continue
+        half = cv2.resize(image, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+        assert segment_brightfield(half).n_cells == full.n_cells, row["relpath"]
+        checked += 1
+    assert checked >= 10
