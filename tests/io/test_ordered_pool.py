@@ -90,3 +90,34 @@ def test_large_arrays_come_back_through_the_spool_intact_and_writable(chunk_size
         result["crops"][0, 0, 0] = 1  # writable, as a pickled array would be
     assert expected.nbytes > ordered_pool.SPOOL_MIN_BYTES  # these did go through the spool
     assert len(made) == 1 and not Path(made[0]).exists()  # spool folder removed at the end
+
+
+def test_spool_slots_are_written_over_in_place_and_results_stay_intact(monkeypatch):
+    """A chunk's spool file is a slot that the next chunk writes over (no new file, no fresh
+    pages per crop); a result shorter than the slot's last one must not pick up its tail."""
+    paths = []
+    real = ordered_pool._unspool
+
+    def recording(outcome):
+        if isinstance(outcome, ordered_pool._Spooled):
+            paths.append(outcome.path)
+        return real(outcome)
+
+    monkeypatch.setattr(ordered_pool, "_unspool", recording)
+    items = [5, 4, 3, 2, 1, 0] * 3  # 3, 2, 1, 3, 2, 1 crops: shorter results over longer ones
+    found = list(ordered_map(crops_for, items, (120,), workers=2, max_in_flight=2))
+    assert [result["item"] for result in found] == items
+    for result in found:
+        np.testing.assert_array_equal(result["crops"], crops_for(result["item"], 120)["crops"])
+    assert len(paths) == len(items) and len(set(paths)) <= 2  # two slots for two in flight
+
+
+def test_a_new_pool_has_started_all_its_workers_before_any_task():
+    """A worker that died while the executor was still starting the next one left that one
+    unterminated, and shutting the broken pool down hung (Python 3.11): all start first."""
+    pool = ordered_pool._new_pool(2)
+    try:
+        processes = list(pool._processes.values())  # the executor's own record of its workers
+        assert len(processes) == 2 and all(process.is_alive() for process in processes)
+    finally:
+        pool.shutdown(wait=True)

@@ -2,10 +2,13 @@
 
 Used to segment thousands of files on all cores with bounded memory (`segmentation`,
 `cli.segment`). Large arrays in a task's result (crops, label images) do not travel through the
-pool's pipe: the worker pickles the result with protocol 5 and writes the arrays' buffers to one
+pool's pipe: the worker pickles the result with protocol 5 and writes the arrays' buffers to a
 spool file (on /dev/shm where there is one), the parent reads that file in one call and rebuilds
 the result around it (`_spooled_call`, `_unspool`). Pickling 300 KB crops through the pipe cost the
-parent more than the worker's segmentation saved: two workers were slower than one.
+parent more than the worker's segmentation saved: two workers were slower than one. Each chunk in
+flight has its own spool file, a *slot*, written over in place by the next chunk that gets it: a
+new file for every chunk had the kernel find and zero fresh pages for each crop (about 0.2 ms of
+a worker's time per cell, an eighth of its work; benchmarks/bench_segment.py --scaling).
 
 Workers are forked from a "forkserver" (a clean single-threaded process started once, so safe
 when the parent runs threads: Qt, torch), which imports the task's module and the `preload`
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import cv2
+import numpy as np
 
 from napari_allbag.io.allocator import tune_allocator
 
@@ -106,40 +110,44 @@ def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
 def _pooled(chunks, spooled_args, workers, max_chunks, on_worker_death):
     """`ordered_map`'s loop: submit up to `max_chunks`, yield in order, survive a dead worker."""
     pool = _new_pool(workers)
-    pending: deque[tuple[list, Future | None]] = deque()
+    spool = spooled_args[0]
+    slots = [os.path.join(spool, f"slot-{k}.buffers") for k in range(max_chunks)]
+    pending: deque[tuple[list, Future | None, str]] = deque()
     try:
         while True:
             try:
-                _submit_more(pool, pending, chunks, max_chunks, spooled_args)
+                _submit_more(pool, pending, chunks, slots, spooled_args)
                 if not pending:
                     return
                 outcomes = _unspool(pending[0][1].result())
             except BrokenProcessPool:
-                stranded = [item for chunk, _ in pending for item in chunk]
+                stranded = [item for chunk, _, _ in pending for item in chunk]
+                slots.extend(slot for _, _, slot in pending)
                 pending.clear()
                 pool.shutdown(wait=True, cancel_futures=True)
                 yield from _run_one_at_a_time(stranded, spooled_args, on_worker_death)
                 pool = _new_pool(workers)
                 continue
-            pending.popleft()
+            slots.append(pending.popleft()[2])  # read: the next chunk may write over it
             yield from outcomes
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _submit_more(pool, pending: deque, chunks, max_chunks: int, spooled_args) -> None:
-    """Submit chunks until `max_chunks` are pending; a chunk the broken pool refused stays in
-    `pending` (a worker can die while chunks are still being submitted)."""
-    while len(pending) < max_chunks:
+def _submit_more(pool, pending: deque, chunks, slots: list[str], spooled_args) -> None:
+    """Submit chunks while a spool slot is free (one per chunk in flight); a chunk the broken
+    pool refused stays in `pending` (a worker can die while chunks are still being submitted)."""
+    while slots:
         chunk = next(chunks, None)
         if chunk is None:
             return
+        slot = slots.pop()
         try:
-            future = pool.submit(_spooled_call, chunk, *spooled_args)
+            future = pool.submit(_spooled_call, chunk, *spooled_args[:1], slot, *spooled_args[1:])
         except BrokenProcessPool:
-            pending.append((chunk, None))
+            pending.append((chunk, None, slot))
             raise
-        pending.append((chunk, future))
+        pending.append((chunk, future, slot))
 
 
 def _run_one_at_a_time(items, spooled_args, on_worker_death):
@@ -148,7 +156,8 @@ def _run_one_at_a_time(items, spooled_args, on_worker_death):
     try:
         for item in items:
             try:
-                yield _unspool(pool.submit(_spooled_call, [item], *spooled_args).result())[0]
+                call = pool.submit(_spooled_call, [item], spooled_args[0], None, *spooled_args[1:])
+                yield _unspool(call.result())[0]
             except BrokenProcessPool:
                 if on_worker_death is None:
                     raise
@@ -161,11 +170,14 @@ def _run_one_at_a_time(items, spooled_args, on_worker_death):
 
 @dataclass
 class _Spooled:
-    """A result pickled (protocol 5) with its large buffers in `path`, `sizes` bytes each."""
+    """A result pickled (protocol 5) with its large buffers in `path`, `sizes` bytes each;
+    `slot`: the file is a slot, kept for the next chunk (else a file of its own, removed once
+    read)."""
 
     data: bytes
     path: str
     sizes: list[int]
+    slot: bool = False
 
 
 def _spool_folder() -> str:
@@ -175,16 +187,22 @@ def _spool_folder() -> str:
     return tempfile.mkdtemp(prefix="napari-allbag-spool-", dir=base)
 
 
-def _spooled_call(chunk: list, spool: str, task: Callable[..., Any], *task_args: Any) -> Any:
+def _spooled_call(
+    chunk: list, spool: str, slot: str | None, task: Callable[..., Any], *task_args: Any
+) -> Any:
     """Run the task on each item of `chunk` (in a worker): a list of results, or `_Spooled`
-    when they hold large arrays."""
+    when they hold large arrays, written over the `slot` file in place (its pages are reused:
+    no truncation, the sizes say what is this chunk's) or, without one, to a new file."""
     result = [task(item, *task_args) for item in chunk]
     buffers: list[pickle.PickleBuffer] = []
     data = pickle.dumps(result, protocol=5, buffer_callback=buffers.append)
     views = [buffer.raw() for buffer in buffers]
     if sum(view.nbytes for view in views) < SPOOL_MIN_BYTES:
         return result
-    handle, path = tempfile.mkstemp(dir=spool, suffix=".buffers")
+    if slot is None:
+        handle, path = tempfile.mkstemp(dir=spool, suffix=".buffers")
+    else:
+        handle, path = os.open(slot, os.O_WRONLY | os.O_CREAT, 0o600), slot
     try:
         with os.fdopen(handle, "wb") as out:
             for view in views:
@@ -192,7 +210,7 @@ def _spooled_call(chunk: list, spool: str, task: Callable[..., Any], *task_args:
     except OSError:  # a full /dev/shm: send the result through the pipe instead
         Path(path).unlink(missing_ok=True)
         return result
-    return _Spooled(data, path, [view.nbytes for view in views])
+    return _Spooled(data, path, [view.nbytes for view in views], slot is not None)
 
 
 def _unspool(outcome: Any) -> Any:
@@ -201,11 +219,13 @@ def _unspool(outcome: Any) -> Any:
         return outcome
     path = Path(outcome.path)
     try:
-        memory = bytearray(sum(outcome.sizes))
+        memory = np.empty(sum(outcome.sizes), np.uint8)  # every byte is read over: no zeroing
         with open(path, "rb", buffering=0) as source:
-            source.readinto(memory)
+            if source.readinto(memory) != memory.nbytes:
+                raise OSError(f"spool file {path} is shorter than its result")
     finally:
-        path.unlink(missing_ok=True)
+        if not outcome.slot:
+            path.unlink(missing_ok=True)
     view, buffers, start = memoryview(memory), [], 0
     for size in outcome.sizes:
         buffers.append(view[start : start + size])
@@ -222,9 +242,17 @@ def _worker_init() -> None:
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool whose `workers` processes have all started. The executor starts them one per
+    submission; a worker dying while the next one was being started (Python 3.11) left that
+    one unterminated, and shutting the broken pool down then waited for it forever (seen 2 in
+    about 40 runs of the dying-worker test). With all of them running before any task, a
+    death only ever meets processes the executor knows and terminates."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(sorted(_PRELOAD))  # only until the server starts
     else:  # pragma: no cover - Windows
         context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+    for started in [pool.submit(os.getpid) for _ in range(workers)]:
+        started.result()
+    return pool
