@@ -618,3 +618,17 @@ def test_real_fields_keep_their_count_at_half_size():
         assert segment_brightfield(half).n_cells == full.n_cells, row["relpath"]
         checked += 1
     assert checked >= 10
+
+
+def test_real_fields_keep_their_count_at_three_quarters_size():
+    """A field whose red cells end up too small to measure (3-4 px in radius, the pig fields
+    at 0.75x) is measured again at twice its size instead of taking a crop's guess, under which
+    every nucleus was "too small" (`pig_test_654`: 0 cells instead of 4); crops keep theirs."""
+    bright = shared_data("brightfield_sample")
+    for row in _manifest(bright):
+        image = read_image(bright / row["relpath"])
+        found = segment_brightfield(image).n_cells
+        if found != int(row["wbc_count"]):
+            continue
+        smaller = cv2.resize(image, None, fx=0.75, fy=0.75, interpolation=cv2.INTER_AREA)
+        assert segment_brightfield(smaller).n_cells == found, row["relpath"]

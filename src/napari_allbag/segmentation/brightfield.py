@@ -80,6 +80,11 @@ _MIN_RED_CELLS = 20
 _CONTACT_EROSIONS = (1, 2, 3, 4, 6)
 #: How `red_cell_radius` names its fallback for single-cell crops (a guess, not a measurement).
 _CROP_GUESS = "a crop, side / 10"
+_TOO_SMALL = "smaller than a white-cell nucleus (platelet or debris)"
+#: Where a guessed scale leaves nothing but nuclei too small for it, the scale is measured again
+#: on the image enlarged this many times (red cells of 2-4 px are too small for the 3x3 opening
+#: and 1 px erosions that measure them).
+_FINER = 2
 #: A single-cell crop with more cells than this looks wrong.
 _MANY_CELLS = 20
 #: Above-threshold nucleus pixels of one white cell (lobes together) cover at least this many
@@ -378,6 +383,10 @@ def segment_brightfield_progress(
         return _empty_result(image.shape[:2], params, scene)
     yield Progress(0, None, stage, "nuclei, lobes and touching cells")
     groups, rejected = _white_cell_groups(scene)
+    if not groups and levels is None and not scene.measured and _TOO_SMALL in rejected:
+        finer = _finer_levels(image, scene)
+        if finer is not None:  # a low-resolution field, not a crop: its red cells at 2x
+            return (yield from segment_brightfield_progress(image, params, source, finer))
     if not groups:
         return _empty_result(image.shape[:2], params, _nothing_message(rejected))
     yield Progress(0, len(groups), stage, "cells")
@@ -452,6 +461,19 @@ def _scene(image: np.ndarray, levels: StainLevels | None = None) -> _Scene | str
     stain = _smoothed(stain, valid, levels.radius)
     radius, high, red_stain = levels.radius, levels.high, levels.red_stain
     return _Scene(image, stain, stop, radius, levels.low, high, red_stain, levels.measured)
+
+
+def _finer_levels(image: np.ndarray, scene: _Scene) -> StainLevels | None:
+    """The image's levels with the red-cell scale measured on it enlarged `_FINER` times, or
+    None where that too finds too few whole red cells (a crop: its guess stands). A field at a
+    low resolution (`pig_test_654` at 0.75x: red cells of 4 px, 9 found apart at best, so a
+    crop's guess of 31 px and every nucleus "too small") is measured right at 2x."""
+    enlarged = cv2.resize(image, None, fx=_FINER, fy=_FINER, interpolation=cv2.INTER_CUBIC)
+    grey, _, valid = _valid_pixels(enlarged)
+    _, radius, measured = _measures(grey, stain_channel(enlarged), valid)
+    if not measured:
+        return None
+    return StainLevels(radius / _FINER, scene.high, scene.red_stain, measured=True)
 
 
 def _smoothed(stain: np.ndarray, valid: np.ndarray, radius: float) -> np.ndarray:
@@ -590,7 +612,7 @@ def _white_cell_groups(scene: _Scene) -> tuple[list[_Nucleus], list[str]]:
         lobes = group & nuclei[box]
         area = cv2.countNonZero(lobes)
         if area < _MIN_NUCLEUS * red_area:
-            rejected.append("smaller than a white-cell nucleus (platelet or debris)")
+            rejected.append(_TOO_SMALL)
             continue
         if not _clearly_purple(scene, scene.stain[box][lobes > 0]):
             rejected.append("not bluer than the red cells")
