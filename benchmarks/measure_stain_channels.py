@@ -1,11 +1,13 @@
 """Which stain channel separates white cells best? Measured on the sample's masks.
 
-Usage: python benchmarks/measure_stain_channels.py [--data DIR]
+Usage: python benchmarks/measure_stain_channels.py [--data DIR] [--gamma G]
 
 For each candidate channel (oriented so that white cells are high) and each masked image of
 ../shared/data/brightfield_sample: the AUC of white-cell pixels against all other valid pixels
 (how well any threshold could separate them), and the IoU with the mask of a plain Otsu
-threshold of the valid pixels after a 3x3 opening. Prints the means per image kind.
+threshold of the valid pixels after a 3x3 opening. Prints the means per image kind. With
+`--gamma`, each image is first given that gamma (another camera's response curve): a channel
+whose IoU stays put under it is what thresholds fixed in its units need.
 """
 
 from __future__ import annotations
@@ -36,7 +38,21 @@ def channels(rgb: np.ndarray) -> dict[str, np.ndarray]:
         "B-R": blue - red,
         "1-G": 1 - green,
         "Lab -b*": 128 - lab_b,
+        "OD red share": _od_red_share(f),
     }
+
+
+def _od_red_share(f: np.ndarray) -> np.ndarray:
+    """Optical density of the red channel as a share of the three, each channel's density
+    taken against the image's background (its 99th percentile): haematoxylin and azure absorb
+    red, eosin and haemoglobin green, so nuclei are high and red cells low. A power-law gamma,
+    an exposure or a white balance scales every density alike, so the share does not move; the
+    denominator has a floor of a tenth of the median density, so the background is near 0."""
+    white = np.percentile(f.reshape(-1, 3), 99, axis=0)
+    density = -np.log10(np.clip(f / np.maximum(white, 1e-6), 1e-3, 1.0))
+    total = density.sum(2)
+    floor = 0.1 * float(np.median(total)) + 1e-6
+    return density[..., 0] / np.maximum(total, floor)
 
 
 def auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -48,13 +64,17 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=default_data_dir())
-    data = parser.parse_args().data
+    parser.add_argument("--gamma", type=float, default=1.0, help="gamma given to each image")
+    args = parser.parse_args()
+    data = args.data
     with open(data / "MASKS.tsv", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     rng = np.random.default_rng(0)
     scores: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for row in rows:
         rgb = cv2.cvtColor(cv2.imread(str(data / row["image_relpath"])), cv2.COLOR_BGR2RGB)
+        if args.gamma != 1.0:
+            rgb = (255 * (rgb / 255.0) ** args.gamma).round().astype(np.uint8)
         truth = cv2.imread(str(data / row["mask_relpath"]), cv2.IMREAD_GRAYSCALE) > 64
         valid = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) > 40
         kind = row["image_relpath"].split("/")[0]
