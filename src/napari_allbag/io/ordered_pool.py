@@ -143,7 +143,7 @@ def _submit_more(pool, pending: deque, chunks, slots: list[str], spooled_args) -
             return
         slot = slots.pop()
         try:
-            future = pool.submit(_spooled_call, chunk, *spooled_args[:1], slot, *spooled_args[1:])
+            future = pool.submit(_spooled_call, chunk, slot, *spooled_args)
         except BrokenProcessPool:
             pending.append((chunk, None, slot))
             raise
@@ -156,8 +156,7 @@ def _run_one_at_a_time(items, spooled_args, on_worker_death):
     try:
         for item in items:
             try:
-                call = pool.submit(_spooled_call, [item], spooled_args[0], None, *spooled_args[1:])
-                yield _unspool(call.result())[0]
+                yield _unspool(pool.submit(_spooled_call, [item], None, *spooled_args).result())[0]
             except BrokenProcessPool:
                 if on_worker_death is None:
                     raise
@@ -188,7 +187,7 @@ def _spool_folder() -> str:
 
 
 def _spooled_call(
-    chunk: list, spool: str, slot: str | None, task: Callable[..., Any], *task_args: Any
+    chunk: list, slot: str | None, spool: str, task: Callable[..., Any], *task_args: Any
 ) -> Any:
     """Run the task on each item of `chunk` (in a worker): a list of results, or `_Spooled`
     when they hold large arrays, written over the `slot` file in place (its pages are reused:

@@ -290,7 +290,7 @@ def _compact_dark_objects(
         left, top, w, h = cv2.boundingRect(contour)
         if area < 12 or left == 0 or top == 0 or left + w >= width or top + h >= height:
             continue
-        if area > 0.9 * cv2.contourArea(cv2.convexHull(contour)):
+        if _is_compact(contour):
             if purple is not None and _mostly(purple, contour, left, top, w, h):
                 continue
             radius = math.sqrt(area / math.pi) + erosion
@@ -307,10 +307,14 @@ def _pallor_filled(mask: np.ndarray) -> np.ndarray:
     background enclosed by touching red cells, and filling them would weld a dense smear's red
     cells together so that no erosion parts them."""
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    compact = [c for c in contours if cv2.contourArea(c) > 0.9 * cv2.contourArea(cv2.convexHull(c))]
     filled = mask.copy()
-    cv2.drawContours(filled, compact, -1, 1, cv2.FILLED)
+    cv2.drawContours(filled, [c for c in contours if _is_compact(c)], -1, 1, cv2.FILLED)
     return filled
+
+
+def _is_compact(contour) -> bool:
+    """A red cell's outline: solidity (area over its convex hull's) above 0.9."""
+    return cv2.contourArea(contour) > 0.9 * cv2.contourArea(cv2.convexHull(contour))
 
 
 def _mostly(mask: np.ndarray, contour, left: int, top: int, w: int, h: int) -> bool:
