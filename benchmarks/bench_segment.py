@@ -210,23 +210,21 @@ def pool_startup(paths, params, workers: int) -> None:
     """Wall and CPU seconds of a pool segmenting 8 files: spawned workers (as before
     2026-12-02), the forkserver's first pool in this process (it starts and imports the
     segmentation once), and a later pool (workers forked from the running server)."""
-    from concurrent.futures import ProcessPoolExecutor
 
-    def spawned(count):
-        context = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(count, mp_context=context, initializer=ordered_pool._worker_init)
+    def spawned():
+        return multiprocessing.get_context("spawn")
 
-    forked = ordered_pool._new_pool
+    forked = ordered_pool._context
     print(f"\n| pool start, {workers} workers, 8 files | wall s | CPU s here | CPU s workers |")
     print("| --- | ---: | ---: | ---: |")
     for name, make in (("spawn", spawned), ("forkserver, first pool", forked), ("later", forked)):
-        ordered_pool._new_pool = make
+        ordered_pool._context = make
         try:
             cpu, start = _cpu_seconds(), time.perf_counter()
             stream_cells(paths[:8], params, workers)
             wall, after = time.perf_counter() - start, _cpu_seconds()
         finally:
-            ordered_pool._new_pool = forked
+            ordered_pool._context = forked
         print(f"| {name} | {wall:.2f} | {after[0] - cpu[0]:.2f} | {after[1] - cpu[1]:.2f} |")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +44,16 @@ def test_items_are_pulled_lazily_with_a_bounded_number_in_flight():
 
 
 @pytest.mark.parametrize(
-    ("items", "max_in_flight"),
+    ("items", "max_in_flight", "chunk_size"),
     [
-        ([10, 11, 12, 13, 14, 15, 16], 4),
+        ([10, 11, 12, 13, 14, 15, 16], 4, 1),
         # the first item kills its worker at once, often while the rest are still submitted
-        ([13, *range(14, 40)], 27),
+        ([13, *range(14, 40)], 27, 1),
+        # several deaths in one run, in chunks: each replaced worker takes up the work
+        ([13, 1, 2, 13, 3, 13, *range(14, 30)], None, 2),
     ],
 )
-def test_a_worker_that_dies_costs_only_its_own_item(items, max_in_flight):
+def test_a_worker_that_dies_costs_only_its_own_item(items, max_in_flight, chunk_size):
     outcomes = list(
         ordered_map(
             square_or_die,
@@ -58,9 +62,11 @@ def test_a_worker_that_dies_costs_only_its_own_item(items, max_in_flight):
             workers=2,
             max_in_flight=max_in_flight,
             on_worker_death=lambda item, why: (item, why),
+            chunk_size=chunk_size,
         )
     )
     assert outcomes == [(i, WORKER_DIED) if i == 13 else i * i for i in items]
+    assert not multiprocessing.active_children()  # the dead workers' successors ended too
 
 
 def test_without_a_handler_a_dying_worker_raises():
@@ -112,12 +118,48 @@ def test_spool_slots_are_written_over_in_place_and_results_stay_intact(monkeypat
     assert len(paths) == len(items) and len(set(paths)) <= 2  # two slots for two in flight
 
 
-def test_a_new_pool_has_started_all_its_workers_before_any_task():
-    """A worker that died while the executor was still starting the next one left that one
-    unterminated, and shutting the broken pool down hung (Python 3.11): all start first."""
-    pool = ordered_pool._new_pool(2)
-    try:
-        processes = list(pool._processes.values())  # the executor's own record of its workers
-        assert len(processes) == 2 and all(process.is_alive() for process in processes)
-    finally:
-        pool.shutdown(wait=True)
+def fail_on_seven(item: int) -> int:
+    if item == 7:
+        raise ValueError(f"no sevens ({item})")
+    return item
+
+
+def test_a_tasks_exception_is_raised_here_with_the_workers_traceback():
+    with pytest.raises(ValueError, match="no sevens") as caught:
+        list(ordered_map(fail_on_seven, range(20), workers=2, chunk_size=2))
+    assert "fail_on_seven" in "".join(getattr(caught.value, "__notes__", ["fail_on_seven"]))
+    assert not multiprocessing.active_children()  # the pool's workers have ended
+
+
+def touch_slowly(item: int, folder: str) -> int:
+    """A slow task that leaves a trace of each item it ran."""
+    time.sleep(0.05)
+    Path(folder, f"{item}.done").touch()
+    return item
+
+
+def test_closing_early_skips_the_chunks_not_started_and_ends_the_workers(tmp_path):
+    """All 40 items are sent to the workers at once; closing after the first result must
+    not let the workers go through the rest (a user's cancel), and no worker is left."""
+    stream = ordered_map(touch_slowly, range(40), (str(tmp_path),), workers=2, max_in_flight=40)
+    assert next(stream) == 0
+    stream.close()
+    assert not multiprocessing.active_children()
+    assert 1 <= len(list(tmp_path.glob("*.done"))) < 20
+
+
+def sleep_then_pid(seconds: float) -> tuple[float, int]:
+    time.sleep(seconds)
+    return seconds, os.getpid()
+
+
+def test_a_slow_item_holds_back_only_its_own_worker():
+    """A worker holds at most DEPTH chunks; the others go to whichever worker is free, so
+    the quick items behind a slow one do not queue behind it (a slow bright-field field
+    among quick crops)."""
+    items = [0.6] + [0.01] * 7 + [0.001] * 20
+    outcomes = list(ordered_map(sleep_then_pid, items, workers=2, max_in_flight=8))
+    assert [seconds for seconds, _ in outcomes] == items
+    slow_worker = outcomes[0][1]
+    ran_there = [seconds for seconds, pid in outcomes[1:8] if pid == slow_worker]
+    assert len(ran_there) <= ordered_pool.DEPTH - 1  # only what was queued behind it

@@ -1,14 +1,18 @@
 """Run a task over many items in worker processes, results in order, a bounded number in flight.
 
 Used to segment thousands of files on all cores with bounded memory (`segmentation`,
-`cli.segment`). Large arrays in a task's result (crops, label images) do not travel through the
-pool's pipe: the worker pickles the result with protocol 5 and writes the arrays' buffers to a
-spool file (on /dev/shm where there is one), the parent reads that file in one call and rebuilds
-the result around it (`_spooled_call`, `_unspool`). Pickling 300 KB crops through the pipe cost the
-parent more than the worker's segmentation saved: two workers were slower than one. Each chunk in
+`cli.segment`). Each worker has its own pipe: a chunk of items goes to the least loaded worker
+as one small message, and its result comes back as another (`_Pool`). ProcessPoolExecutor's
+queues and threads cost the parent about 0.08 ms more per cell, enough to keep two workers
+under 1.6x one, and one dead worker broke its whole pool (benchmarks/bench_segment.py
+--scaling). Large arrays in a result (crops, label images) do not travel through the pipe: the
+worker pickles the result with protocol 5 and writes the arrays' buffers to a spool file (on
+/dev/shm where there is one), the parent reads that file in one call and rebuilds the result
+around it (`_spooled_call`, `_unspool`). Pickling 300 KB crops through the pipe cost the parent
+more than the worker's segmentation saved: two workers were slower than one. Each chunk in
 flight has its own spool file, a *slot*, written over in place by the next chunk that gets it: a
 new file for every chunk had the kernel find and zero fresh pages for each crop (about 0.2 ms of
-a worker's time per cell, an eighth of its work; benchmarks/bench_segment.py --scaling).
+a worker's time per cell, an eighth of its work).
 
 Workers are forked from a "forkserver" (a clean single-threaded process started once, so safe
 when the parent runs threads: Qt, torch), which imports the task's module and the `preload`
@@ -28,11 +32,12 @@ import pickle
 import shutil
 import signal
 import tempfile
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,8 +52,15 @@ R = TypeVar("R")
 WORKER_DIED = "the worker process died while working on this item (out of memory?)"
 #: Results whose out-of-band buffers total at least this many bytes go through a spool file.
 SPOOL_MIN_BYTES = 32 * 1024
+#: Arrays smaller than this stay inside the pickle: a segmented cell holds a dozen arrays of a
+#: few bytes besides its crop, and each out-of-band buffer is one more write and one more view.
+IN_BAND_BYTES = 4096
 #: Modules the forkserver imports when it starts (`ordered_map`'s `preload` and tasks' modules).
 _PRELOAD: set[str] = {__name__}
+
+#: Chunks sent to one worker and not yet returned: the one it runs and one ready behind it, so
+#: that it never waits for a round trip; more would tie work to a worker that may be slow.
+DEPTH = 2
 
 
 def ordered_map(
@@ -65,14 +77,16 @@ def ordered_map(
 
     ``workers=1`` runs the task in this process (no pool, nothing to pickle). Items go to the
     workers `chunk_size` at a time (fewer round trips for short tasks: one small image each).
-
-    `task` must be picklable (a module-level function). At most `max_in_flight` (default
-    ``4 * workers`` items, at least two chunks per worker) items are submitted and not yet yielded, and `items` is consumed lazily.
-    A worker that dies (killed for memory, a crashing decoder) breaks the pool: the items then in
-    flight are re-run one at a time in a single-worker pool, so that only an item that kills
-    its worker again gives ``on_worker_death(item, WORKER_DIED)`` (or raises BrokenProcessPool
-    when no `on_worker_death` is given), and the rest go on in a new pool. Closing the iterator
-    early cancels what has not started and waits for what has.
+    `task` and `task_args` must be picklable (a module-level function); they go to each worker
+    once, when it starts. At most `max_in_flight` items (default ``4 * workers``, at least
+    ``2 * DEPTH`` chunks per worker) are submitted and not yet yielded, `items` is consumed
+    lazily, and each worker holds at most `DEPTH` chunks: the rest wait for the first free one.
+    A task's exception is raised here, with the worker's traceback as a note. A worker that
+    dies (killed for memory, a crashing decoder) costs only its own chunks: their items are
+    re-run one at a time in a worker of their own, so that only an item that kills its worker
+    again gives ``on_worker_death(item, WORKER_DIED)`` (or raises BrokenProcessPool when no
+    `on_worker_death` is given); a new worker takes the dead one's place. Closing the iterator
+    early skips what has not started and waits for what has.
 
     `preload`: modules the task imports when it runs (the task's own module is always
     preloaded), imported once in the forkserver instead of in every worker. They count only
@@ -83,88 +97,187 @@ def ordered_map(
         yield from (task(item, *task_args) for item in items)
         return
     _PRELOAD.update(name for name in (task.__module__, *preload) if name != "__main__")
-    spool = _spool_folder()
+    chunk_size = max(1, int(chunk_size))
+    max_chunks = (
+        max(1, max_in_flight // chunk_size)
+        if max_in_flight
+        else max(2 * DEPTH * workers, 4 * workers // chunk_size)
+    )
+    items, pool = iter(items), _Pool(workers, task, task_args)
     try:
-        chunk_size = max(1, int(chunk_size))
-        chunks = (
-            max(1, max_in_flight // chunk_size)
-            if max_in_flight
-            else max(2 * workers, 4 * workers // chunk_size)
-        )
-        yield from _pooled(
-            _chunks(iter(items), chunk_size),
-            (spool, task, *task_args),
-            workers,
-            chunks,
-            on_worker_death,
-        )
+        chunks = iter(lambda: list(itertools.islice(items, chunk_size)), [])
+        yield from _in_order(pool, chunks, max_chunks, on_worker_death)
     finally:
-        shutil.rmtree(spool, ignore_errors=True)
+        pool.close()
 
 
-def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
-
-
-def _pooled(chunks, spooled_args, workers, max_chunks, on_worker_death):
-    """`ordered_map`'s loop: submit up to `max_chunks`, yield in order, survive a dead worker."""
-    pool = _new_pool(workers)
-    spool = spooled_args[0]
-    slots = [os.path.join(spool, f"slot-{k}.buffers") for k in range(max_chunks)]
-    pending: deque[tuple[list, Future | None, str]] = deque()
-    try:
-        while True:
-            try:
-                _submit_more(pool, pending, chunks, slots, spooled_args)
-                if not pending:
-                    return
-                outcomes = _unspool(pending[0][1].result())
-            except BrokenProcessPool:
-                stranded = [item for chunk, _, _ in pending for item in chunk]
-                slots.extend(slot for _, _, slot in pending)
-                pending.clear()
-                pool.shutdown(wait=True, cancel_futures=True)
-                yield from _run_one_at_a_time(stranded, spooled_args, on_worker_death)
-                pool = _new_pool(workers)
-                continue
-            slots.append(pending.popleft()[2])  # read: the next chunk may write over it
-            yield from outcomes
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _submit_more(pool, pending: deque, chunks, slots: list[str], spooled_args) -> None:
-    """Submit chunks while a spool slot is free (one per chunk in flight); a chunk the broken
-    pool refused stays in `pending` (a worker can die while chunks are still being submitted)."""
-    while slots:
-        chunk = next(chunks, None)
-        if chunk is None:
+def _in_order(pool: _Pool, chunks: Iterator[list], max_chunks: int, on_worker_death) -> Iterator:
+    """`ordered_map`'s loop: keep up to `max_chunks` chunks in flight (one spool slot each),
+    hold the ones that finish early, yield in order."""
+    slots = [os.path.join(pool.spool, f"slot-{k}.buffers") for k in range(max_chunks)]
+    finished: dict[int, tuple[Any, str]] = {}  # chunk index -> (outcome, its slot)
+    sent = yielded = 0
+    while True:
+        while slots and pool.has_room() and (chunk := next(chunks, None)):
+            pool.submit(sent, chunk, slots.pop())
+            sent += 1
+        if yielded in finished:
+            outcome, slot = finished.pop(yielded)
+            results = _unspool(outcome)
+            slots.append(slot)  # read: the next chunk may write over it
+            yielded += 1
+            yield from results
+        elif yielded == sent:
             return
-        slot = slots.pop()
+        else:
+            for index, outcome, slot in pool.receive(on_worker_death):
+                finished[index] = (outcome, slot)
+
+
+@dataclass
+class _Worker:
+    """A worker process, this end of its pipe, and the chunks sent to it, oldest first."""
+
+    process: Any
+    conn: Connection
+    queue: deque = field(default_factory=deque)  # (chunk index, chunk, slot)
+
+
+class _Pool:
+    """Worker processes, each with its own pipe: a chunk goes to the least loaded one as one
+    small message and its result (`_Spooled`) comes back as another. Replaces
+    ProcessPoolExecutor, whose queues and threads cost this process about 0.15 ms per cell and
+    whose whole pool broke when one worker died (benchmarks/bench_segment.py --scaling)."""
+
+    def __init__(self, workers: int, task: Callable[..., Any], task_args: tuple) -> None:
+        self.spool = _spool_folder()
+        self.context = _context()
+        self.stop = self.context.Event()
+        self.job = (self.spool, task, task_args)
+        self.workers = [self._start() for _ in range(workers)]
+
+    def _start(self) -> _Worker:
+        conn, child = self.context.Pipe(duplex=True)
+        process = self.context.Process(
+            target=_worker_loop, args=(child, self.stop, *self.job), daemon=True
+        )
+        process.start()
+        child.close()  # so that the worker's death reads as the end of its pipe here
+        return _Worker(process, conn)
+
+    def has_room(self) -> bool:
+        """Whether a worker holds fewer than `DEPTH` chunks: one running, one ready behind it.
+        Chunks beyond that wait here, so that the first worker to finish takes the next one
+        (a slow image delays only its own worker's queue, as with a shared queue)."""
+        return any(len(worker.queue) < DEPTH for worker in self.workers)
+
+    def submit(self, index: int, chunk: list, slot: str | None) -> None:
+        worker = min(self.workers, key=lambda w: len(w.queue))
+        worker.queue.append((index, chunk, slot))
         try:
-            future = pool.submit(_spooled_call, chunk, slot, *spooled_args)
-        except BrokenProcessPool:
-            pending.append((chunk, None, slot))
-            raise
-        pending.append((chunk, future, slot))
+            worker.conn.send((chunk, slot))
+        except OSError:  # already dead: `receive` finds the end of its pipe
+            pass
 
-
-def _run_one_at_a_time(items, spooled_args, on_worker_death):
-    """Run items one by one in a single worker, so that a death names its item exactly."""
-    pool = _new_pool(1)
-    try:
-        for item in items:
+    def receive(self, on_worker_death) -> Iterator[tuple[int, Any, str | None]]:
+        """(chunk index, outcome, slot) of each chunk that finishes next; a dead worker's
+        chunks re-run item by item (`_one_at_a_time`) and it is replaced."""
+        busy = {worker.conn: worker for worker in self.workers if worker.queue}
+        for conn in wait(list(busy)):
+            worker = busy[conn]
             try:
-                yield _unspool(pool.submit(_spooled_call, [item], None, *spooled_args).result())[0]
-            except BrokenProcessPool:
-                if on_worker_death is None:
-                    raise
-                yield on_worker_death(item, WORKER_DIED)
-                pool.shutdown(wait=True)
-                pool = _new_pool(1)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+                ok, payload = conn.recv()
+            except (EOFError, OSError):
+                yield from self._replace(worker, on_worker_death)
+                continue
+            index, chunk, slot = worker.queue.popleft()
+            if not ok:
+                _raise_from_worker(*payload)
+            yield index, payload, slot
+
+    def _replace(self, dead: _Worker, on_worker_death) -> Iterator[tuple]:
+        dead.process.join()
+        dead.conn.close()
+        self.workers[self.workers.index(dead)] = self._start()
+        for index, chunk, slot in dead.queue:
+            yield index, self._one_at_a_time(chunk, on_worker_death), slot
+
+    def _one_at_a_time(self, items: list, on_worker_death) -> list:
+        """Each item alone in a worker of its own, so that a death names its item exactly."""
+        results, solo = [], self._start()
+        try:
+            for item in items:
+                try:
+                    solo.conn.send(([item], None))
+                    ok, payload = solo.conn.recv()
+                except (EOFError, OSError):
+                    if on_worker_death is None:
+                        raise BrokenProcessPool(f"{WORKER_DIED}: {item!r}") from None
+                    results.append(on_worker_death(item, WORKER_DIED))
+                    _stop([solo])
+                    solo = self._start()
+                    continue
+                if not ok:
+                    _raise_from_worker(*payload)
+                results.append(_unspool(payload)[0])
+        finally:
+            _stop([solo])
+        return results
+
+    def close(self) -> None:
+        """Skip the chunks not started, wait for those running, remove the spool."""
+        self.stop.set()
+        _stop(self.workers)
+        shutil.rmtree(self.spool, ignore_errors=True)
+
+
+def _stop(workers: list[_Worker]) -> None:
+    for worker in workers:
+        try:
+            worker.conn.send(None)
+        except OSError:
+            pass
+        worker.conn.close()  # a worker still sending a result gets a broken pipe and ends
+    for worker in workers:
+        worker.process.join()
+
+
+def _worker_loop(conn: Connection, stop, spool: str, task: Callable, task_args: tuple) -> None:
+    """A worker: run each chunk it is sent until told to stop (None, or the pipe closed)."""
+    _worker_init()
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        if stop.is_set():
+            continue  # the parent no longer waits for results: skip, read on to None
+        chunk, slot = message
+        try:
+            reply = (True, _spooled_call(chunk, slot, spool, task, *task_args))
+        except Exception as error:
+            reply = (False, (error, traceback.format_exc()))
+        try:
+            _send(conn, reply)
+        except OSError:
+            return
+
+
+def _send(conn: Connection, reply: tuple) -> None:
+    try:
+        conn.send(reply)
+    except (pickle.PicklingError, TypeError, AttributeError) as error:  # unpicklable result
+        text = traceback.format_exc()
+        failure = RuntimeError(f"the task's result could not be sent: {error}")
+        conn.send((False, (failure, text)))
+
+
+def _raise_from_worker(error: BaseException, worker_traceback: str) -> None:
+    if hasattr(error, "add_note"):  # Python 3.11+
+        error.add_note(f"raised in a worker process:\n{worker_traceback}")
+    raise error
 
 
 @dataclass
@@ -193,9 +306,17 @@ def _spooled_call(
     when they hold large arrays, written over the `slot` file in place (its pages are reused:
     no truncation, the sizes say what is this chunk's) or, without one, to a new file."""
     result = [task(item, *task_args) for item in chunk]
-    buffers: list[pickle.PickleBuffer] = []
-    data = pickle.dumps(result, protocol=5, buffer_callback=buffers.append)
-    views = [buffer.raw() for buffer in buffers]
+    views: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        """Large buffers go to the spool (False); small ones stay in the pickle (True)."""
+        view = buffer.raw()
+        if view.nbytes < IN_BAND_BYTES:
+            return True
+        views.append(view)
+        return False
+
+    data = pickle.dumps(result, protocol=5, buffer_callback=out_of_band)
     if sum(view.nbytes for view in views) < SPOOL_MIN_BYTES:
         return result
     if slot is None:
@@ -240,18 +361,10 @@ def _worker_init() -> None:
     tune_allocator()
 
 
-def _new_pool(workers: int) -> ProcessPoolExecutor:
-    """A pool whose `workers` processes have all started. The executor starts them one per
-    submission; a worker dying while the next one was being started (Python 3.11) left that
-    one unterminated, and shutting the broken pool down then waited for it forever (seen 2 in
-    about 40 runs of the dying-worker test). With all of them running before any task, a
-    death only ever meets processes the executor knows and terminates."""
+def _context():
+    """Forkserver workers where there is one (safe under threads, modules imported once)."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(sorted(_PRELOAD))  # only until the server starts
-    else:  # pragma: no cover - Windows
-        context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
-    for started in [pool.submit(os.getpid) for _ in range(workers)]:
-        started.result()
-    return pool
+        return context
+    return multiprocessing.get_context("spawn")  # pragma: no cover - Windows

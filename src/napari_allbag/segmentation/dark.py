@@ -39,7 +39,7 @@ import numpy as np
 
 from napari_allbag.defaults import BACKGROUND_MODES
 from napari_allbag.io.images import ImageReadError, read_image
-from napari_allbag.io.ordered_pool import ordered_map
+from napari_allbag.io.ordered_pool import DEPTH, ordered_map
 from napari_allbag.progress import Progress, drive
 
 #: Columns of `SegmentationResult.table`, in order.
@@ -279,9 +279,11 @@ def segment_image_progress(
     return SegmentationResult(labels, table, crops, oddity, mode="dark", doubtful=oddity)
 
 
-#: Files a worker process segments per task: one C-NMC cell takes ~3 ms, so one file per task
-#: spent a fifth of the time on round trips between processes (benchmarks/bench_segment.py).
-FILES_PER_TASK = 4
+#: Files a worker process segments per task: one C-NMC cell takes ~1.3 ms, so one file per task
+#: spent a fifth of the time on round trips between processes, and 8 beat 4 by 3-5 %
+#: (benchmarks/bench_segment.py --scaling). A worker holds at most `DEPTH` tasks, the rest go to
+#: whichever finishes first, so a task of slow bright-field fields delays only its own worker.
+FILES_PER_TASK = 8
 #: What a worker segmenting files imports beyond its task's module (`segment_file` imports
 #: `brightfield`, with scipy and scikit-image, when it first runs): the pool imports it once.
 WORKER_PRELOAD = ("napari_allbag.segmentation.brightfield",)
@@ -296,8 +298,8 @@ def iter_segment_files(
 ) -> Iterator[FileSegmentation]:
     """Segment files in order, `workers` processes at a time (1: in this process).
 
-    At most ``workers * max(in_flight_per_worker, 2 * FILES_PER_TASK)`` files are being
-    segmented or waiting to be consumed (files go to workers `FILES_PER_TASK` at a time), so
+    At most ``workers * max(in_flight_per_worker, 2 * DEPTH * FILES_PER_TASK)`` files are being
+    segmented or waiting to be consumed (files go to workers up to `FILES_PER_TASK` at a time), so
     thousands of files stream with bounded memory. Unreadable files give a
     FileSegmentation with `error` set instead of raising, as does a file whose worker process
     dies. `keep_labels=False` drops the label images (result.labels is None), which saves
@@ -311,7 +313,7 @@ def iter_segment_files(
         (Path(p) for p in paths),
         (params, keep_labels),
         workers,
-        max_in_flight=workers * max(in_flight_per_worker, 2 * FILES_PER_TASK),
+        max_in_flight=workers * max(in_flight_per_worker, 2 * DEPTH * FILES_PER_TASK),
         on_worker_death=lambda path, why: FileSegmentation(path, None, why),
         chunk_size=FILES_PER_TASK,
         preload=WORKER_PRELOAD,
