@@ -3,7 +3,7 @@
 Used to segment thousands of files on all cores with bounded memory (`segmentation`,
 `cli.segment`). Each worker has its own pipe: a chunk of items goes to the least loaded worker
 as one small message, and its result comes back as another (`_Pool`). ProcessPoolExecutor's
-queues and threads cost the parent about 0.08 ms more per cell, enough to keep two workers
+queues and threads cost the parent about 0.1 ms more per cell, enough to keep two workers
 under 1.6x one, and one dead worker broke its whole pool (benchmarks/bench_segment.py
 --scaling). Large arrays in a result (crops, label images) do not travel through the pipe: the
 worker pickles the result with protocol 5 and writes the arrays' buffers to a spool file (on
@@ -146,7 +146,7 @@ class _Worker:
 class _Pool:
     """Worker processes, each with its own pipe: a chunk goes to the least loaded one as one
     small message and its result (`_Spooled`) comes back as another. Replaces
-    ProcessPoolExecutor, whose queues and threads cost this process about 0.15 ms per cell and
+    ProcessPoolExecutor, whose queues and threads cost this process about 0.1 ms per cell and
     whose whole pool broke when one worker died (benchmarks/bench_segment.py --scaling)."""
 
     def __init__(self, workers: int, task: Callable[..., Any], task_args: tuple) -> None:
