@@ -38,6 +38,13 @@ DEFAULT_DIST_TIMEOUT_S = 600.0
 #: Segmentation background modes: decide per image, cells on black (the paper), bright-field.
 BACKGROUND_MODES = ("auto", "dark", "bright")
 
+#: A white cell's nucleus is about one red cell in area or more (a small lymphocyte's is 6-7 um
+#: across, a red cell 7.5 um): a bright-field cell whose nucleus, in red-cell areas, is smaller
+#: is named for a look, not dropped (the stain caught a faint nucleus only in part, or it is a
+#: platelet clump or red cells overlapping). `segmentation.feedback` warns, `inference.review`
+#: flags; docs/image-kinds.md has what it flags on the real sample.
+SMALL_NUCLEUS_RBC = 1.0
+
 #: What each mode does, for help texts and the widgets.
 BACKGROUND_HELP = (
     "auto (the default): decide per image from its border and histogram; dark: cells on a black "

@@ -67,5 +67,5 @@ def test_threshold_decision_and_its_refusals():
 
 def test_review_flags_disagreement_and_border():
     probs = np.array([[[0.9, 0.1], [0.1, 0.9], [0.2, 0.8]], [[0.9, 0.1], [0.8, 0.2], [0.95, 0.05]]])
-    judged = judge(probs, Decision(), touches_border=[False, True])
+    judged = judge(probs, Decision(), {"touches_border": [False, True], "area": [1, 2]})
     assert judged.review_reason.tolist() == ["models disagree", "cut by border"]

@@ -109,3 +109,17 @@ def test_classify_files_cached_gives_one_row_per_file(bundle, tmp_path):
     crops = np.asarray(found.cache.crops)[found.rows]
     expected = _direct(bundle, crops)
     assert np.allclose(found.predictions.probs[found.rows], expected, atol=1e-5)
+
+
+def test_a_bright_field_cell_with_a_small_nucleus_is_flagged_for_review(bundle):
+    from tests.segmentation.test_brightfield import draw_white_cell, smear
+
+    image, _ = smear(seed=6, keep_clear=[(150, 150, 30), (150, 330, 30)])
+    draw_white_cell(image, 150, 150, lobes=((0, 0, 16),))  # a nucleus larger than a red cell
+    draw_white_cell(image, 150, 330, lobes=((0, 0, 10),))  # half a red cell
+    params = SegmentationParams(crop_size=bundle.crop_size, background="bright")
+    found = drive(classify_image(bundle, image, PipelineOptions(segmentation=params)))
+    order = np.argsort(found.segmentation.table["centroid_col"])
+    reasons = found.predictions.review_reason[order]
+    assert "small nucleus" not in reasons[0] and reasons[1].endswith("small nucleus"), reasons
+    assert found.predictions.review[order][1]

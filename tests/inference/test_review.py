@@ -14,17 +14,21 @@ def test_every_reason_and_their_order():
     labels = np.array([[1, 1, 1], [1, 1, 1], [0, 1, 0], [1, 1, 1], [0, 1, 1], [0, 0, 0]])
     spread = np.array([0.01, 0.02, 0.03, 0.30, 0.25, 0.0])
     border = np.array([False, False, False, False, True, False])
+    nucleus = np.array([np.nan, 2.0, 1.0, 3.0, 0.4, 0.99])  # NaN: not measured (dark path)
+    cells = {"touches_border": border, "nucleus_area_rbc": nucleus}
     policy = ReviewPolicy(threshold=0.5, band=0.1, spread_limit=0.2)
-    flag, reason = review_flags(p_all, policy, labels, spread, border)
-    assert flag.tolist() == [False, True, True, True, True, False]
+    flag, reason = review_flags(p_all, policy, labels, spread, cells)
+    assert flag.tolist() == [False, True, True, True, True, True]
     assert reason.tolist() == [
         "",
         "near threshold",
         "models disagree",
         "TTA spread",
-        "models disagree; near threshold; TTA spread; cut by border",
-        "",
+        "models disagree; near threshold; TTA spread; cut by border; small nucleus",
+        "small nucleus",
     ]
+    unflagged = review_flags(p_all, ReviewPolicy(min_nucleus=0.0), cells=cells)[1]
+    assert "small nucleus" not in "".join(unflagged)
 
 
 def test_band_follows_the_threshold_and_missing_inputs_are_not_checked():

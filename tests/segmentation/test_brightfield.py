@@ -33,6 +33,7 @@ from napari_allbag.segmentation.brightfield import (
     segment_brightfield_progress,
     stain_channel,
 )
+from napari_allbag.segmentation.feedback import ImageFeedback
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,6 +123,48 @@ def test_nucleus_lobes_make_one_cell():
     result = segment_brightfield(image)
     assert result.n_cells == 1
     assert "lobes grouped" in result.table["keep_reason"][0]
+
+
+def test_a_nucleus_smaller_than_a_red_cell_is_measured_and_warned_about():
+    image, _ = smear(seed=6, keep_clear=[(150, 150, 30), (150, 330, 30)])
+    draw_white_cell(image, 150, 150, lobes=((0, 0, 16),))  # 1.3 red-cell areas
+    draw_white_cell(image, 150, 330, lobes=((0, 0, 10),))  # 0.5: as small as a platelet clump
+    result = segment_brightfield(image)
+    assert result.n_cells == 2, result.message
+    order = np.argsort(result.table["centroid_col"])
+    measured = result.table["nucleus_area_rbc"][order]
+    assert 1.0 < measured[0] < 1.6 and 0.3 < measured[1] < 0.7, measured
+    small_id = int(result.table["cell_id"][order][1])
+    feedback = ImageFeedback.of(result)
+    assert feedback.small_nuclei == (small_id,)
+    assert feedback.line("f.png").endswith(
+        f"cell {small_id}: nucleus smaller than a red cell (a platelet clump, red cells "
+        "overlapping or a faint nucleus?), check before trusting"
+    )
+
+
+def test_real_nuclei_are_measured_on_fields_and_not_where_the_scale_is_guessed():
+    bright = shared_data("brightfield_sample")
+    field = segment_brightfield(read_image(bright / "fields" / "sigtuple_test_1468054105.jpg"))
+    assert field.n_cells == 3 and np.all(field.table["nucleus_area_rbc"] >= 1.0)
+    crop = segment_brightfield(read_image(bright / "crops" / "pbc_LY_179366.jpg"))
+    assert crop.n_cells == 1 and np.isnan(crop.table["nucleus_area_rbc"]).all()
+    dark = segment_image(read_image(next(shared_data("cnmc_sample").glob("*/*.bmp"))))
+    assert np.isnan(dark.table["nucleus_area_rbc"]).all()
+
+
+def test_a_real_platelet_clump_taken_for_a_white_cell_is_warned_about():
+    """pig_test_656: four white cells (boxes) and a platelet on red cells found as a fifth."""
+    bright = shared_data("brightfield_sample")
+    result = segment_brightfield(read_image(bright / "fields" / "pig_test_656.jpg"))
+    boxes = np.loadtxt(bright / "boxes" / "fields" / "pig_test_656.txt", ndmin=2)
+    height, width = result.labels.shape
+    in_a_box = [
+        any(abs(col / width - x) < w and abs(row / height - y) < h for _, x, y, w, h in boxes)
+        for row, col in centres_of(result)
+    ]
+    small = result.table["nucleus_area_rbc"] < 1.0
+    assert small.tolist() == [not inside for inside in in_a_box], (in_a_box, small)
 
 
 def test_two_white_cells_give_two_cells_and_a_border_cut_is_flagged():

@@ -51,3 +51,24 @@ def test_the_tally_counts_each_kind_once_per_image():
     mixed.add(good)
     mixed.add(ImageFeedback(mode="dark", n_cells=1))
     assert mixed.text() == "2 images: 1 bright-field (auto), 1 dark background (set)"
+
+
+def test_cells_with_a_small_nucleus_are_named_and_counted():
+    table = {
+        "cell_id": np.array([1, 2, 3]),
+        "nucleus_area_rbc": np.array([2.1, 0.4, np.nan]),  # NaN: not measured, no warning
+    }
+    result = type("Result", (), {"table": table, "mode": "bright"})()
+    feedback = ImageFeedback.of(result)
+    assert feedback.small_nuclei == (2,)
+    assert feedback.warnings() == [
+        "cell 2: nucleus smaller than a red cell (a platelet clump, red cells overlapping or a "
+        "faint nucleus?), check before trusting"
+    ]
+    assert pickle.loads(pickle.dumps(feedback)) == feedback
+    tally = FeedbackTally()
+    tally.add(feedback)
+    tally.add(replace(feedback, small_nuclei=(4, 5)))
+    assert tally.warned and tally.text() == (
+        "2 images: bright-field (set); 3 cells with a small nucleus: see the warnings above"
+    )

@@ -171,7 +171,18 @@ def test_auto_on_a_smear_outlines_the_white_cells_and_names_the_mode(
             np.hypot(row - cell.centre[0], col - cell.centre[1]) < cell.radius
             for cell in truth.white_cells
         )
-    assert "bright-field (auto)" in widget.status.value and warnings_shown == []
+    assert "bright-field (auto)" in widget.status.value
+    small = cells.features["cell_id"][cells.features["nucleus_area_rbc"] < 1.0].tolist()
+    if small:  # the generator's lobed "hem" nuclei are thinner than real ones: named, not dropped
+        ids = ", ".join(map(str, small))
+        assert warnings_shown == [
+            f"Segment cells (bright-field (auto)): cell{'s' if len(small) > 1 else ''} {ids}: "
+            "nucleus smaller than a red cell (a platelet clump, red cells overlapping or a faint "
+            "nucleus?), check before trusting"
+        ]
+    else:
+        assert warnings_shown == []
+    warnings_shown.clear()
 
     widget.background.value = "dark"  # forced dark on a smear: one huge "cell", said in words
     run_and_wait(widget, qtbot)

@@ -28,6 +28,7 @@ CELL_COLUMNS = (
     "touches_border",
     "mode",
     "keep_reason",
+    "nucleus_area_rbc",
 )
 RESULT_COLUMNS = ("source", *CELL_COLUMNS, *PREDICTION_COLUMNS)
 #: The per-image summary's columns (one row per image, unreadable ones with their error).
@@ -89,7 +90,7 @@ def write_summary(path: str | os.PathLike, files: list[Any]) -> Path:
 
 def csv_value(value):
     """A table value as results.csv writes it: numpy scalars unwrapped, floats to 6 digits,
-    NaN (no TTA spread) empty."""
+    NaN (no TTA spread, no nucleus measured) empty."""
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, float):

@@ -12,7 +12,7 @@ spread and review flags, for every front end alike (`inference.pipeline` calls `
 - Test-time augmentation: probabilities of the 8 dihedral views (N, 8, 3, 2) are averaged; the
   spread is the standard deviation of the rule's P(ALL) across the views.
 - `review` / `review_reason`: `inference.review.review_flags` (models disagree, P(ALL) near the
-  threshold in use, TTA spread, cut by the border).
+  threshold in use, TTA spread, cut by the border, small nucleus).
 
 Imports numpy and the package's model and inference modules only.
 """
@@ -29,6 +29,9 @@ from napari_allbag.inference.review import ReviewPolicy, review_flags
 from napari_allbag.model.calibration import apply_temperatures
 from napari_allbag.model.rules import RULES, decide_rule, model_labels, rule_p_all
 from napari_allbag.model.trust import TrustSettings
+
+#: The segmentation table's columns that feed the review flags.
+_CELL_CHECKS = ("touches_border", "nucleus_area_rbc")
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,10 @@ def _spread(views: np.ndarray, decision: Decision) -> np.ndarray:
     return rule_p_all(flat, decision.rule).reshape(n, n_views).std(axis=1).astype(np.float32)
 
 
-def judge(probs: np.ndarray, decision: Decision, touches_border: Any = None) -> Judged:
+def judge(probs: np.ndarray, decision: Decision, cells: Any = None) -> Judged:
     """Labels, confidence, calibrated P(ALL), TTA spread and review flags of (N, 3, 2)
-    probabilities, or of (N, views, 3, 2) view probabilities (test-time augmentation)."""
+    probabilities, or of (N, views, 3, 2) view probabilities (test-time augmentation); `cells`:
+    the segmentation table whose border and nucleus columns feed the flags (`review_flags`)."""
     probs = np.asarray(probs, dtype=np.float32)
     spread = None
     if probs.ndim == 4:
@@ -113,10 +117,12 @@ def judge(probs: np.ndarray, decision: Decision, touches_border: Any = None) -> 
         confidence = confidence.astype(np.float32)
     else:
         labels, confidence = np.zeros(0, np.int64), np.zeros(0, np.float32)
-    border = None
-    if touches_border is not None and len(touches_border) == len(probs):
-        border = np.asarray(touches_border, dtype=bool)
+    checked = {
+        name: column
+        for name, column in (cells or {}).items()
+        if name in _CELL_CHECKS and column is not None and len(column) == len(probs)
+    }
     flag, reason = review_flags(
-        p_all, decision.policy, model_labels(probs) if len(probs) else None, spread, border
+        p_all, decision.policy, model_labels(probs) if len(probs) else None, spread, checked
     )
     return Judged(probs, labels, confidence, p_all.astype(np.float32), spread, flag, reason)

@@ -154,8 +154,7 @@ def finisher(
         probs = np.asarray(probs, np.float32)
         if options.tta:
             probs = probs.reshape(-1, N_VIEWS, *probs.shape[1:])
-        border = (table or {}).get("touches_border")
-        return CellPredictions.from_judged(judge(probs, decision, border))
+        return CellPredictions.from_judged(judge(probs, decision, table))
 
     return finish
 
@@ -170,25 +169,24 @@ def classify_cells(
     bundle: Any,
     crops: np.ndarray,
     options: PipelineOptions = DEFAULT_OPTIONS,
-    touches_border: Any = None,
+    table: dict[str, Any] | None = None,
 ) -> Generator[Progress, None, CellPredictions]:
     """Classify uint8 crops (N, S, S, 3) with the options' batch size, device, compile, engine,
-    rule, TTA and decision (`touches_border` (N,) feeds the review flags)."""
+    rule, TTA and decision (the cells' segmentation `table` feeds the review flags)."""
     finish = finisher(bundle, options)
     if options.tta:
         crops = _with_views(crops) if len(crops) else crops
     raw = yield from classify_crops(
         bundle, crops, options.batch_size, options.device, options.compile, options.engine
     )
-    return finish(raw.probs, {"touches_border": touches_border})
+    return finish(raw.probs, table or {})
 
 
 def classify_segmented(
     bundle: Any, segmented: Any, options: PipelineOptions = DEFAULT_OPTIONS
 ) -> Generator[Progress, None, ImagePredictions]:
     """Classify the cells of a `SegmentationResult`; returns them with their predictions."""
-    border = (segmented.table or {}).get("touches_border")
-    predictions = yield from classify_cells(bundle, segmented.crops, options, border)
+    predictions = yield from classify_cells(bundle, segmented.crops, options, segmented.table)
     return ImagePredictions(segmented, predictions)
 
 

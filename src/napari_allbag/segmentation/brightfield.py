@@ -770,7 +770,22 @@ def _solidity(mask: np.ndarray) -> float:
 # --- per-cell steps -----------------------------------------------------------------------------
 
 
-def _grow_cell(scene: _Scene, nucleus: _Nucleus) -> tuple[_Component, str]:
+@dataclass
+class _Why:
+    """Why a cell was kept: its nucleus's lobes, and the nucleus's area in red-cell areas."""
+
+    lobes: str
+    nucleus: float
+
+    def joined(self, other: _Why) -> _Why:
+        """A lobe or cell taken into this one: its nucleus is this cell's too."""
+        return _Why(self.lobes, self.nucleus + other.nucleus)
+
+    def __str__(self) -> str:
+        return f"purple nucleus ({self.lobes}), {self.nucleus:.1f} red-cell areas"
+
+
+def _grow_cell(scene: _Scene, nucleus: _Nucleus) -> tuple[_Component, _Why]:
     """The white cell around a nucleus group: nucleus plus stained cytoplasm, as a component."""
     top, left = nucleus.top, nucleus.left
     h, w = nucleus.pixels.shape
@@ -807,8 +822,7 @@ def _grow_cell(scene: _Scene, nucleus: _Nucleus) -> tuple[_Component, str]:
     )
     n_lobes = cv2.connectedComponents(core)[0] - 1
     lobes = f"{n_lobes} nucleus lobes grouped" if n_lobes > 1 else "one nucleus"
-    reason = f"purple nucleus ({lobes}), {cv2.countNonZero(core) / (math.pi * scene.radius**2):.1f}"
-    return component, reason + " red-cell areas"
+    return component, _Why(lobes, cv2.countNonZero(core) / (math.pi * scene.radius**2))
 
 
 def _whole_cells(scene: _Scene, groups: list[_Nucleus]):
@@ -819,13 +833,19 @@ def _whole_cells(scene: _Scene, groups: list[_Nucleus]):
     if not scene.measured:  # a crop: touching cells are not split there, so they are one
         grown = _joined_touching(grown)
     red_area = math.pi * scene.radius**2
-    kept: list[tuple[_Component, str, np.ndarray]] = []
+    kept: list[tuple[_Component, _Why, np.ndarray]] = []
     dropped: list[str] = []
     for cell, reason in grown:
         hull = _filled_hull(cell)
-        host = next((k for k in kept if _mostly_inside(cell, hull, k[0], k[2])), None)
-        if host is not None:
-            continue  # part of a bigger cell, already inside its hull and crop
+        inside = (
+            i
+            for i, (big, _, big_hull) in enumerate(kept)
+            if _mostly_inside(cell, hull, big, big_hull)
+        )
+        host = next(inside, None)
+        if host is not None:  # part of a bigger cell, already inside its hull and crop
+            kept[host] = (kept[host][0], kept[host][1].joined(reason), kept[host][2])
+            continue
         cut = _is_cut(scene, cell, hull)  # any part may be visible: its nucleus test suffices
         if cv2.countNonZero(hull) < red_area * (_MIN_CUT_CELL if cut else _MIN_CELL):
             dropped.append("smaller than a red cell (platelet or debris)")
@@ -834,11 +854,11 @@ def _whole_cells(scene: _Scene, groups: list[_Nucleus]):
     return [(cell, reason) for cell, reason, _ in kept], dropped
 
 
-def _joined_touching(grown: list[tuple[_Component, str]]) -> list[tuple[_Component, str]]:
-    """Cells whose hulls touch or overlap joined into one (largest first, its reason kept):
+def _joined_touching(grown: list[tuple[_Component, _Why]]) -> list[tuple[_Component, _Why]]:
+    """Cells whose hulls touch or overlap joined into one (largest first, its lobes kept):
     in a single-cell crop the lobes of one nucleus may lie further apart than the guessed
     scale groups, but their cytoplasm joins them."""
-    joined: list[tuple[_Component, str, np.ndarray]] = []
+    joined: list[tuple[_Component, _Why, np.ndarray]] = []
     for cell, reason in grown:
         hull = _filled_hull(cell)
         touched = next(
@@ -848,7 +868,7 @@ def _joined_touching(grown: list[tuple[_Component, str]]) -> list[tuple[_Compone
             joined.append((cell, reason, hull))
             continue
         merged = _merged(joined[touched][0], cell)  # by position: cells hold arrays, no ==
-        joined[touched] = (merged, joined[touched][1], _filled_hull(merged))
+        joined[touched] = (merged, joined[touched][1].joined(reason), _filled_hull(merged))
     return [(cell, reason) for cell, reason, _ in joined]
 
 
@@ -905,7 +925,7 @@ def _component_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
 
 
 def _result(scene: _Scene, cells, params: SegmentationParams, source: str) -> SegmentationResult:
-    """Label image, table (mode "bright", keep_reason, touches_border) and crops."""
+    """Label image, table (mode "bright", keep_reason, touches_border, nucleus_area_rbc), crops."""
     image = scene.image
     height, width = image.shape[:2]
     labels = np.zeros((height, width), np.int32)
@@ -917,7 +937,9 @@ def _result(scene: _Scene, cells, params: SegmentationParams, source: str) -> Se
         np.copyto(labels[box], row + 1, where=hull_mask.view(bool))
         _fill_row(table, row, image, cell, hull_mask)
         table["touches_border"][row] = _is_cut(scene, cell, hull_mask)
-        table["keep_reason"][row] = reason
+        table["keep_reason"][row] = str(reason)
+        if scene.measured:  # a crop's guessed scale makes red-cell areas meaningless
+            table["nucleus_area_rbc"][row] = reason.nucleus
         crops[row] = _crop(image, hull_mask, cell.box, params.crop_size)
     table["cell_id"][:] = np.arange(1, len(cells) + 1)
     table["source"][:] = source

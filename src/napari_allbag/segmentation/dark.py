@@ -62,6 +62,7 @@ TABLE_COLUMNS = (
     "touches_border",
     "mode",
     "keep_reason",
+    "nucleus_area_rbc",
 )
 
 _COLUMN_TYPES = {
@@ -83,6 +84,7 @@ _COLUMN_TYPES = {
     "touches_border": np.bool_,
     "mode": object,
     "keep_reason": object,
+    "nucleus_area_rbc": np.float64,
 }
 
 
@@ -154,7 +156,10 @@ class SegmentationResult:
         hulls overlap the higher id wins). None when a caller asked not to keep it.
     table: column -> 1-D numpy array, one row per cell, columns `TABLE_COLUMNS`. Bounding boxes
         are of the hull, min inclusive and max exclusive; area counts the eroded component's
-        pixels, hull_area the filled hull's; mean colour is over the hull.
+        pixels, hull_area the filled hull's; mean colour is over the hull. nucleus_area_rbc: the
+        nucleus's area in red-cell areas where the bright-field path measured the red cells' size
+        (NaN on the dark path and in crops whose scale was guessed); under one, the review flags
+        say "small nucleus" (`inference.review`).
     crops: (N, S, S, 3) uint8 RGB, cell centred, black outside the hull.
     message: why nothing (or something odd) was found; "" when all is well.
     mode: the path that ran, "dark" or "bright" ("" where unknown).
@@ -191,10 +196,11 @@ class FileSegmentation:
 
 
 def empty_table(n: int = 0) -> dict[str, np.ndarray]:
-    """A table with every column and `n` rows (zeros / empty strings)."""
+    """A table with every column and `n` rows (zeros / empty strings; NaN: not measured)."""
     table = {name: np.zeros(n, dtype=_COLUMN_TYPES[name]) for name in TABLE_COLUMNS}
     for name in ("source", "mode", "keep_reason"):
         table[name] = np.full(n, "", dtype=object)
+    table["nucleus_area_rbc"][:] = np.nan
     return table
 
 

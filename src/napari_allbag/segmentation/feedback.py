@@ -3,10 +3,12 @@
 A bright-field smear run through the dark path gives one "cell" covering the whole field, and a
 model then classifies it with confidence: so every command that segments (`segment`, `predict`,
 `evaluate`) says per image, in words, when the background mode had to be guessed, when no
-(white) cell was found, and when the cells look wrong, and counts each in its summary line:
+(white) cell was found, when the cells look wrong, and which white cells have a nucleus smaller
+than a red cell (`defaults.SMALL_NUCLEUS_RBC`: a faint nucleus caught in part, or a platelet
+clump or red cells overlapping), and counts each in its summary line:
 
-    3 images: bright-field (auto); 1 with no white cell found, 1 doubtful segmentation:
-    see the warnings above
+    3 images: bright-field (auto); 1 with no white cell found, 1 doubtful segmentation,
+    2 cells with a small nucleus: see the warnings above
 
 `ImageFeedback` is small and picklable (it travels back from worker processes instead of the
 whole result); `FeedbackTally` adds them up. Plain Python: the CLI prints, the widgets show.
@@ -17,6 +19,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import numpy as np
+
+from napari_allbag.defaults import SMALL_NUCLEUS_RBC
 
 if TYPE_CHECKING:  # loads OpenCV; `inference.predict` imports this module on torch-only hosts
     from napari_allbag.segmentation.dark import SegmentationResult
@@ -35,6 +41,8 @@ class ImageFeedback:
     guessed: str = ""
     doubtful: str = ""
     message: str = ""
+    #: ids of the cells whose nucleus is under `SMALL_NUCLEUS_RBC` red-cell areas
+    small_nuclei: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, result: SegmentationResult) -> ImageFeedback:
@@ -52,6 +60,7 @@ class ImageFeedback:
             getattr(result, "guessed", ""),
             getattr(result, "doubtful", ""),
             str(getattr(result, "message", "") or ""),
+            _small_nuclei(table),
         )
 
     @property
@@ -77,6 +86,12 @@ class ImageFeedback:
             )
         elif self.doubtful:
             found.append(f"doubtful segmentation: {self.doubtful}")
+        if self.small_nuclei:
+            ids = ", ".join(map(str, self.small_nuclei))
+            found.append(
+                f"cell{'s' if len(self.small_nuclei) > 1 else ''} {ids}: nucleus smaller than a "
+                "red cell (a platelet clump, red cells overlapping or a faint nucleus?), check before trusting"
+            )
         return found
 
     def _why(self) -> str:
@@ -103,6 +118,7 @@ class FeedbackTally:
     no_cell: Counter = field(default_factory=Counter)
     guessed: int = 0
     doubtful: int = 0
+    small_nuclei: int = 0  # cells, not images
 
     def add(self, feedback: ImageFeedback) -> None:
         self.modes[feedback.mode_text] += 1
@@ -111,6 +127,7 @@ class FeedbackTally:
             self.no_cell[feedback.cell_word] += 1
         elif feedback.doubtful:
             self.doubtful += 1
+        self.small_nuclei += len(feedback.small_nuclei)
 
     @property
     def images(self) -> int:
@@ -118,11 +135,13 @@ class FeedbackTally:
 
     @property
     def warned(self) -> bool:
-        return bool(self.guessed or self.doubtful or sum(self.no_cell.values()))
+        return bool(
+            self.guessed or self.doubtful or self.small_nuclei or sum(self.no_cell.values())
+        )
 
     def text(self) -> str:
         """e.g. "3 images: bright-field (auto); 1 with no white cell found, 1 doubtful
-        segmentation: see the warnings above"."""
+        segmentation, 2 cells with a small nucleus: see the warnings above"."""
         n = self.images
         if len(self.modes) == 1:
             modes = next(iter(self.modes))
@@ -136,6 +155,17 @@ class FeedbackTally:
         notes += [f"{self.no_cell[word]} with no {word} found" for word in words]
         if self.doubtful:
             notes.append(f"{self.doubtful} doubtful segmentation{'s' if self.doubtful > 1 else ''}")
+        if self.small_nuclei:
+            many = self.small_nuclei > 1
+            notes.append(f"{self.small_nuclei} cell{'s' if many else ''} with a small nucleus")
         if not notes:
             return head
         return f"{head}; {', '.join(notes)}: see the warnings above"
+
+
+def _small_nuclei(table) -> tuple[int, ...]:
+    """Ids of the cells whose measured nucleus is under `SMALL_NUCLEUS_RBC` red-cell areas."""
+    if "nucleus_area_rbc" not in table or "cell_id" not in table:
+        return ()
+    small = np.asarray(table["nucleus_area_rbc"], dtype=float) < SMALL_NUCLEUS_RBC  # NaN: no
+    return tuple(int(i) for i in np.asarray(table["cell_id"])[small])

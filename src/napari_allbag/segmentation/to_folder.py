@@ -224,7 +224,7 @@ def _cells_row(table: dict[str, np.ndarray], row: int, path: Path, crop_name: st
             continue
         value = table[name][row]
         if isinstance(value, (np.floating, float)):
-            values[name] = f"{float(value):.6g}"
+            values[name] = "" if value != value else f"{float(value):.6g}"  # NaN: not measured
         elif isinstance(value, (np.bool_, bool)):
             values[name] = str(bool(value))
         elif isinstance(value, str):
