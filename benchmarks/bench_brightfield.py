@@ -7,7 +7,8 @@ Per image kind (fields, crops) it prints the fraction of images with the exact w
 (MANIFEST.tsv wbc_count), for single-cell crops the fraction with exactly one centred cell,
 where masks exist whether any returned cell overlaps no white cell of the mask (a red cell,
 platelet or debris returned as a white cell) and the mean IoU of the mask's white cells with
-the found hulls; then the time for one 2000 x 1500 field on one core.
+the found hulls, and how many cells are flagged "small nucleus"; then the time for one
+2000 x 1500 field on one core.
 Targets (issue 10): exact count >= 90% of fields, one centred cell >= 95% of crops, no red cell.
 
 With --robustness, instead: the exact-count figures again on every image after each of a set of
@@ -28,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from napari_allbag.defaults import SMALL_NUCLEUS_RBC
 from napari_allbag.io.images import read_image
 from napari_allbag.segmentation import SegmentationParams
 from napari_allbag.segmentation.brightfield import segment_brightfield
@@ -80,11 +82,17 @@ def evaluate(data: Path, verbose: bool) -> None:
         image = read_image(data / row["relpath"])
         result = segment_brightfield(image, params, source=row["relpath"])
         kind, expected = row["kind"], int(row["wbc_count"])
-        stats = figures.setdefault(kind, {"exact": [], "one": [], "off": [], "iou": []})
+        stats = figures.setdefault(
+            kind, {"exact": [], "one": [], "off": [], "iou": [], "cells": 0, "small": 0}
+        )
         stats["exact"].append(result.n_cells == expected)
+        small = int(np.count_nonzero(result.table["nucleus_area_rbc"] < SMALL_NUCLEUS_RBC))
+        stats["cells"] += result.n_cells
+        stats["small"] += small
         if kind == "crops" and expected == 1:
             stats["one"].append(result.n_cells == 1 and centred(result, image.shape))
         line = f"{row['relpath']:44s} expected {expected} found {result.n_cells}"
+        line += f" ({small} small nucleus)" if small else ""
         if row["relpath"] in masks:
             iou, off = mask_scores(result.labels, data / masks[row["relpath"]])
             stats["iou"].append(iou)
@@ -107,6 +115,7 @@ def evaluate(data: Path, verbose: bool) -> None:
             f"  with masks ({len(stats['iou'])}): images returning a non-white cell "
             f"{sum(o > 0 for o in stats['off'])}, mean IoU {np.nanmean(stats['iou']):.3f}"
         )
+        print(f"  cells flagged 'small nucleus': {stats['small']} of {stats['cells']}")
 
 
 def time_large_field(data: Path, repeats: int = 5) -> None:
@@ -171,14 +180,19 @@ def robustness(data: Path) -> None:
     rows = read_tsv(data / "MANIFEST.tsv")
     images = [(row, read_image(data / row["relpath"])) for row in rows]
     totals: dict[str, list[int]] = {}
+    flags, cells, excess = [0, 0], [0, 0], 0  # [images with a wrong count, exact ones]
     for name, change in CHANGES.items():
         exact: dict[str, list[bool]] = {}
         misses = []
         for row, image in images:
-            found = segment_brightfield(change(image), params).n_cells
-            exact.setdefault(row["kind"], []).append(found == int(row["wbc_count"]))
-            if found != int(row["wbc_count"]):
-                misses.append(f"{Path(row['relpath']).stem} {found}/{row['wbc_count']}")
+            table = segment_brightfield(change(image), params).table
+            found, expected = len(table["cell_id"]), int(row["wbc_count"])
+            exact.setdefault(row["kind"], []).append(found == expected)
+            flags[found == expected] += int(np.sum(table["nucleus_area_rbc"] < SMALL_NUCLEUS_RBC))
+            cells[found == expected] += found
+            excess += max(0, found - expected)
+            if found != expected:
+                misses.append(f"{Path(row['relpath']).stem} {found}/{expected}")
         for kind, hits in exact.items():
             totals.setdefault(kind, [0, 0])
             totals[kind][0] += sum(hits)
@@ -186,6 +200,10 @@ def robustness(data: Path) -> None:
         counts = "  ".join(f"{kind} {sum(h)}/{len(h)}" for kind, h in exact.items())
         print(f"{name:15s} {counts}  misses: {', '.join(misses) or '-'}", flush=True)
     print("all changes    ", "  ".join(f"{k} {a}/{n}" for k, (a, n) in totals.items()))
+    print(
+        f"'small nucleus' flags: {flags[1]} of {cells[1]} cells in images with the exact count, "
+        f"{flags[0]} in the others ({excess} cells too many there)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
