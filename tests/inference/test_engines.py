@@ -17,7 +17,7 @@ from tests.faults import refuse_writes
 from tests.model_factory import make_tiny_models
 
 SIZE = 64
-OPTIONAL = [name for name in engines.ENGINE_MODULES]
+OPTIONAL = [name for name in engines.ENGINE_MODULES if name not in engines.APPROXIMATE]
 
 
 def _installed_or_skip(name: str) -> None:
@@ -256,3 +256,22 @@ def test_evaluate_refuses_an_unknown_engine_before_working(field_and_bundle, tmp
     args = ["evaluate", str(bundle_dir), str(tmp_path / "set"), "--engine", "tensorrt", "--quiet"]
     assert main(args) == 2
     assert "Unknown engine 'tensorrt'" in capsys.readouterr().err
+
+
+def test_openvino_bf16_is_close_to_torch_where_the_cpu_has_bf16_and_refused_where_not(
+    ensemble, reference, tmp_path, monkeypatch
+):
+    _installed_or_skip("openvino-bf16")
+    assert "openvino-bf16" not in engines.AUTO_ORDER  # approximate: never picked for the user
+    crops = _crops(11)
+    import openvino
+
+    if engines.cpu_has_bf16(openvino.Core()):
+        engine = engines.make_engine("openvino-bf16", ensemble, "cpu", 4, bundle_dir=tmp_path)
+        assert engine.name == "openvino-bf16" and " bf16, " in engine.description
+        found = engine.run(crops)
+        assert 0 < np.abs(found - reference).max() < 0.1  # bf16 rounding, not another model
+    monkeypatch.setattr(engines, "cpu_has_bf16", lambda core: False)
+    with pytest.raises(engines.EngineError, match="no bf16|has none") as refused:
+        engines.make_engine("openvino-bf16", ensemble, "cpu", 4, bundle_dir=tmp_path)
+    assert "--engine openvino" in str(refused.value)

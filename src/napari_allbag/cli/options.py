@@ -149,8 +149,11 @@ def add_engine_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
         default="auto",
-        help="auto, torch, onnxruntime or openvino (default auto: the fastest installed on the "
-        'CPU, torch on a GPU; pip install "napari-allbag[fast-cpu]" for ONNX Runtime)',
+        help="auto, torch, onnxruntime, openvino or openvino-bf16 (default auto: the fastest "
+        'installed on the CPU, torch on a GPU; pip install "napari-allbag[fast-cpu]" for ONNX '
+        "Runtime). openvino-bf16 is approximate (bf16 on CPUs with AMX or AVX512_BF16, several "
+        "times faster, probabilities may move by up to a tenth): check it with evaluate on "
+        "annotated cells first",
     )
 
 

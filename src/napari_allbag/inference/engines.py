@@ -9,7 +9,11 @@ bundle (`<bundle>/.engines/`) or, where that folder is read-only, in the user ca
 `auto` picks the fastest installed engine on the CPU (the order of `AUTO_ORDER`, measured with
 `benchmarks/bench_engines.py`, figures in docs/benchmarks.md) and PyTorch on a GPU. ONNX Runtime
 comes with `pip install "napari-allbag[fast-cpu]"`, OpenVINO with `[openvino]`; without either
-`auto` is PyTorch. All run fp32: bf16 and int8 were faster but changed labels (see the docs).
+`auto` is PyTorch. All of these run fp32 and give torch's labels. `openvino-bf16` is the one
+approximate engine, never picked by `auto`: OpenVINO in bf16 on a CPU with AMX or AVX512_BF16,
+7.6x eager torch on 2 AMX cores but probabilities moved by up to 0.09 and 3 of 62 labels changed
+on the benchmark's model (docs/benchmarks.md): for users who check it on their own annotated
+cells first (`evaluate --engine openvino-bf16`).
 
 Imports torch and numpy only; onnxruntime / openvino load when their engine is made.
 """
@@ -34,14 +38,20 @@ from napari_allbag.io.atomic import write_bytes_atomic
 from napari_allbag.model.networks import CLASS_NAMES, MODEL_NAMES
 
 #: Names a user may give (`predict --engine`).
-ENGINES = ("auto", "torch", "onnxruntime", "openvino")
+ENGINES = ("auto", "torch", "onnxruntime", "openvino", "openvino-bf16")
+#: Engines whose probabilities differ from torch's by more than rounding (never `auto`).
+APPROXIMATE = ("openvino-bf16",)
 #: What `auto` tries on the CPU, fastest first (fp32, the same labels as torch; ONNX Runtime
 #: 1.57x and OpenVINO 1.51x eager torch on 2 cores); PyTorch when neither is installed.
 AUTO_ORDER = ("onnxruntime", "openvino")
 #: The Python module each optional engine needs (the ONNX export needs `onnx` too).
-ENGINE_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+ENGINE_MODULES = {
+    "onnxruntime": "onnxruntime",
+    "openvino": "openvino",
+    "openvino-bf16": "openvino",
+}
 #: The pyproject extra that installs each optional engine.
-ENGINE_EXTRAS = {"onnxruntime": "fast-cpu", "openvino": "openvino"}
+ENGINE_EXTRAS = {"onnxruntime": "fast-cpu", "openvino": "openvino", "openvino-bf16": "openvino"}
 #: Folder of cached exports, inside the bundle folder or the user cache folder.
 EXPORT_FOLDER = ".engines"
 #: Bumped when the exported graph changes, so older cached exports are not reused.
@@ -279,11 +289,23 @@ def onnxruntime_engine(path: Path, batch_size: int) -> _GraphEngine:
     return engine
 
 
+def cpu_has_bf16(core: Any) -> bool:
+    """Whether OpenVINO would run bf16 on this CPU (AMX or AVX512_BF16), not f32 quietly."""
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def openvino_engine(path: Path, batch_size: int, precision: str = "f32") -> _GraphEngine:
-    """OpenVINO on the CPU at `precision` ("f32", or "bf16" where the CPU has it)."""
+    """OpenVINO on the CPU at `precision` ("f32", or "bf16": `EngineError` where the CPU has
+    no bf16 instructions, on which OpenVINO would quietly run f32)."""
     import openvino as ov
 
     core = ov.Core()
+    if precision == "bf16" and not cpu_has_bf16(core):
+        raise EngineError(
+            "The openvino-bf16 engine needs a CPU with bf16 instructions (Intel AMX or "
+            "AVX512_BF16; AMD Zen 4 and later) and this one has none: use --engine openvino "
+            "(fp32, the same labels as torch) or auto."
+        )
     config = {
         "INFERENCE_PRECISION_HINT": precision,
         "INFERENCE_NUM_THREADS": _threads(),
@@ -295,7 +317,7 @@ def openvino_engine(path: Path, batch_size: int, precision: str = "f32") -> _Gra
         batch_size,
         f"OpenVINO {ov.__version__.split('-')[0]} {precision}, {_threads()} threads",
     )
-    engine.name = "openvino"
+    engine.name = "openvino" if precision == "f32" else f"openvino-{precision}"
     return engine
 
 
@@ -367,8 +389,10 @@ def make_engine(
     if batch < 1:
         raise EngineError(f"batch size must be at least 1, got {batch_size}")
     path = export_onnx(ensemble, size, export_folder(bundle_dir))
-    make = onnxruntime_engine if chosen == "onnxruntime" else openvino_engine
-    engine = make(path, batch)
+    if chosen == "onnxruntime":
+        engine = onnxruntime_engine(path, batch)
+    else:
+        engine = openvino_engine(path, batch, "bf16" if chosen == "openvino-bf16" else "f32")
     engine.crop_size = size
     return engine
 
