@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import pickle
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -66,6 +67,8 @@ def test_cells_with_a_small_nucleus_are_named_and_counted():
         "faint nucleus?), check before trusting"
     ]
     assert pickle.loads(pickle.dumps(feedback)) == feedback
+    stored = json.loads(json.dumps(asdict(feedback)))  # as a crop cache's index keeps it
+    assert ImageFeedback(**stored) == feedback
     tally = FeedbackTally()
     tally.add(feedback)
     tally.add(replace(feedback, small_nuclei=(4, 5)))

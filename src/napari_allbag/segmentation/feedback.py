@@ -44,6 +44,9 @@ class ImageFeedback:
     #: ids of the cells whose nucleus is under `SMALL_NUCLEUS_RBC` red-cell areas
     small_nuclei: tuple[int, ...] = ()
 
+    def __post_init__(self) -> None:  # a list when read back from a crop cache's JSON index
+        object.__setattr__(self, "small_nuclei", tuple(int(i) for i in self.small_nuclei))
+
     @classmethod
     def of(cls, result: SegmentationResult) -> ImageFeedback:
         """From a `SegmentationResult` (or any object with its fields: a test's stand-in)."""
