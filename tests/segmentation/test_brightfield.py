@@ -675,3 +675,15 @@ def test_real_fields_keep_their_count_at_three_quarters_size():
             continue
         smaller = cv2.resize(image, None, fx=0.75, fy=0.75, interpolation=cv2.INTER_AREA)
         assert segment_brightfield(smaller).n_cells == found, row["relpath"]
+
+
+def test_a_field_at_half_size_is_measured_at_four_times_where_twice_is_too_few():
+    """`pig_test_654` at half size (416 -> 208 px, red cells of 2.5 px): at 2x too few whole red
+    cells are found apart for a scale, so the crop's guess made every nucleus "too small" and
+    gave 0 cells; measured at 4x it finds its white cells (3 of 4: two touch at this size)."""
+    bright = shared_data("brightfield_sample")
+    image = read_image(bright / "fields" / "pig_test_654.jpg")
+    half = cv2.resize(image, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    result = segment_brightfield(half)
+    assert 3 <= result.n_cells <= 4, result.message
+    assert np.isfinite(result.table["nucleus_area_rbc"]).all()  # a measured scale, not a guess

@@ -85,9 +85,10 @@ _CONTACT_EROSIONS = (1, 2, 3, 4, 6)
 _CROP_GUESS = "a crop, side / 10"
 _TOO_SMALL = "smaller than a white-cell nucleus (platelet or debris)"
 #: Where a guessed scale leaves nothing but nuclei too small for it, the scale is measured again
-#: on the image enlarged this many times (red cells of 2-4 px are too small for the 3x3 opening
-#: and 1 px erosions that measure them).
-_FINER = 2
+#: on the image enlarged this many times, the next where the first finds too few red cells (red
+#: cells of 2-4 px are too small for the 3x3 opening and 1 px erosions that measure them; those
+#: of 2.5 px need 4x: `pig_test_654` at half size).
+_FINER = (2, 4)
 #: A single-cell crop with more cells than this looks wrong.
 _MANY_CELLS = 20
 #: Above-threshold nucleus pixels of one white cell (lobes together) cover at least this many
@@ -471,16 +472,18 @@ def _scene(image: np.ndarray, levels: StainLevels | None = None) -> _Scene | str
 
 
 def _finer_levels(image: np.ndarray, scene: _Scene) -> StainLevels | None:
-    """The image's levels with the red-cell scale measured on it enlarged `_FINER` times, or
-    None where that too finds too few whole red cells (a crop: its guess stands). A field at a
-    low resolution (`pig_test_654` at 0.75x: red cells of 4 px, 9 found apart at best, so a
-    crop's guess of 31 px and every nucleus "too small") is measured right at 2x."""
-    enlarged = cv2.resize(image, None, fx=_FINER, fy=_FINER, interpolation=cv2.INTER_CUBIC)
-    grey, _, valid = _valid_pixels(enlarged)
-    _, radius, measured = _measures(grey, stain_channel(enlarged), valid)
-    if not measured:
-        return None
-    return StainLevels(radius / _FINER, scene.high, scene.red_stain, measured=True)
+    """The image's levels with the red-cell scale measured on it enlarged (`_FINER` times, the
+    first factor that finds enough whole red cells), or None where none does (a crop: its guess
+    stands). A field at a low resolution (`pig_test_654` at 0.75x: red cells of 4 px, 9 found
+    apart at best, so a crop's guess of 31 px and every nucleus "too small") is measured right
+    at 2x; at 0.5x (2.5 px) at 4x."""
+    for factor in _FINER:
+        enlarged = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
+        grey, _, valid = _valid_pixels(enlarged)
+        _, radius, measured = _measures(grey, stain_channel(enlarged), valid)
+        if measured:
+            return StainLevels(radius / factor, scene.high, scene.red_stain, measured=True)
+    return None
 
 
 def _smoothed(stain: np.ndarray, valid: np.ndarray, radius: float) -> np.ndarray:
