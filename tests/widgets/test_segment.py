@@ -243,3 +243,16 @@ def test_cancel_stops_a_tiled_run(make_napari_viewer, qtbot, warnings_shown, sme
     widget.cancel_button.clicked()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=20000)
     assert widget.status.value == "cancelled" and "cells [slide]" not in viewer.layers
+
+
+def test_a_long_warning_wraps_instead_of_widening_the_dock(make_napari_viewer, qtbot):
+    from tests.widgets.test_base import NARROW_DOCK, dock_in_window, squeezed
+
+    viewer = make_napari_viewer(show=True)
+    dock, widget = dock_in_window(viewer, qtbot, "Segment cells")
+    widget.status.value = "bright-field (auto): 8 white cell(s) found; " + "cells 6, 7: " * 20
+    for _ in range(20):
+        qtbot.wait(5)
+    assert widget.status.native.wordWrap()
+    assert dock.width() <= NARROW_DOCK + 40, dock.width()
+    assert squeezed(widget) == []

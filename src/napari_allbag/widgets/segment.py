@@ -102,6 +102,7 @@ class SegmentWidget(QWidget):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)  # a long warning must not widen the dock
         self.progress_bar = QProgressBar()
         self.controls = WorkerControls(
             [self.run_button],
