@@ -188,13 +188,22 @@ def test_cancel_stops_inside_a_long_torch_computation(qtbot, backward):
     torch.nn.Linear(2, 2)(torch.ones(1, 2)).sum().backward()
 
 
+def gated(gate: threading.Event, n: int, cleaned: list):
+    """`counting` once `gate` opens: the test cancels first, whatever the threads' timing (the
+    worker ran all 5 quick events before `cancel()` in one full-suite run)."""
+    assert gate.wait(TIMEOUT_MS / 1000)
+    return (yield from counting(n, cleaned))
+
+
 def test_cancel_before_the_worker_began_runs_nothing(qtbot):
     seen: list[Progress] = []
     cleaned: list[bool] = []
     controls = _controls(qtbot, seen)
     outcome, callbacks = _outcome()
-    assert controls.start(counting, 5, cleaned, **callbacks)
+    gate = threading.Event()
+    assert controls.start(gated, gate, 5, cleaned, **callbacks)
     controls.cancel()
+    gate.set()
     qtbot.waitUntil(lambda: not controls.is_running, timeout=TIMEOUT_MS)
     assert outcome == {"aborted": True}
     assert len(seen) <= 1 and cleaned in ([], [False])
