@@ -223,3 +223,28 @@ def test_background_option_and_per_image_warnings(setup, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bright-field (set): no white cell found" in err
     assert f"{N_ALL + N_HEM} with no white cell found: see the warnings above" in err
+
+
+def test_the_report_says_what_the_segmentation_warned_about(setup, tmp_path):
+    """A bright-field image whose second white cell has a nucleus of half a red cell: the
+    console's warning is in report.txt and report.html too, for whoever reads them later."""
+    import cv2
+
+    from tests.segmentation.test_brightfield import draw_white_cell, smear
+
+    _, _, bundle = setup
+    data = tmp_path / "set"
+    for label, seed in (("all", 6), ("hem", 7)):
+        image, _ = smear(seed=seed, keep_clear=[(150, 150, 30), (150, 330, 30)])
+        draw_white_cell(image, 150, 150, lobes=((0, 0, 16),))
+        draw_white_cell(image, 150, 330, lobes=((0, 0, 10),))
+        (data / label).mkdir(parents=True)
+        cv2.imwrite(str(data / label / f"{label}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "report"
+    args = ["evaluate", str(bundle), str(data), "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--cache-dir", str(tmp_path / "cache"), "--workers", "1", "--quiet"]) == 0
+    text = (out / "report.txt").read_text()
+    assert "  Segmentation: 2 images: bright-field (auto); 2 cells with a small nucleus\n" in text
+    assert text.count("nucleus smaller than a red cell") == 2
+    page = (out / "report.html").read_text()
+    assert "<h2>Segmentation warnings</h2>" in page and "2 cells with a small nucleus" in page

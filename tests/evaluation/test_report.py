@@ -219,6 +219,16 @@ def test_format_report_of_an_evaluation():
     assert "1 image(s) held more than one cell" in lines[14]
     assert lines[15] == "  1 file(s) without a class were not evaluated"
     assert any(line.startswith("weighted avg") for line in lines)
+    assert not any("Segmentation" in line for line in lines)  # nothing was warned about
+    warned = _evaluation_context() | {
+        "segmentation_warnings": [f"f{i}.png: bright-field (auto): cell 2: ..." for i in range(12)],
+        "segmentation_summary": "12 images: bright-field (auto); 12 cells with a small nucleus: "
+        "see the warnings above",
+    }
+    text = format_report(build_report("evaluation", y, probs, context=warned))
+    assert "  Segmentation: 12 images: bright-field (auto); 12 cells with a small nucleus\n" in text
+    assert "    f9.png: bright-field (auto): cell 2: ..." in text and "f10.png" not in text
+    assert "    ... (2 more in the JSON report)" in text
     empty = build_report("evaluation", [], np.zeros((0, 3, 2)), context=_evaluation_context())
     assert empty["n_cells"] == 0 and empty["cells"] == []
     text = format_report(empty)

@@ -323,7 +323,21 @@ def _evaluation_header(report: dict[str, Any]) -> list[str]:
     for key, title in (("unlabelled", "without a class"), ("unreadable", "unreadable")):
         if annotations[key]:
             lines.append(f"  {len(annotations[key])} file(s) {title} were not evaluated")
-    return lines + _doubtful_data(annotations)
+    return lines + _segmentation_lines(context) + _doubtful_data(annotations)
+
+
+def _segmentation_lines(context: dict[str, Any]) -> list[str]:
+    """What the segmentation warned about (mode guessed, no cell, doubtful, small nuclei), as
+    the console said it, so that the report read later says it too."""
+    warnings = context.get("segmentation_warnings") or []
+    if not warnings:
+        return []
+    summary = str(context.get("segmentation_summary", "")).removesuffix(": see the warnings above")
+    lines = [f"  Segmentation: {summary}"]
+    lines += [f"    {warning}" for warning in warnings[:10]]
+    if len(warnings) > 10:
+        lines.append(f"    ... ({len(warnings) - 10} more in the JSON report)")
+    return lines
 
 
 def _doubtful_data(annotations: dict[str, Any]) -> list[str]:
