@@ -326,14 +326,19 @@ def _evaluation_header(report: dict[str, Any]) -> list[str]:
     return lines + _segmentation_lines(context) + _doubtful_data(annotations)
 
 
+def segmentation_summary(context: dict[str, Any]) -> str:
+    """The console's segmentation summary line without its pointer to the console's warnings
+    (a report lists them itself)."""
+    return str(context.get("segmentation_summary", "")).removesuffix(": see the warnings above")
+
+
 def _segmentation_lines(context: dict[str, Any]) -> list[str]:
     """What the segmentation warned about (mode guessed, no cell, doubtful, small nuclei), as
     the console said it, so that the report read later says it too."""
     warnings = context.get("segmentation_warnings") or []
     if not warnings:
         return []
-    summary = str(context.get("segmentation_summary", "")).removesuffix(": see the warnings above")
-    lines = [f"  Segmentation: {summary}"]
+    lines = [f"  Segmentation: {segmentation_summary(context)}"]
     lines += [f"    {warning}" for warning in warnings[:10]]
     if len(warnings) > 10:
         lines.append(f"    ... ({len(warnings) - 10} more in the JSON report)")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from napari_allbag.evaluation.per_subject import SUBJECT_COLUMNS, per_subject_rows
-from napari_allbag.evaluation.report import classification_table
+from napari_allbag.evaluation.report import classification_table, segmentation_summary
 from napari_allbag.model.rules import rule_p_all
 
 CLASS_NAMES = ("hem", "all")
@@ -156,19 +156,15 @@ def write_report_folder(out_dir: str | Path, report: dict[str, Any], bundle_path
         weighted_f1_ensemble=f"{report['weighted_f1']['ensemble']:.4f}",
         subjects_seen_in_training=", ".join(seen["subjects"]) or "none",
     )
-    context = report["context"]
-    if context.get("segmentation_warnings"):
-        run["segmentation"] = str(context.get("segmentation_summary", "")).removesuffix(
-            ": see the warnings above"
-        )
     tables = {
         "Per subject": html_table(report.get("subject_figures") or [], SUBJECT_COLUMNS),
         "Subjects the bundle learnt from, scored apart": html_table(
             [{"subjects": name, **seen[name]} for name in ("unseen", "seen")]
         ),
     }
-    if context.get("segmentation_warnings"):
-        rows = [{"warning": warning} for warning in context["segmentation_warnings"]]
-        tables["Segmentation warnings"] = html_table(rows)
+    warnings = report["context"].get("segmentation_warnings")
+    if warnings:
+        run["segmentation"] = segmentation_summary(report["context"])
+        tables["Segmentation warnings"] = html_table([{"warning": w} for w in warnings])
     page = build_report_html("napari-allbag evaluation", run, figures, tables)
     return write_report_html(out_dir, page)
