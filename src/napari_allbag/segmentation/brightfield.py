@@ -35,7 +35,8 @@ back to a tenth of the image side):
    red-cell radius), then takes its hull;
    in a single-cell crop (no measured scale, so touching cells are not split either) cells
    whose hulls touch are one (lobes further apart than the guessed scale, one cytoplasm);
-5. crops exactly like the dark path's (`segmentation.dark._crop`): the hull on black, centred, resized;
+5. crops exactly like the dark path's (`segmentation.dark._crop`): the hull on black, centred,
+   resized;
 6. the table keeps each cell's nucleus area in red-cell areas (`nucleus_area_rbc`, fields only:
    a crop's scale is a guess); one under `defaults.SMALL_NUCLEUS_RBC` is kept but named for a
    look (`segmentation.feedback`, the review flags): a faint nucleus, or a platelet clump.

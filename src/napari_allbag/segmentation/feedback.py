@@ -93,7 +93,8 @@ class ImageFeedback:
             ids = ", ".join(map(str, self.small_nuclei))
             found.append(
                 f"cell{'s' if len(self.small_nuclei) > 1 else ''} {ids}: nucleus smaller than a "
-                "red cell (a platelet clump, red cells overlapping or a faint nucleus?), check before trusting"
+                "red cell (a platelet clump, red cells overlapping or a faint nucleus?), "
+                "check before trusting"
             )
         return found
 
