@@ -69,6 +69,25 @@ def classify(viewer, widget, bundle: Path) -> None:
     print(f"classified {len(table)} cells: {widget.summary.text()}", flush=True)
 
 
+def segment(viewer, widget) -> None:
+    """Segment a generated smear: its warning (small "hem" nuclei) must show whole in the dock
+    (in a napari-first script, the status used to keep one short line's size: 88 x 34 px)."""
+    from napari_allbag.data.synthetic_brightfield import BrightfieldLook, make_brightfield_field
+
+    image, _ = make_brightfield_field(3, shape=(750, 1000), look=BrightfieldLook(scale=0.5))
+    viewer.add_image(image, name="smear", rgb=True)
+    settle()
+    widget.image_choice.value = viewer.layers["smear"]
+    widget.run()
+    wait_until(lambda: widget.worker is None, "Segment to finish")
+    settle()
+    status = widget.status
+    assert "nucleus smaller than a red cell" in status.value, status.value
+    need = status.heightForWidth(status.width())
+    assert status.height() >= need, f"status cut: {status.geometry()} needs {need} px"
+    print(f"segmented: {status.value[:60]}...", flush=True)
+
+
 def train_and_cancel(widget, data: Path, run: Path) -> None:
     widget.data_edit.setText(str(data))
     widget.out_edit.setText(str(run))
@@ -92,6 +111,7 @@ def main(bundle: Path, data: Path, run: Path) -> None:
     viewer = napari.Viewer()
     settle()
     docked = dock_every_widget(viewer)
+    segment(viewer, docked["Segment cells"])
     classify(viewer, docked["Classify cells"], bundle)
     train_and_cancel(docked["Train ensemble"], data, run)
     viewer.close()

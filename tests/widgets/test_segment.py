@@ -8,6 +8,7 @@ import pytest
 from napari_allbag.data.synthetic_brightfield import BrightfieldLook, make_brightfield_field
 from napari_allbag.segmentation.brightfield import segment_auto
 from napari_allbag.segmentation.dark import TABLE_COLUMNS
+from napari_allbag.widgets.results import FLAGGED_COLOUR, SEGMENTED_COLOUR
 from napari_allbag.widgets.segment import (
     CELLS_LAYER,
     CONTOUR,
@@ -173,8 +174,13 @@ def test_auto_on_a_smear_outlines_the_white_cells_and_names_the_mode(
         )
     assert "bright-field (auto)" in widget.status.value
     small = cells.features["cell_id"][cells.features["nucleus_area_rbc"] < 1.0].tolist()
+    colours = {int(i): tuple(cells.colormap.map(int(i))) for i in cells.features["cell_id"]}
+    for cell_id, colour in colours.items():  # the cells the warning names are the yellow ones
+        expected_colour = FLAGGED_COLOUR if cell_id in small else SEGMENTED_COLOUR
+        np.testing.assert_allclose(colour, expected_colour, atol=1e-6)
     if small:  # the generator's lobed "hem" nuclei are thinner than real ones: named, not dropped
         ids = ", ".join(map(str, small))
+        assert widget.status.value.endswith("yellow outlines show which")
         assert warnings_shown == [
             f"Segment cells (bright-field (auto)): cell{'s' if len(small) > 1 else ''} {ids}: "
             "nucleus smaller than a red cell (a platelet clump, red cells overlapping or a faint "
@@ -230,6 +236,10 @@ def test_a_whole_slide_too_large_for_labels_gets_box_outlines(
     assert "cells [slide]" not in viewer.layers
     assert len(outlines.data) == len(outlines.features) > 0
     assert set(outlines.shape_type) == {"rectangle"}
+    small = set(outlines.features["cell_id"][outlines.features["nucleus_area_rbc"] < 1.0])
+    for cell_id, colour in zip(outlines.features["cell_id"], outlines.edge_color, strict=True):
+        expected_colour = FLAGGED_COLOUR if cell_id in small else SEGMENTED_COLOUR
+        np.testing.assert_allclose(colour, expected_colour, atol=1e-6)
     assert viewer.layers["cell crops [slide]"].data.shape[0] == len(outlines.data)
 
 
@@ -253,6 +263,29 @@ def test_a_long_warning_wraps_instead_of_widening_the_dock(make_napari_viewer, q
     widget.status.value = "bright-field (auto): 8 white cell(s) found; " + "cells 6, 7: " * 20
     for _ in range(20):
         qtbot.wait(5)
-    assert widget.status.native.wordWrap()
+    assert widget.status.wordWrap()
     assert dock.width() <= NARROW_DOCK + 40, dock.width()
+    assert squeezed(widget) == []
+
+
+def test_a_run_s_long_warning_is_shown_whole(make_napari_viewer, qtbot, smear):
+    """After a real run (progress bar shown, then hidden), the status is as tall as its text.
+    In a napari-first script the old label kept one short line's size (88 x 34 px) and cut the
+    warning; this harness did not reproduce that cut, so the test guards the outcome only."""
+    from tests.widgets.test_base import squeezed
+
+    image, _ = smear
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1500, 950)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-allbag", "Segment cells")
+    viewer.add_image(image, name="smear", rgb=True)
+    qtbot.wait(50)
+    run_and_wait(widget, qtbot)
+    for _ in range(20):
+        qtbot.wait(5)
+    status = widget.status
+    assert "nucleus smaller than a red cell" in status.value  # a long warning: several lines
+    assert (
+        status.height() >= status.heightForWidth(status.width()) > 3 * status.fontMetrics().height()
+    )
     assert squeezed(widget) == []

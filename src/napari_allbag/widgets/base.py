@@ -197,6 +197,47 @@ def in_scroll_area(owner: Any, content: Any) -> Any:
     return scroll
 
 
+def status_label() -> Any:
+    """A status line for a dock: wraps at the dock's width and is always as tall as its text.
+
+    napari's dock does not pass the dock's width down as a height (no `heightForWidth`), so a
+    plain wrapped QLabel kept the height of its first short text, and a run's long warning
+    showed as two half-cut lines (a Segment widget screenshot under Xvfb). This one sets its
+    minimum height from its text whenever the text or its width changes. `value` is its text,
+    as for the magicgui Label it replaces.
+    """
+    from qtpy.QtWidgets import QLabel, QSizePolicy
+
+    class StatusLabel(QLabel):
+        def __init__(self) -> None:
+            super().__init__("")
+            self.setWordWrap(True)  # a long warning must not widen the dock
+            self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+
+        @property
+        def value(self) -> str:
+            return self.text()
+
+        @value.setter
+        def value(self, text: str) -> None:
+            self.setText(text)
+
+        def setText(self, text: str) -> None:  # noqa: N802 - Qt's name
+            super().setText(text)
+            self._fit()
+
+        def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+            super().resizeEvent(event)
+            self._fit()
+
+        def _fit(self) -> None:
+            height = self.heightForWidth(max(1, self.width()))
+            if height > 0 and height != self.minimumHeight():
+                self.setMinimumHeight(height)
+
+    return StatusLabel()
+
+
 def wrapping_form() -> Any:
     """A QFormLayout whose fields go below their labels when the dock is too narrow for both."""
     from qtpy.QtWidgets import QFormLayout

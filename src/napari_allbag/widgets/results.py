@@ -8,7 +8,9 @@ leaves every other image's alone. `image_of` maps any layer (an image or one of 
 its image, which is what the pickers and the cell table follow.
 
 Colours: outlines by class (ALL orange-red, HEM sky blue), a corrected cell green, a cell flagged
-for review yellow; `legend_html` shows them in the widgets.
+for review yellow; `legend_html` shows them in the widgets. Before classification (the Segment
+widget) every cell is cyan but one whose nucleus is small, which is yellow: the warning names it
+by number, the colour shows which it is.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ HEM_COLOUR = (0.15, 0.62, 0.95, 1.0)
 CORRECTED_COLOUR = (0.20, 0.85, 0.30, 1.0)
 FLAGGED_COLOUR = (1.00, 0.85, 0.10, 1.0)
 UNCLASSIFIED_COLOUR = (0.6, 0.6, 0.6, 1.0)
+#: Cells found, not classified yet (the Segment widget): cyan shows on pale bright-field
+#: backgrounds, pink red cells and black alike (grey outlines were lost on a smear)
+SEGMENTED_COLOUR = (0.0, 0.9, 0.9, 1.0)
 #: Columns a review flag may come in: a non-empty reason text or True means "flagged".
 REVIEW_COLUMNS = ("review", "review_reasons", "flagged", "needs_review")
 
@@ -120,6 +125,14 @@ def cell_colours(table: Any) -> dict:
             colours[cell_id] = FLAGGED_COLOUR
         elif row < len(labels):
             colours[cell_id] = ALL_COLOUR if labels[row] == "all" else HEM_COLOUR
+    return colours
+
+
+def segmented_colours(cell_ids, flagged_ids) -> dict:
+    """A DirectLabelColormap dict for cells not classified yet: cyan, `flagged_ids` yellow."""
+    colours = {None: SEGMENTED_COLOUR, 0: (0.0, 0.0, 0.0, 0.0)}
+    colours.update({int(cell_id): SEGMENTED_COLOUR for cell_id in cell_ids})
+    colours.update({int(cell_id): FLAGGED_COLOUR for cell_id in flagged_ids})
     return colours
 
 

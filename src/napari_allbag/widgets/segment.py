@@ -4,8 +4,9 @@ The work (`segmentation.segment_auto_progress`, or `tiles.segment_large` for a m
 or a large image: its full-resolution level read window by window) runs in a napari
 `thread_worker` through `widgets.base.WorkerControls`, so the viewer stays responsive; its
 progress events drive the progress bar and Cancel stops it at the next event (the next tile).
-The result goes into a Labels layer `cells [image]` drawn as outlines (features: the per-cell
-table, with the mode the image got) and an RGB image layer `cell crops [image]` (the N x S x S x 3
+The result goes into a Labels layer `cells [image]` drawn as outlines, cyan, a cell whose
+nucleus is smaller than a red cell yellow (features: the per-cell table, with the mode the image
+got) and an RGB image layer `cell crops [image]` (the N x S x S x 3
 stack, placed to the right of the image), both just above their image (`widgets.results`). A
 whole slide too large for a full-size label image gets a Shapes layer `cell outlines [image]`
 (one box per cell) instead. Running an image again updates its own layers; other images'
@@ -18,8 +19,9 @@ from collections.abc import Generator
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
 from napari.layers import Image, Labels
+from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
 
@@ -30,12 +32,14 @@ from napari_allbag.segmentation.brightfield import segment_auto_progress
 from napari_allbag.segmentation.dark import SegmentationParams, SegmentationResult
 from napari_allbag.segmentation.feedback import ImageFeedback
 from napari_allbag.segmentation.tiles import TileOptions, needs_tiling, segment_large
-from napari_allbag.widgets.base import WorkerControls
+from napari_allbag.widgets.base import WorkerControls, status_label
 from napari_allbag.widgets.results import (
     CELLS,
     CLASSES,
     CROPS,
     CROPS_KEY,
+    FLAGGED_COLOUR,
+    SEGMENTED_COLOUR,
     SUMMARY_KEY,
     find_result,
     image_of,
@@ -43,6 +47,7 @@ from napari_allbag.widgets.results import (
     place_above,
     result_metadata,
     result_name,
+    segmented_colours,
 )
 
 CELLS_LAYER, CROPS_LAYER = CELLS, CROPS  # kinds; a layer's name is `cells [image]`
@@ -101,8 +106,7 @@ class SegmentWidget(QWidget):
         )
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)  # a long warning must not widen the dock
+        self.status = status_label()
         self.progress_bar = QProgressBar()
         self.controls = WorkerControls(
             [self.run_button],
@@ -125,11 +129,11 @@ class SegmentWidget(QWidget):
                 self.largest_only,
                 self.run_button,
                 self.cancel_button,
-                self.status,
             ]
         )
         layout = QVBoxLayout(self)
         layout.addWidget(form.native)
+        layout.addWidget(self.status)  # the form's full width, not its value column
         layout.addWidget(self.progress_bar)
         layout.addStretch(1)
         self._form = form
@@ -251,10 +255,13 @@ class SegmentWidget(QWidget):
         if result.n_cells == 0:
             self._clear_results(result)
         else:
-            self._show_cells(result, layer)
+            self._show_cells(result, layer, feedback.small_nuclei)
             self._show_crops(result, layer)
         said = [f"{result.n_cells} {feedback.cell_word}(s) found"] if result.n_cells else []
-        self.status.value = f"{feedback.mode_text}: {'; '.join(said + warnings)}"
+        shown = said + warnings
+        if feedback.small_nuclei:
+            shown.append("yellow outlines show which")
+        self.status.value = f"{feedback.mode_text}: {'; '.join(shown)}"
         if warnings:
             show_warning(f"Segment cells ({feedback.mode_text}): {'; '.join(warnings)}")
 
@@ -273,14 +280,17 @@ class SegmentWidget(QWidget):
             return None
         return find_result(self.viewer, kind, source.name)
 
-    def _show_cells(self, result: SegmentationResult, source: Image | None) -> None:
+    def _show_cells(
+        self, result: SegmentationResult, source: Image | None, flagged: tuple[int, ...]
+    ) -> None:
         """Outlines over the image: the cells Labels layer drawn as contours, or (no label
-        image kept for a whole slide) a Shapes layer of one box per cell."""
+        image kept for a whole slide) a Shapes layer of one box per cell; cyan, the `flagged`
+        cells (a small nucleus: the warning names them) yellow."""
         features = pd.DataFrame({"index": result.table["cell_id"], **result.table})
         scale, translate = _plane_geometry(source)
         name = source.name if source is not None else "image"
         if result.labels is None:
-            self._show_outlines(result, features, source)
+            self._show_outlines(result, features, source, flagged)
             return
         self._remove(OUTLINES_LAYER, source)
         layer = self._result_layer(CELLS, source)
@@ -298,12 +308,15 @@ class SegmentWidget(QWidget):
             layer.features = features
             layer.scale, layer.translate = scale, translate
         layer.contour = CONTOUR  # outlines: the morphology stays visible
+        layer.colormap = DirectLabelColormap(
+            color_dict=segmented_colours(result.table["cell_id"], flagged)
+        )
         layer.metadata[CROPS_KEY] = result.crops
         layer.metadata[SUMMARY_KEY] = f"{result.n_cells} cell(s) found, not classified yet"
         self._cells_layer = layer
         place_above(self.viewer, layer, source)
 
-    def _show_outlines(self, result, features, source: Image | None) -> None:
+    def _show_outlines(self, result, features, source: Image | None, flagged) -> None:
         scale, translate = _plane_geometry(source)
         name = source.name if source is not None else "image"
         table = result.table
@@ -322,7 +335,10 @@ class SegmentWidget(QWidget):
             shape_type="rectangle",
             name=result_name(OUTLINES_LAYER, name),
             metadata=result_metadata(OUTLINES_LAYER, name),
-            edge_color="yellow",
+            edge_color=[
+                FLAGGED_COLOUR if int(cell_id) in flagged else SEGMENTED_COLOUR
+                for cell_id in table["cell_id"]
+            ],
             face_color="transparent",
             edge_width=3.0,
             features=features,
