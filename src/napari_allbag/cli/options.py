@@ -108,7 +108,7 @@ def add_subjects_csv_option(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="CSV with columns file,subject (default: subjects from C-NMC file names)",
     )
-    parser.add_argument(  # evaluate's old name (before 0.2): accepted, not shown
+    parser.add_argument(  # evaluate's earlier name (before --subjects-csv): accepted, hidden
         "--subjects", dest="subjects_csv", type=Path, help=argparse.SUPPRESS
     )
 
