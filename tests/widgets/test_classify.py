@@ -81,6 +81,8 @@ def test_classify_an_image_layer(make_napari_viewer, qtbot, bundle_dir, field, t
         assert np.allclose(cells.get_color(int(cell_id)), FLAGGED_COLOUR if flagged[i] else colour)
     points = viewer.layers[result_name(CLASSES_LAYER, "field")]
     assert len(points.data) == len(features)
+    diameter = float(np.median(features["equivalent_diameter"]))  # the dot leaves the cell seen
+    assert np.all(points.size <= max(2.0, 0.15 * diameter) + 1e-6)
     mark = " ?" if flagged[0] else ""
     assert (
         points.features["text"][0]
