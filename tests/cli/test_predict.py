@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 
 import cv2
+import numpy as np
 import pytest
 
 from napari_allbag.cli.main import main
 from napari_allbag.cli.predict import SUMMARY_COLUMNS
 from napari_allbag.data.synthetic import make_field
 from napari_allbag.inference.columns import RESULT_COLUMNS
+from napari_allbag.inference.overlay import CLASS_COLOURS, FLAGGED_COLOUR
 from napari_allbag.segmentation.dark import SegmentationParams, segment_image
 from tests.model_factory import make_tiny_bundle
 
@@ -172,6 +174,33 @@ def test_predict_rules_tta_review_summary_and_cam(bundle_dir, images, tmp_path, 
     assert len(pngs) == len(tta_rows)
     overlay = cv2.imread(str(pngs[0]))
     assert overlay is not None and overlay.shape[:2] == (64, 64)
+
+
+def test_predict_overlays_one_picture_per_image_beside_the_cams(
+    bundle_dir, images, tmp_path, capsys
+):
+    folder, cells = images
+    overlays, cams = tmp_path / "overlays", tmp_path / "cams"
+    out = tmp_path / "r.csv"
+    assert (
+        _run_predict(bundle_dir, folder, out, "--overlays", str(overlays), "--cam", str(cams)) == 0
+    )
+    rows = _rows(out)
+    said = capsys.readouterr().out
+    assert f"Cell overlays of 2 image(s) -> {overlays}\n" in said  # broken.png: none, an error
+    pictures = sorted(overlays.glob("*.png"))
+    assert [p.name.split("_", 1)[1] for p in pictures] == ["B.png", "a.png"]  # input order
+    assert len(sorted(cams.glob("*.png"))) == len(rows)  # the CAMs as without --overlays
+    for picture, (path, image) in zip(pictures, sorted(cells.items()), strict=True):
+        drawn = cv2.cvtColor(cv2.imread(str(picture)), cv2.COLOR_BGR2RGB)
+        assert drawn.shape == image.shape
+        mine = [r for r in rows if r["source"] == str(path)]
+        for row in mine:  # each cell's outline colour says its class, or yellow when flagged
+            colour = FLAGGED_COLOUR if row["review"] == "True" else CLASS_COLOURS[row["label"]]
+            top, left = int(row["bbox_min_row"]), int(row["bbox_min_col"])
+            bottom, right = int(row["bbox_max_row"]), int(row["bbox_max_col"])
+            box = drawn[top:bottom, left:right]
+            assert np.all(box == colour, axis=-1).sum() > 20, row["cell_id"]
 
 
 def test_predict_threshold_needs_a_bundle_with_one(bundle_dir, images, tmp_path, capsys):

@@ -8,6 +8,7 @@ import pytest
 
 from napari_allbag.inference.overlay import (
     CLASS_COLOURS,
+    FLAGGED_COLOUR,
     UNKNOWN_COLOUR,
     CellMark,
     draw_overlay,
@@ -112,6 +113,30 @@ def test_legend_and_caption():
     assert np.all(corner == CLASS_COLOURS["hem"], axis=-1).sum() > 20
     bottom = with_both[-25:]
     assert np.all(bottom > 200, axis=-1).sum() > 15  # white caption text
+
+
+def test_a_flagged_cell_is_yellow_with_a_question_mark_and_the_legend_says_so():
+    image, labels = drawn_field()
+    marks = [CellMark(1, "all", 0.91), CellMark(2, "hem", 0.52, flagged=True)]
+    assert [m.text for m in marks] == ["ALL 0.91", "HEM 0.52 ?"]
+    out = draw_overlay(image, labels, marks)
+    assert colour_fraction(out, ring(labels, 1), CLASS_COLOURS["all"]) > 0.8
+    assert colour_fraction(out, ring(labels, 2), FLAGGED_COLOUR) > 0.8
+    assert colour_fraction(out, ring(labels, 2), CLASS_COLOURS["hem"]) == 0
+    legend = out[:90, :150]  # a third swatch, "? review", only where a cell is flagged
+    unflagged = draw_overlay(image, labels, marks[:1])[:90, :150]
+    assert np.all(legend == FLAGGED_COLOUR, axis=-1).sum() > 20
+    assert np.all(unflagged == FLAGGED_COLOUR, axis=-1).sum() == 0
+
+
+def test_the_legend_has_a_dark_panel_so_it_reads_on_a_pale_smear():
+    pale = np.full((*SHAPE, 3), 235, np.uint8)
+    out = draw_overlay(pale, np.zeros(SHAPE, np.int32), [])
+    panel = np.all(out < 60, axis=-1)
+    assert panel[:20, :30].mean() > 0.5  # the corner is dark behind the key
+    rows, cols = np.nonzero(panel)
+    inside = out[: rows.max(), : cols.max()]  # the panel's box: dark, swatches, white names
+    assert np.all(inside > 150, axis=-1).sum() > 15  # the class names, light on dark
 
 
 def test_marks_from_a_segmentation_table():

@@ -73,6 +73,14 @@ def register(subparsers) -> None:
         metavar="DIR",
         help="write a Grad-CAM overlay PNG per cell here (where the combined model saw ALL)",
     )
+    parser.add_argument(
+        "--overlays",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write each image with its cells outlined and tagged (class, confidence, ? for "
+        "review) here, one PNG per image",
+    )
     add_background_option(parser, default=None)
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --out / --summary if they exist"
@@ -110,11 +118,14 @@ def _run(args: argparse.Namespace, claims: ExitStack) -> int:
     except ValueError as error:
         writer.abandon(keep=False)
         return _fail(str(error))
-    result = _classify(args, bundle, paths, options, writer)
+    from napari_allbag.inference.overlay import OverlayWriter
+
+    overlays = OverlayWriter(args.overlays) if args.overlays else None
+    result = _classify(args, bundle, paths, options, (writer, overlays))
     writer.commit()
     if args.summary:
         columns.write_summary(args.summary, result.files)
-    _print_summary(result, args)
+    _print_summary(result, args, overlays)
     return 0 if result.cells or len(result.errors) < len(result.files) else 1
 
 
@@ -128,8 +139,9 @@ def _check_outputs(args: argparse.Namespace, claims: ExitStack) -> None:
         args.summary = summary_path(args.out)
     outputs = [args.out, args.summary]
     claim_outputs(claims, outputs, args.inputs, args.bundle)
-    if args.cam is not None:
-        claim_outputs(claims, [args.cam], args.inputs, args.bundle, folder=True)
+    for folder in (args.cam, args.overlays):
+        if folder is not None:
+            claim_outputs(claims, [folder], args.inputs, args.bundle, folder=True)
     for target in outputs:
         if target.is_dir():
             raise _Refused(
@@ -172,23 +184,34 @@ def _load_bundle(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _classify(
-    args: argparse.Namespace, bundle: Any, paths: list[Path], options: Any, writer: AtomicCsv
+    args: argparse.Namespace, bundle: Any, paths: list[Path], options: Any, outputs: tuple
 ) -> PredictionRun:
-    """Classify every image, writing rows (and CAMs) as each file finishes; keep rows on failure."""
+    """Classify every image, writing rows (and CAMs, overlays) as each file finishes; keep rows
+    on failure."""
     from napari_allbag.inference.gradcam import CamWriter
-    from napari_allbag.inference.pipeline import predict_files
+    from napari_allbag.inference.pipeline import predict_files, segmentation_stream
     from napari_allbag.progress import drive_with_bar
 
+    writer, overlays = outputs  # the results CSV, and the overlay writer (or None)
     cams = CamWriter(bundle, args.cam) if args.cam else None
+    keepers = [writer for writer in (cams, overlays) if writer is not None]
+
+    def stream(paths, params, workers):
+        """The segmentation stream, each item shown to the CAM and overlay writers first."""
+        items = segmentation_stream(paths, params, workers, keep_labels=overlays is not None)
+        for item in items:
+            for keeper in keepers:
+                keeper.keep(item)
+            yield item
 
     def sink(result: FilePredictions) -> None:
         _write_rows(writer, result)
-        if cams is not None:
-            cams.write(result)
+        for keeper in keepers:
+            keeper.write(result)
 
     try:
-        stream = cams.stream if cams is not None else None
-        work = predict_files(bundle, paths, options, sink=sink, segment_stream=stream)
+        segment_stream = stream if keepers else None
+        work = predict_files(bundle, paths, options, sink=sink, segment_stream=segment_stream)
         return drive_with_bar(work, quiet=args.quiet)
     except BaseException:
         kept = writer.abandon()
@@ -212,7 +235,7 @@ def _write_rows(writer: AtomicCsv, result: FilePredictions) -> None:
         writer.write_row(values)
 
 
-def _print_summary(result: PredictionRun, args: argparse.Namespace) -> None:
+def _print_summary(result: PredictionRun, args: argparse.Namespace, overlays) -> None:
     files = result.files
     if len(files) <= MAX_FILES_SHOWN:
         width = min(60, max([len(str(f.path)) for f in files] + [4]))
@@ -242,6 +265,10 @@ def _print_summary(result: PredictionRun, args: argparse.Namespace) -> None:
         print(f"Per-file summary -> {args.summary}")
     if args.cam:
         print(f"Grad-CAM overlays -> {args.cam}")
+    if overlays is not None:
+        skipped = overlays.files - overlays.written - len(result.errors)
+        note = f" ({skipped} without a label image: a whole slide in tiles)" if skipped else ""
+        print(f"Cell overlays of {overlays.written} image(s) -> {args.overlays}{note}")
     _print_segmentation_feedback(files)
     if result.errors:
         print(f"{len(result.errors)} file(s) could not be read and were skipped:", file=sys.stderr)

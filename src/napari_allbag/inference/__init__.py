@@ -38,7 +38,9 @@ _EXPORTS = {
     **dict.fromkeys(("ReviewPolicy", "review_flags"), "review"),
     **dict.fromkeys(("grad_cam", "ensemble_grad_cam", "overlay_heatmap"), "gradcam"),
     **dict.fromkeys(("CELL_COLUMNS", "RESULT_COLUMNS"), "columns"),
-    **dict.fromkeys(("CellMark", "marks_from_table", "draw_overlay", "write_png"), "overlay"),
+    **dict.fromkeys(
+        ("CellMark", "marks_from_table", "draw_overlay", "write_png", "OverlayWriter"), "overlay"
+    ),
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -196,15 +196,11 @@ class CamWriter:
         self.crops: dict[str, np.ndarray] = {}
         self.files = 0
 
-    def stream(self, paths, params, workers):
-        """`inference.pipeline.segmentation_stream`, remembering each file's crops."""
-        from napari_allbag.inference.pipeline import segmentation_stream
-
-        for item in segmentation_stream(paths, params, workers):
-            crops = getattr(getattr(item, "result", None), "crops", None)
-            if crops is not None and len(crops):
-                self.crops[str(item.path)] = np.asarray(crops)
-            yield item
+    def keep(self, item) -> None:
+        """Remember a segmentation stream item's crops, for `write`."""
+        crops = getattr(getattr(item, "result", None), "crops", None)
+        if crops is not None and len(crops):
+            self.crops[str(item.path)] = np.asarray(crops)
 
     def write(self, result) -> int:
         """Overlays of one `FilePredictions`' cells; returns how many were written."""

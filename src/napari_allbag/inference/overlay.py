@@ -2,8 +2,9 @@
 
 `draw_overlay` returns a new RGB uint8 image (the input is never changed); `write_png` saves it
 atomically. Drawn with OpenCV so it works headless (CLI, CI) and from any thread. The colours are
-the Classify widget's: ALL orange-red, HEM sky blue (told apart by colour-blind eyes too); a cell
-without a class is outlined in grey.
+the Classify widget's: ALL orange-red, HEM sky blue (told apart by colour-blind eyes too), a cell
+flagged for review yellow with a "?" after its confidence; a cell without a class is outlined in
+grey. `OverlayWriter` is `predict --overlays DIR`: one such picture per image of a run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from napari_allbag.io.atomic import write_bytes_atomic
 #: RGB colour of each class (the Classify widget's ALL_COLOUR / HEM_COLOUR, 0-255).
 CLASS_COLOURS = {"all": (237, 84, 13), "hem": (38, 158, 242)}
 UNKNOWN_COLOUR = (170, 170, 170)
+FLAGGED_COLOUR = (255, 217, 26)  # the Classify widget's FLAGGED_COLOUR
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -32,23 +34,28 @@ class CellMark:
     confidence: the ensemble's winning probability, shown beside the label.
     bbox: (min_row, min_col, max_row, max_col), max exclusive, as in the segmentation table;
         found from the label image when None.
+    flagged: flagged for review (yellow, "?" after the text).
     """
 
     cell_id: int
     label: str | None = None
     confidence: float | None = None
     bbox: tuple[int, int, int, int] | None = None
+    flagged: bool = False
 
     @property
     def text(self) -> str:
         if self.label is None:
             return f"#{self.cell_id}"
+        mark = " ?" if self.flagged else ""
         if self.confidence is None:
-            return self.label.upper()
-        return f"{self.label.upper()} {self.confidence:.2f}"
+            return self.label.upper() + mark
+        return f"{self.label.upper()} {self.confidence:.2f}{mark}"
 
     @property
     def colour(self) -> tuple[int, int, int]:
+        if self.flagged:
+            return FLAGGED_COLOUR
         return CLASS_COLOURS.get(str(self.label).lower(), UNKNOWN_COLOUR)
 
 
@@ -56,6 +63,7 @@ def marks_from_table(
     table: dict[str, np.ndarray],
     labels: Sequence[str] | np.ndarray | None = None,
     confidence: Sequence[float] | np.ndarray | None = None,
+    flagged: Sequence[bool] | np.ndarray | None = None,
 ) -> list[CellMark]:
     """One `CellMark` per row of a segmentation table (cell_id and bbox_* columns)."""
     ids = np.asarray(table["cell_id"]).astype(np.int64)
@@ -75,6 +83,7 @@ def marks_from_table(
                 None if labels is None else str(labels[row]),
                 None if confidence is None else float(confidence[row]),
                 box,
+                False if flagged is None else bool(flagged[row]),
             )
         )
     return marks
@@ -142,18 +151,25 @@ def _tag(canvas: np.ndarray, text: str, colour, box, font_scale: float, thicknes
     )
 
 
-def _legend(canvas: np.ndarray, font_scale: float, thickness: int) -> None:
-    """A key in the top-left corner: a swatch and the name of each class."""
+def _legend(canvas: np.ndarray, font_scale: float, thickness: int, flagged: bool) -> None:
+    """A key in the top-left corner on a dark panel (readable on a pale smear too): a swatch
+    and the name of each class, and of "review" where a cell is flagged."""
     text_thickness = max(1, thickness // 2)
+    entries = [("ALL", CLASS_COLOURS["all"]), ("HEM", CLASS_COLOURS["hem"])]
+    if flagged:
+        entries.append(("? review", FLAGGED_COLOUR))
     (_, text_h), baseline = cv2.getTextSize("ALL", _FONT, font_scale, text_thickness)
     pad = max(3, text_h // 3)
+    swatch = text_h + baseline
+    widest = max(cv2.getTextSize(t, _FONT, font_scale, text_thickness)[0][0] for t, _ in entries)
+    panel = (2 * pad + swatch + pad + widest, pad + len(entries) * (swatch + pad))
+    cv2.rectangle(canvas, (0, 0), panel, (30, 30, 30), cv2.FILLED)
     x, y = pad, pad
-    for name in ("all", "hem"):
-        swatch = text_h + baseline
-        cv2.rectangle(canvas, (x, y), (x + swatch, y + swatch), CLASS_COLOURS[name], cv2.FILLED)
+    for name, colour in entries:
+        cv2.rectangle(canvas, (x, y), (x + swatch, y + swatch), colour, cv2.FILLED)
         cv2.putText(
             canvas,
-            name.upper(),
+            name,
             (x + swatch + pad, y + text_h),
             _FONT,
             font_scale,
@@ -208,7 +224,7 @@ def draw_overlay(
         if box is not None:
             _tag(canvas, mark.text, mark.colour, box, font_scale, thickness)
     if legend:
-        _legend(canvas, font_scale, thickness)
+        _legend(canvas, font_scale, thickness, any(mark.flagged for mark in marks))
     if caption:
         _caption(canvas, caption, font_scale, thickness)
     return canvas
@@ -222,3 +238,41 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
         raise OSError(f"{path}: PNG encoding failed")
     write_bytes_atomic(path, encoded.tobytes(), mode=None, sync=False)
     return path
+
+
+class OverlayWriter:
+    """`predict --overlays DIR`: keeps each image's label image as the segmentation stream
+    passes it on, then writes the image with its cells outlined and tagged (`draw_overlay`) as
+    `<nnnnn>_<file stem>.png`, nnnnn the file's position in the run (two folders may hold the
+    same name). The image is read again from its file (the stream does not keep it)."""
+
+    def __init__(self, out_dir: str | os.PathLike) -> None:
+        self.out_dir = Path(out_dir)
+        self.labels: dict[str, np.ndarray] = {}
+        self.files = self.written = 0
+
+    def keep(self, item) -> None:
+        """Remember a segmentation stream item's label image (none for a tiled whole slide)."""
+        labels = getattr(getattr(item, "result", None), "labels", None)
+        if labels is not None:
+            self.labels[str(item.path)] = labels
+
+    def write(self, result) -> Path | None:
+        """The overlay of one `FilePredictions` (None: an unreadable file or no label image)."""
+        from napari_allbag.io.images import ImageReadError, read_image
+
+        labels = self.labels.pop(str(result.path), None)
+        self.files += 1
+        if labels is None or result.error:
+            return None
+        try:
+            image = read_image(result.path)
+        except (ImageReadError, OSError):
+            return None
+        predictions = result.predictions
+        marks = marks_from_table(
+            result.table, predictions.label_names, predictions.confidence, predictions.flagged
+        )
+        picture = draw_overlay(image, labels, marks, f"{result.path.name}: {len(marks)} cell(s)")
+        self.written += 1
+        return write_png(self.out_dir / f"{self.files:05d}_{result.path.stem}.png", picture)

@@ -255,10 +255,14 @@ def classify_files_cached(
     return CachedPredictions(cache, predictions, params)
 
 
-def segmentation_stream(paths: Sequence[Path], params: Any, workers: int | None) -> Iterable[Any]:
+def segmentation_stream(
+    paths: Sequence[Path], params: Any, workers: int | None, keep_labels: bool = False
+) -> Iterable[Any]:
+    """The files' segmentations in order; label images only when asked (overlays need them,
+    classifying does not, and each is 4 bytes a pixel through the workers' spool)."""
     from napari_allbag.segmentation.dark import iter_segment_files
 
-    return iter_segment_files(paths, params, workers=workers, keep_labels=False)
+    return iter_segment_files(paths, params, workers=workers, keep_labels=keep_labels)
 
 
 def predict_files(
