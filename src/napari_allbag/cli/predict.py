@@ -194,7 +194,7 @@ def _classify(
 
     writer, overlays = outputs  # the results CSV, and the overlay writer (or None)
     cams = CamWriter(bundle, args.cam) if args.cam else None
-    keepers = [writer for writer in (cams, overlays) if writer is not None]
+    keepers = [keeper for keeper in (cams, overlays) if keeper is not None]
 
     def stream(paths, params, workers):
         """The segmentation stream, each item shown to the CAM and overlay writers first."""
@@ -267,7 +267,7 @@ def _print_summary(result: PredictionRun, args: argparse.Namespace, overlays) ->
         print(f"Grad-CAM overlays -> {args.cam}")
     if overlays is not None:
         skipped = overlays.files - overlays.written - len(result.errors)
-        note = f" ({skipped} without a label image: a whole slide in tiles)" if skipped else ""
+        note = f" ({skipped} could not be read again to draw on)" if skipped else ""
         print(f"Cell overlays of {overlays.written} image(s) -> {args.overlays}{note}")
     _print_segmentation_feedback(files)
     if result.errors:

@@ -252,13 +252,14 @@ class OverlayWriter:
         self.files = self.written = 0
 
     def keep(self, item) -> None:
-        """Remember a segmentation stream item's label image (none for a tiled whole slide)."""
+        """Remember a segmentation stream item's label image (none for an unreadable file)."""
         labels = getattr(getattr(item, "result", None), "labels", None)
         if labels is not None:
             self.labels[str(item.path)] = labels
 
     def write(self, result) -> Path | None:
-        """The overlay of one `FilePredictions` (None: an unreadable file or no label image)."""
+        """The overlay of one `FilePredictions` (None: the file was unreadable, on the first
+        read or on this second one)."""
         from napari_allbag.io.images import ImageReadError, read_image
 
         labels = self.labels.pop(str(result.path), None)
