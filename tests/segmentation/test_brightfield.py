@@ -459,14 +459,34 @@ def test_lobes_far_apart_in_a_single_cell_crop_make_one_cell():
     assert np.hypot(row - 100, col - 100) < 8
 
 
-def test_two_nuclei_pressed_together_along_a_wide_front_give_two_cells():
-    image, _ = smear(seed=16, keep_clear=[(200, 250, 50)])
-    cols = (240, 260)  # two tall nuclei thinner than a red cell, overlapping a little
-    for col in cols:
-        cv2.ellipse(image, (col, 200), (24, 32), 0, 0, 360, CYTOPLASM, -1, cv2.LINE_AA)
-    for col in cols:
-        cv2.ellipse(image, (col, 200), (11, 22), 0, 0, 360, NUCLEUS, -1, cv2.LINE_AA)
+def _tall_pair(seed, cols, cell_axes, nucleus_axes):
+    """Two white cells side by side with tall elliptic nuclei (both cytoplasms drawn first)."""
+    image, _ = smear(seed=seed, keep_clear=[(200, 250, 50)])
+    for axes, colour in ((cell_axes, CYTOPLASM), (nucleus_axes, NUCLEUS)):
+        for col in cols:
+            cv2.ellipse(image, (col, 200), axes, 0, 0, 360, colour, -1, cv2.LINE_AA)
+    return segment_brightfield(image)
+
+
+def test_two_whole_nuclei_apart_but_too_thin_for_a_dome_give_two_cells():
+    cols = (237, 263)  # 1.7 red-cell areas each, 11 px thick (< a red-cell radius), 4 px apart
+    result = _tall_pair(17, cols, (24, 40), (11, 30))
+    assert result.n_cells == 2, result.table["keep_reason"]
+    found = sorted(col for _, col in centres_of(result))
+    assert abs(found[0] - cols[0]) < 6 and abs(found[1] - cols[1]) < 6, found
+
+
+def test_two_lobes_apart_smaller_than_a_lone_nucleus_stay_one_cell():
+    image, _ = smear(seed=18, keep_clear=[(200, 250, 40)])
+    lobes = ((0, -14, 12), (0, 14, 12))  # 0.7 red-cell areas each, 4 px apart: one cell's
+    draw_white_cell(image, 200, 250, lobes=lobes, cell_radius=32)
     result = segment_brightfield(image)
+    assert result.n_cells == 1, result.table["keep_reason"]
+
+
+def test_two_nuclei_pressed_together_along_a_wide_front_give_two_cells():
+    # two tall nuclei thinner than a red cell, overlapping a little
+    result = _tall_pair(16, (240, 260), (24, 32), (11, 22))
     assert result.n_cells == 2, result.table["keep_reason"]
     found = sorted(col for _, col in centres_of(result))
     assert found[0] < 250 < found[1], found
