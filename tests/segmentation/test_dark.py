@@ -121,6 +121,26 @@ def test_field_gives_one_cell_per_component_in_raster_order_with_border_flag():
     assert (result.table["mean_r"] > 50).all()
 
 
+def test_a_result_pickles_for_worker_processes_with_its_table_intact():
+    """Results cross between processes pickled with the table's columns as lists: every column
+    comes back with its dtype, values (NaN included) and writable, empty tables too."""
+    import pickle
+
+    for result in (
+        segment_image(field(), SegmentationParams(crop_size=64), source="field"),
+        segment_image(np.zeros((40, 40, 3), np.uint8)),
+    ):
+        back = pickle.loads(pickle.dumps(result, protocol=5))
+        assert tuple(back.table) == TABLE_COLUMNS
+        for name, column in result.table.items():
+            assert back.table[name].dtype == column.dtype, name
+            assert back.table[name].flags.writeable, name
+            np.testing.assert_array_equal(back.table[name], column)  # NaN equals NaN here
+        np.testing.assert_array_equal(back.labels, result.labels)
+        np.testing.assert_array_equal(back.crops, result.crops)
+        assert (back.message, back.mode) == (result.message, result.mode)
+
+
 def test_cell_cut_by_the_border_is_padded_not_stretched():
     result = segment_image(field(), SegmentationParams(crop_size=64))
     row = int(np.flatnonzero(result.table["touches_border"])[0])
