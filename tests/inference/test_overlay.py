@@ -115,6 +115,23 @@ def test_legend_and_caption():
     assert np.all(bottom > 200, axis=-1).sum() > 15  # white caption text
 
 
+def test_the_caption_is_one_white_stroke_on_a_dark_panel_even_on_a_pale_smear():
+    """A dark rim drawn as a thicker copy of the text drifted from it under OpenCV 5 (glyphs
+    widen with the stroke), so a long file name could not be read; now one stroke on a panel."""
+    shape = (710, 1316)
+    pale = np.full((*shape, 3), 235, np.uint8)
+    caption = "sigtuple_test_1468054105.jpg: 3 cell(s)"
+    out = draw_overlay(pale, np.zeros(shape, np.int32), [], caption=caption, legend=False)
+    band = out[-40:]
+    changed = np.any(band != 235, axis=-1)
+    rows, cols = np.nonzero(changed)
+    box = band[rows.min() :, : cols.max() + 1]
+    dark, light = np.all(box < 60, axis=-1), np.all(box > 150, axis=-1)
+    assert dark.mean() > 0.5 and light.sum() > 100  # white text on the panel
+    assert (dark | light | np.all(np.ptp(box, axis=-1)[..., None] < 8, axis=-1)).all()
+    assert not np.any(np.all(out[-40:] == 0, axis=-1))  # no black rim text
+
+
 def test_a_flagged_cell_is_yellow_with_a_question_mark_and_the_legend_says_so():
     image, labels = drawn_field()
     marks = [CellMark(1, "all", 0.91), CellMark(2, "hem", 0.52, flagged=True)]
@@ -182,3 +199,25 @@ def test_write_png_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["overlay.png"]  # no temporary left
     read = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(read, out)
+
+
+def test_tags_of_neighbouring_cells_do_not_cover_each_other():
+    """In a dense field the tag above a cell covered its neighbour's: now a tag moves (below,
+    beside) to where it covers none drawn before, and each stays whole."""
+    image = np.full((*SHAPE, 3), 4, np.uint8)
+    labels = np.zeros(SHAPE, np.int32)
+    for cell_id, x in ((1, 290), (2, 326)):  # tags wider than the 36 px between the centres
+        cv2.circle(labels, (x, 200), 12, cell_id, -1)
+    marks = [CellMark(1, "all", 0.91), CellMark(2, "hem", 0.76)]
+    both = draw_overlay(image, labels, marks, legend=False)
+    for mark in marks:
+        alone = draw_overlay(image, labels, [mark], legend=False)
+        off_outline = ~cv2.dilate(ring(labels, mark.cell_id).view(np.uint8), np.ones((5, 5))).view(
+            bool
+        )
+        in_colour = [
+            np.all(picture == np.array(mark.colour, np.uint8), axis=-1) & off_outline
+            for picture in (alone, both)
+        ]
+        assert in_colour[0].sum() > 200  # the tag's filled box
+        assert in_colour[1].sum() == in_colour[0].sum(), mark.label  # all of it shows

@@ -125,20 +125,48 @@ def _outline(canvas: np.ndarray, labels: np.ndarray, mark: CellMark, box, thickn
     cv2.drawContours(canvas, contours, -1, mark.colour, thickness, lineType=cv2.LINE_8)
 
 
-def _tag(canvas: np.ndarray, text: str, colour, box, font_scale: float, thickness: int) -> None:
-    """The text in a filled box of the class colour, above the cell (below where no room)."""
-    height, width = canvas.shape[:2]
+def _tag_spots(box, size, shape, thickness) -> list[tuple[int, int]]:
+    """Where a tag of `size` (w, h) may go around a cell's box, best first: above, below, then
+    to the right and to the left (each kept inside the image)."""
+    (box_w, box_h), (height, width) = size, shape[:2]
+    top, left, bottom, right = box
+    centre_x, centre_y = (left + right) // 2 - box_w // 2, (top + bottom) // 2 - box_h // 2
+    spots = [
+        (centre_x, top - thickness - box_h),
+        (centre_x, bottom + thickness),
+        (right + thickness, centre_y),
+        (left - thickness - box_w, centre_y),
+    ]
+    if spots[0][1] < 0:  # no room above: below first
+        spots[0], spots[1] = spots[1], spots[0]
+    return [
+        (int(np.clip(x, 0, max(0, width - box_w))), int(np.clip(y, 0, max(0, height - box_h))))
+        for x, y in spots
+    ]
+
+
+def _overlap(spot, size, taken: list[tuple[int, int, int, int]]) -> int:
+    """Pixels a rectangle at `spot` of `size` shares with the rectangles (x, y, w, h) taken."""
+    x, y = spot
+    w, h = size
+    return sum(
+        max(0, min(x + w, tx + tw) - max(x, tx)) * max(0, min(y + h, ty + th) - max(y, ty))
+        for tx, ty, tw, th in taken
+    )
+
+
+def _tag(canvas: np.ndarray, text: str, colour, box, style, taken: list) -> None:
+    """The text in a filled box of the class colour, above the cell, or where it covers no tag
+    drawn before (`taken`, which it joins): in a dense field the tags of neighbours overlapped."""
+    font_scale, thickness = style
     text_thickness = max(1, thickness // 2)
     (text_w, text_h), baseline = cv2.getTextSize(text, _FONT, font_scale, text_thickness)
     pad = max(2, text_h // 4)
-    box_w, box_h = text_w + 2 * pad, text_h + baseline + 2 * pad
-    top, left, bottom, right = box
-    x = int(np.clip((left + right) // 2 - box_w // 2, 0, max(0, width - box_w)))
-    y = top - thickness - box_h  # the tag's top edge
-    if y < 0:
-        y = bottom + thickness
-    y = int(np.clip(y, 0, max(0, height - box_h)))
-    cv2.rectangle(canvas, (x, y), (x + box_w - 1, y + box_h - 1), colour, cv2.FILLED)
+    size = (text_w + 2 * pad, text_h + baseline + 2 * pad)
+    spots = _tag_spots(box, size, canvas.shape, thickness)
+    x, y = min(spots, key=lambda spot: _overlap(spot, size, taken))  # the first of the least
+    taken.append((x, y, *size))
+    cv2.rectangle(canvas, (x, y), (x + size[0] - 1, y + size[1] - 1), colour, cv2.FILLED)
     cv2.putText(
         canvas,
         text,
@@ -151,9 +179,8 @@ def _tag(canvas: np.ndarray, text: str, colour, box, font_scale: float, thicknes
     )
 
 
-def _legend(canvas: np.ndarray, font_scale: float, thickness: int, flagged: bool) -> None:
-    """A key in the top-left corner on a dark panel (readable on a pale smear too): a swatch
-    and the name of each class, and of "review" where a cell is flagged."""
+def _legend_layout(font_scale: float, thickness: int, flagged: bool):
+    """The legend's entries (name, colour), text height, padding, swatch side and panel size."""
     text_thickness = max(1, thickness // 2)
     entries = [("ALL", CLASS_COLOURS["all"]), ("HEM", CLASS_COLOURS["hem"])]
     if flagged:
@@ -163,6 +190,19 @@ def _legend(canvas: np.ndarray, font_scale: float, thickness: int, flagged: bool
     swatch = text_h + baseline
     widest = max(cv2.getTextSize(t, _FONT, font_scale, text_thickness)[0][0] for t, _ in entries)
     panel = (2 * pad + swatch + pad + widest, pad + len(entries) * (swatch + pad))
+    return entries, text_h, pad, swatch, panel
+
+
+def _legend_size(font_scale: float, thickness: int, flagged: bool) -> tuple[int, int]:
+    """Width and height of the legend's panel (tags keep clear of it)."""
+    return _legend_layout(font_scale, thickness, flagged)[-1]
+
+
+def _legend(canvas: np.ndarray, font_scale: float, thickness: int, flagged: bool) -> None:
+    """A key in the top-left corner on a dark panel (readable on a pale smear too): a swatch
+    and the name of each class, and of "review" where a cell is flagged."""
+    text_thickness = max(1, thickness // 2)
+    entries, text_h, pad, swatch, panel = _legend_layout(font_scale, thickness, flagged)
     cv2.rectangle(canvas, (0, 0), panel, (30, 30, 30), cv2.FILLED)
     x, y = pad, pad
     for name, colour in entries:
@@ -181,16 +221,23 @@ def _legend(canvas: np.ndarray, font_scale: float, thickness: int, flagged: bool
 
 
 def _caption(canvas: np.ndarray, text: str, font_scale: float, thickness: int) -> None:
-    """A line of white text with a dark rim along the bottom edge, shrunk to fit the width."""
+    """A line of white text on a dark panel along the bottom edge, shrunk to fit the width.
+
+    One stroke on a panel, like the legend: a dark rim drawn as the same text with a thicker
+    stroke no longer lines up under OpenCV 5, whose glyphs grow wider with the stroke (at 0.44
+    and stroke 1 the caption of a 1316 px overlay was 256 px wide, with stroke 3 266 px: the
+    two strings drifted apart and the name could not be read)."""
     height, width = canvas.shape[:2]
     text_thickness = max(1, thickness // 2)
     scale = font_scale * 0.8
-    (text_w, _), baseline = cv2.getTextSize(text, _FONT, scale, text_thickness)
+    (text_w, text_h), baseline = cv2.getTextSize(text, _FONT, scale, text_thickness)
     if text_w > width - 8:
         scale *= (width - 8) / text_w
-        (_, _), baseline = cv2.getTextSize(text, _FONT, scale, text_thickness)
-    origin = (4, height - baseline - 2)
-    cv2.putText(canvas, text, origin, _FONT, scale, (0, 0, 0), text_thickness + 2, cv2.LINE_AA)
+        (text_w, text_h), baseline = cv2.getTextSize(text, _FONT, scale, text_thickness)
+    pad = max(2, text_h // 4)
+    top = max(0, height - text_h - baseline - 2 * pad)
+    cv2.rectangle(canvas, (0, top), (min(width, text_w + 2 * pad + 4), height), (30, 30, 30), -1)
+    origin = (pad + 2, height - baseline - pad)
     cv2.putText(canvas, text, origin, _FONT, scale, (255, 255, 255), text_thickness, cv2.LINE_AA)
 
 
@@ -220,11 +267,13 @@ def draw_overlay(
     for mark, box in zip(marks, boxes, strict=True):
         if box is not None:
             _outline(canvas, labels, mark, box, thickness)
+    flagged = any(mark.flagged for mark in marks)
+    taken = [(0, 0, *_legend_size(font_scale, thickness, flagged))] if legend else []
     for mark, box in zip(marks, boxes, strict=True):  # tags last, so no outline crosses them
         if box is not None:
-            _tag(canvas, mark.text, mark.colour, box, font_scale, thickness)
+            _tag(canvas, mark.text, mark.colour, box, (font_scale, thickness), taken)
     if legend:
-        _legend(canvas, font_scale, thickness, any(mark.flagged for mark in marks))
+        _legend(canvas, font_scale, thickness, flagged)
     if caption:
         _caption(canvas, caption, font_scale, thickness)
     return canvas
