@@ -69,6 +69,29 @@ def classify(viewer, widget, bundle: Path) -> None:
     print(f"classified {len(table)} cells: {widget.summary.text()}", flush=True)
 
 
+def classify_folder(widget, folder: Path, overlays: Path) -> None:
+    """A folder run with overlays: its four-line status must push the rows below it down (in a
+    scroll area the layout kept its old height and the legend was drawn over the text)."""
+    import cv2
+
+    from napari_allbag.data.synthetic import make_field
+
+    folder.mkdir()
+    for seed in (4, 5):
+        image, _ = make_field(seed=seed, n_cells=3, shape=(256, 256))
+        cv2.imwrite(str(folder / f"field_{seed}.png"), image[..., ::-1].copy())
+    widget.folder_edit.setText(str(folder))
+    widget.overlays_edit.setText(str(overlays))
+    widget.classify_folder()
+    wait_until(lambda: not widget.is_running, "Classify folder to finish")
+    settle()
+    status, below = widget.status, widget.summary.geometry()
+    assert widget.folder_run is not None, status.text()
+    assert len(list(overlays.glob("*.png"))) == 2, status.text()
+    assert status.geometry().bottom() < below.top(), f"{status.geometry()} over {below}"
+    print(f"classified a folder: {status.text()[:60]}...", flush=True)
+
+
 def segment(viewer, widget) -> None:
     """Segment a generated smear: its warning (small "hem" nuclei) must show whole in the dock
     (in a napari-first script, the status used to keep one short line's size: 88 x 34 px)."""
@@ -113,6 +136,7 @@ def main(bundle: Path, data: Path, run: Path) -> None:
     docked = dock_every_widget(viewer)
     segment(viewer, docked["Segment cells"])
     classify(viewer, docked["Classify cells"], bundle)
+    classify_folder(docked["Classify cells"], run.parent / "folder", run.parent / "overlays")
     train_and_cancel(docked["Train ensemble"], data, run)
     viewer.close()
     print(f"triton: {sys.modules.get('triton')!r}", flush=True)

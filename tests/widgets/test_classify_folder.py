@@ -114,6 +114,39 @@ def test_classify_folder_to_a_chosen_csv_and_refuses_the_bundle(
     assert not (folder / "allbag-results.csv").exists()
 
 
+def test_classify_folder_draws_overlays_outside_the_image_folder_only(
+    make_napari_viewer, qtbot, bundle_dir, tmp_path
+):
+    folder = _image_folder(tmp_path / "images", 2)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer, bundle_dir, folder)
+    widget.overlays_edit.setText(str(folder / "overlays"))  # the next run would read them
+    widget.classify_folder()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=60_000)
+    assert widget.folder_run is None
+    assert "Error" in widget.status.text() and "overlays folder" in widget.status.text()
+    assert not (folder / "overlays").exists() and not (folder / "allbag-results.csv").exists()
+
+    overlays = tmp_path / "overlays"
+    widget.overlays_edit.setText(str(overlays))
+    widget.classify_folder()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=120_000)
+    run = widget.folder_run
+    assert run is not None, widget.status.text()
+    pictures = sorted(p.name for p in overlays.glob("*.png"))
+    assert pictures == ["00001_field_0.png", "00002_field_1.png"]  # as predict --overlays
+    assert (run.overlays_path, run.overlays_written) == (overlays, 2)
+    assert f"overlays of 2 image(s) in {overlays}" in widget.status.text()
+    widget.show()
+    qtbot.wait(200)  # the long status (four lines) pushes the rows below it down, whole
+    status, below = widget.status.geometry(), widget.summary.geometry()
+    assert status.height() >= widget.status.heightForWidth(status.width()) > 40
+    assert status.bottom() < below.top()
+    image = cv2.imread(str(folder / "field_0.png"))
+    picture = cv2.imread(str(overlays / pictures[0]))
+    assert picture.shape == image.shape and np.any(picture != image)  # cells outlined, tagged
+
+
 def test_cancel_a_folder_run(make_napari_viewer, qtbot, bundle_dir, tmp_path):
     folder = _image_folder(tmp_path / "images", 6)
     viewer = make_napari_viewer()

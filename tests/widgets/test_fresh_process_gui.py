@@ -61,6 +61,7 @@ def test_a_fresh_napari_session_docks_classifies_and_trains(tmp_path):
     for name in ("Segment cells", "Classify cells", "Train ensemble", "Cell table"):
         assert f"docked {name}" in done.stdout
     assert "classified " in done.stdout
+    assert "classified a folder: " in done.stdout
     assert "training cancelled: Cancelled" in done.stdout
     assert done.stdout.rstrip().endswith("SESSION-OK")
 

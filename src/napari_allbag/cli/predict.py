@@ -189,20 +189,12 @@ def _classify(
     """Classify every image, writing rows (and CAMs, overlays) as each file finishes; keep rows
     on failure."""
     from napari_allbag.inference.gradcam import CamWriter
-    from napari_allbag.inference.pipeline import predict_files, segmentation_stream
+    from napari_allbag.inference.pipeline import predict_files, stream_shown_to
     from napari_allbag.progress import drive_with_bar
 
     writer, overlays = outputs  # the results CSV, and the overlay writer (or None)
     cams = CamWriter(bundle, args.cam) if args.cam else None
     keepers = [keeper for keeper in (cams, overlays) if keeper is not None]
-
-    def stream(paths, params, workers):
-        """The segmentation stream, each item shown to the CAM and overlay writers first."""
-        items = segmentation_stream(paths, params, workers, keep_labels=overlays is not None)
-        for item in items:
-            for keeper in keepers:
-                keeper.keep(item)
-            yield item
 
     def sink(result: FilePredictions) -> None:
         _write_rows(writer, result)
@@ -210,7 +202,7 @@ def _classify(
             keeper.write(result)
 
     try:
-        segment_stream = stream if keepers else None
+        segment_stream = stream_shown_to(keepers, overlays is not None) if keepers else None
         work = predict_files(bundle, paths, options, sink=sink, segment_stream=segment_stream)
         return drive_with_bar(work, quiet=args.quiet)
     except BaseException:

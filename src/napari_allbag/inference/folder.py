@@ -4,7 +4,8 @@
 folder's images, runs `pipeline.predict_files` over them, writes one results.csv row per cell
 through `io.atomic.AtomicCsv` (`<out>.partial` keeps the rows of a cancelled run, see `close`),
 then the per-image summary `<out stem>.images.csv`, as `predict` does (`columns.write_summary`),
-and keeps each file's predictions. A NaN or infinite probability stops the run before its rows
+with `overlays=DIR` each image's cells drawn as `predict --overlays DIR` draws them
+(`overlay.OverlayWriter`), and keeps each file's predictions. A NaN or infinite probability stops the run before its rows
 are written (`columns.NonFiniteProbability`, the check `predict` makes). `reopen_image(bundle, file, options)` turns one file of the
 run back into what the single-image path shows: the image, its cells (segmented again with the
 same parameters, so the same cells in the same order) and the run's predictions for them.
@@ -28,6 +29,7 @@ from napari_allbag.inference.pipeline import (
     PipelineOptions,
     predict_files,
     segmentation_params,
+    stream_shown_to,
 )
 from napari_allbag.inference.predict import FilePredictions, PredictionRun
 from napari_allbag.progress import Progress
@@ -48,6 +50,8 @@ class FolderRun:
     files: list[FilePredictions] = field(default_factory=list)
     csv_path: Path | None = None
     summary_path: Path | None = None  # the per-image summary, `<csv stem>.images.csv`
+    overlays_path: Path | None = None  # the folder of overlay PNGs, where asked for
+    overlays_written: int = 0
 
     def file(self, path: str | os.PathLike) -> FilePredictions:
         for item in self.files:
@@ -65,7 +69,8 @@ class ReopenedImage:
 
 
 class FolderClassification:
-    """Classify every image under `folder`, writing results.csv rows to `out` as they come."""
+    """Classify every image under `folder`, writing results.csv rows to `out` as they come,
+    and with `overlays` (a folder outside `folder`) each image as `predict --overlays` does."""
 
     def __init__(
         self,
@@ -73,20 +78,19 @@ class FolderClassification:
         folder: str | os.PathLike,
         out: str | os.PathLike,
         options: PipelineOptions = DEFAULT_OPTIONS,
+        overlays: str | os.PathLike | None = None,
     ):
+        from napari_allbag.inference.overlay import OverlayWriter
         from napari_allbag.io.images import IMAGE_EXTENSIONS, find_images
-        from napari_allbag.io.paths import check_output_location
 
         self.bundle, self.options = bundle, options
         self.out = Path(out)
         self.summary = columns.summary_path(self.out)
-        for target, what in ((self.out, "results CSV"), (self.summary, "per-image summary")):
-            check_output_location(target, [], getattr(bundle, "path", None), what=what)
-            if target.is_dir():
-                raise ValueError(f"{target} is a folder: give a file name for the {what}")
+        _check_outputs(bundle, folder, (self.out, self.summary), overlays)
         self.paths = find_images([folder])
         if not self.paths:
             raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+        self.overlays = OverlayWriter(overlays) if overlays is not None else None
         self.writer: Any = None
         self.files: list[FilePredictions] = []
         self.finished = False
@@ -98,14 +102,20 @@ class FolderClassification:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.writer = AtomicCsv(self.out, columns.RESULT_COLUMNS)
         try:
-            run = yield from predict_files(self.bundle, self.paths, self.options, self._sink)
+            stream = stream_shown_to([self.overlays], keep_labels=True) if self.overlays else None
+            work = predict_files(self.bundle, self.paths, self.options, self._sink, stream)
+            run = yield from work
         except BaseException:
             self.close()
             raise
         self.writer.commit()
         self.finished = True
         columns.write_summary(self.summary, run.files)
-        return FolderRun(run, list(self.files), self.out, self.summary)
+        folder_run = FolderRun(run, list(self.files), self.out, self.summary)
+        if self.overlays is not None:
+            folder_run.overlays_path = self.overlays.out_dir
+            folder_run.overlays_written = self.overlays.written
+        return folder_run
 
     def close(self) -> Path | None:
         """After a cancelled or failed run: keep its rows as `<out>.partial` (returned)."""
@@ -118,6 +128,25 @@ class FolderClassification:
         for values in columns.result_rows(result):
             self.writer.write_row(values)
         self.files.append(result)
+        if self.overlays is not None:
+            self.overlays.write(result)
+
+
+def _check_outputs(bundle: Any, folder, files: tuple[Path, Path], overlays) -> None:
+    """The CSVs are files outside the bundle; an overlays folder lies outside the images'
+    folder too (its PNGs would be read as images by the next run of that folder)."""
+    from napari_allbag.io.paths import check_output_location
+
+    bundle_path = getattr(bundle, "path", None)
+    for target, what in zip(files, ("results CSV", "per-image summary"), strict=True):
+        check_output_location(target, [], bundle_path, what=what)
+        if target.is_dir():
+            raise ValueError(f"{target} is a folder: give a file name for the {what}")
+    if overlays is not None:
+        what = "overlays folder"
+        check_output_location(overlays, [folder], bundle_path, what=what, folder=True)
+        if Path(overlays).is_file():
+            raise ValueError(f"{overlays} is a file: give a folder for the overlay pictures")
 
 
 def reopen_image(

@@ -265,6 +265,19 @@ def segmentation_stream(
     return iter_segment_files(paths, params, workers=workers, keep_labels=keep_labels)
 
 
+def stream_shown_to(keepers: Sequence[Any], keep_labels: bool = False) -> SegmentStream:
+    """A `segment_stream` for `predict_files` whose every item each keeper (`keep(item)`: the
+    CAM and overlay writers) sees before it is classified; label images kept when asked."""
+
+    def stream(paths, params, workers):
+        for item in segmentation_stream(paths, params, workers, keep_labels=keep_labels):
+            for keeper in keepers:
+                keeper.keep(item)
+            yield item
+
+    return stream
+
+
 def predict_files(
     bundle: Any,
     paths: Sequence[str | os.PathLike],

@@ -234,8 +234,20 @@ def status_label() -> Any:
             height = self.heightForWidth(max(1, self.width()))
             if height > 0 and height != self.minimumHeight():
                 self.setMinimumHeight(height)
+                _relayout_parent(self)
 
     return StatusLabel()
+
+
+def _relayout_parent(widget: Any) -> None:
+    """Lay out `widget`'s parent again now. Inside a scroll area (`in_scroll_area`) the
+    layout did not rerun when a status grew to four lines, so the rows below it were drawn over
+    its text (a Classify screenshot under Xvfb); the scroll area then sizes its content anew."""
+    parent = widget.parentWidget()
+    layout = parent.layout() if parent is not None else None
+    if layout is not None:
+        layout.invalidate()
+        layout.activate()
 
 
 def wrapping_form() -> Any:

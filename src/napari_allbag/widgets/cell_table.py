@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_allbag.widgets.base import show_error
+from napari_allbag.widgets.base import show_error, status_label
 from napari_allbag.widgets.results import (
     CELLS,
     CROPS_KEY,
@@ -114,8 +114,7 @@ class CellTableWidget(QWidget):
         self.export_csv_button = QPushButton("Export CSV…")
         self.export_folder_button = QPushButton("Export annotated folder…")
         self.legend = QLabel(legend_html())
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = status_label()
 
         correct_row = QHBoxLayout()
         correct_row.addWidget(QLabel("Selected cell:"))

@@ -11,7 +11,8 @@ The model (and its GPU memory) is released when another bundle is chosen or the 
 Classify folder runs every image of a folder as `napari-allbag predict` does (`inference.folder`):
 progress, Cancel, a results CSV (`<folder>/allbag-results.csv` or a chosen file; a cancelled run
 keeps its rows as `<csv>.partial`) and the per-image summary `<csv stem>.images.csv` beside it
-(a NaN probability stops the run, as in `predict`), then lists the run's images; "Open with results" adds one with
+(a NaN probability stops the run, as in `predict`), with an Overlays folder each image drawn as
+`predict --overlays` draws it, then lists the run's images; "Open with results" adds one with
 its `cells [name]` and `classes [name]` layers, as a single Run makes them.
 """
 
@@ -45,6 +46,7 @@ from napari_allbag.widgets.base import (
     WorkerControls,
     in_scroll_area,
     show_error,
+    status_label,
     wrapping_form,
 )
 from napari_allbag.widgets.results import (
@@ -153,6 +155,7 @@ class _FolderJob:
     folder: Path
     out: Path
     options: Any
+    overlays: Path | None = None  # a folder for overlay PNGs, where asked for
     work: Any = None  # inference.folder.FolderClassification
 
 
@@ -161,7 +164,7 @@ def _folder_job(holder: _ModelHolder, job: _FolderJob) -> Generator[Progress, No
     from napari_allbag.inference.folder import FolderClassification
 
     bundle = yield from _loaded(holder, job.bundle_path, job.device)
-    job.work = FolderClassification(bundle, job.folder, job.out, job.options)
+    job.work = FolderClassification(bundle, job.folder, job.out, job.options, job.overlays)
     yield Progress(0, len(job.work.paths), "classifying folder", f"{len(job.work.paths)} images")
     return (yield from job.work.run())
 
@@ -219,8 +222,7 @@ class ClassifyWidget(QWidget):
         self.bundle_edit = QLineEdit()
         self.bundle_edit.setPlaceholderText("model bundle folder (bundle.json + .safetensors)")
         self.browse_button = QPushButton("Browse…")
-        self.bundle_info = QLabel("")
-        self.bundle_info.setWordWrap(True)
+        self.bundle_info = status_label()
         self.layer_combo = QComboBox()
         self.rule_combo = QComboBox()
         self.rule_combo.addItems([BUNDLE_RULE, *ENSEMBLE_RULES])
@@ -249,10 +251,8 @@ class ClassifyWidget(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.summary = QLabel("")
-        self.summary.setWordWrap(True)
+        self.status = status_label()
+        self.summary = status_label()
         self.legend = QLabel(legend_html())
         self.legend.setWordWrap(True)  # its entries go onto a second line in a narrow dock
         self.legend.setToolTip("outline colours: class, corrected by you, flagged for review")
@@ -315,6 +315,11 @@ class ClassifyWidget(QWidget):
         self.folder_browse = QPushButton("Browse…")
         self.results_edit = QLineEdit()
         self.results_edit.setPlaceholderText("results CSV (default: <folder>/allbag-results.csv)")
+        self.overlays_edit = QLineEdit()
+        self.overlays_edit.setPlaceholderText("folder for overlay PNGs (optional; not inside it)")
+        self.overlays_edit.setToolTip(
+            "each image with its cells outlined and tagged, as predict --overlays writes them"
+        )
         self.folder_button = QPushButton("Classify folder")
         self.run_images = QComboBox()
         self.run_images.setToolTip("the images of the last folder run")
@@ -329,6 +334,7 @@ class ClassifyWidget(QWidget):
         form = wrapping_form()
         form.addRow("Folder", folder_row)
         form.addRow("Results", self.results_edit)
+        form.addRow("Overlays", self.overlays_edit)
         form.addRow("", self.folder_button)
         form.addRow("Run's images", open_row)
         self.folder_browse.clicked.connect(self._browse_folder)
@@ -592,8 +598,14 @@ class ClassifyWidget(QWidget):
         except (BundleError, ValueError) as error:
             self._show_error(str(error))
             return
+        overlays = self.overlays_edit.text().strip()
         self._folder_job = _FolderJob(
-            path, self.device, folder, self.results_path(), self._options()
+            path,
+            self.device,
+            folder,
+            self.results_path(),
+            self._options(),
+            Path(overlays).expanduser() if overlays else None,
         )
         self.status.setText("starting…")
         self.controls.start(
@@ -625,9 +637,12 @@ class ClassifyWidget(QWidget):
             self.run_images.setItemData(self.run_images.count() - 1, str(item.path))
         self.open_button.setEnabled(bool(run.files))
         result = run.run
+        overlays = ""
+        if run.overlays_path is not None:
+            overlays = f"; overlays of {run.overlays_written} image(s) in {run.overlays_path}"
         self.status.setText(
             f"{len(result.files)} image(s), {result.cells} cell(s), {result.n_all} ALL; "
-            f"results in {run.csv_path}, per-image summary in {run.summary_path}"
+            f"results in {run.csv_path}, per-image summary in {run.summary_path}{overlays}"
         )
 
     @property

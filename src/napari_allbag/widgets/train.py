@@ -41,7 +41,13 @@ from qtpy.QtWidgets import (
 from napari_allbag.model.networks import DEFAULT_BACKBONE
 from napari_allbag.progress import Progress, retold
 from napari_allbag.training.steps import step_text
-from napari_allbag.widgets.base import WorkerControls, in_scroll_area, show_error, wrapping_form
+from napari_allbag.widgets.base import (
+    WorkerControls,
+    in_scroll_area,
+    show_error,
+    status_label,
+    wrapping_form,
+)
 
 #: The worker renders the live curves at most this often (seconds; a render costs 0.1-0.5 s).
 CURVES_INTERVAL = 2.0
@@ -167,8 +173,7 @@ class TrainWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.resume_button = QPushButton("Resume…")
-        self.stage_label = QLabel("")
-        self.stage_label.setWordWrap(True)
+        self.stage_label = status_label()
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
