@@ -123,7 +123,7 @@ def test_classify_folder_draws_overlays_outside_the_image_folder_only(
     widget.overlays_edit.setText(str(folder / "overlays"))  # the next run would read them
     widget.classify_folder()
     qtbot.waitUntil(lambda: not widget.is_running, timeout=60_000)
-    assert widget.folder_run is None
+    assert widget.folder_run is None and widget.progress.value() == 0
     assert "Error" in widget.status.text() and "overlays folder" in widget.status.text()
     assert not (folder / "overlays").exists() and not (folder / "allbag-results.csv").exists()
 
@@ -137,6 +137,7 @@ def test_classify_folder_draws_overlays_outside_the_image_folder_only(
     assert pictures == ["00001_field_0.png", "00002_field_1.png"]  # as predict --overlays
     assert (run.overlays_path, run.overlays_written) == (overlays, 2)
     assert f"overlays of 2 image(s) in {overlays}" in widget.status.text()
+    assert widget.progress.value() == widget.progress.maximum() > 0  # done: 100 %, not 0 %
     widget.show()
     qtbot.wait(200)  # the long status (four lines) pushes the rows below it down, whole
     status, below = widget.status.geometry(), widget.summary.geometry()
