@@ -1,14 +1,15 @@
 """A whole folder classified as `napari-allbag predict` does, kept so any image can be reopened.
 
-`FolderClassification(bundle, folder, out, options).run()` is a progress generator: it finds the
-folder's images, runs `pipeline.predict_files` over them, writes one results.csv row per cell
-through `io.atomic.AtomicCsv` (`<out>.partial` keeps the rows of a cancelled run, see `close`),
-then the per-image summary `<out stem>.images.csv`, as `predict` does (`columns.write_summary`),
-with `overlays=DIR` each image's cells drawn as `predict --overlays DIR` draws them
-(`overlay.OverlayWriter`), and keeps each file's predictions. A NaN or infinite probability stops the run before its rows
-are written (`columns.NonFiniteProbability`, the check `predict` makes). `reopen_image(bundle, file, options)` turns one file of the
-run back into what the single-image path shows: the image, its cells (segmented again with the
-same parameters, so the same cells in the same order) and the run's predictions for them.
+`FolderClassification(bundle, folder, out, options, overlays).run()` is a progress generator: it
+finds the folder's images, runs `pipeline.predict_files` over them, writes one results.csv row
+per cell through `io.atomic.AtomicCsv` (`<out>.partial` keeps the rows of a cancelled run, see
+`close`), then the per-image summary `<out stem>.images.csv`, as `predict` does
+(`columns.write_summary`), with `overlays=DIR` each image's cells drawn as `predict --overlays
+DIR` draws them (`overlay.OverlayWriter`), and keeps each file's predictions. A NaN or infinite
+probability stops the run before its rows are written (`columns.NonFiniteProbability`, the check
+`predict` makes). `reopen_image(bundle, file, options)` turns one file of the run back into what
+the single-image path shows: the image, its cells (segmented again with the same parameters, so
+the same cells in the same order) and the run's predictions for them.
 Plain Python: the Classify widget runs both in its worker thread.
 """
 
