@@ -12,6 +12,7 @@ import pytest
 
 from napari_allbag.demo import run as demo
 from napari_allbag.demo.run import (
+    OVERLAY_CAPTION,
     QUICK_SETTINGS,
     DemoError,
     check_out_dir,
@@ -23,6 +24,7 @@ from napari_allbag.demo.run import (
     true_classes,
 )
 from napari_allbag.evaluation.report import REPORT_MODELS
+from napari_allbag.inference.overlay import draw_overlay, marks_from_table
 from napari_allbag.model.bundle import load_bundle
 from napari_allbag.model.networks import CLASS_NAMES
 from napari_allbag.progress import drive
@@ -144,12 +146,29 @@ def test_results_have_one_row_per_segmented_cell(finished):
     assert result.matches_truth == sum(r["label"] == r["true_class"] for r in rows)
 
 
+BOX_COLUMNS = ("cell_id", "bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col")
+
+
 def test_overlay_is_the_field_with_marks(finished):
     result, _ = finished
     image, _ = field_image()
     overlay = cv2.imread(str(result.overlay_path))
     assert overlay is not None and overlay.shape == image.shape
     assert not np.array_equal(cv2.cvtColor(overlay, cv2.COLOR_BGR2RGB), image)
+    # the same calls and review flags as results.csv (a flagged cell yellow with "?", as in
+    # predict --overlays and the viewer; the demo's overlay once left the flags out)
+    rows = read_results(result.results_path)
+    bundle = load_bundle(result.bundle_path, "cpu")
+    labels = segment_image(image, bundle.segmentation).labels
+    table = {name: np.array([float(r[name]) for r in rows]) for name in BOX_COLUMNS}
+    marks = marks_from_table(
+        table,
+        [r["label"] for r in rows],
+        [float(r["confidence"]) for r in rows],
+        [r["review"] == "True" for r in rows],
+    )
+    expected = draw_overlay(image, labels, marks, OVERLAY_CAPTION)
+    np.testing.assert_array_equal(cv2.cvtColor(overlay, cv2.COLOR_BGR2RGB), expected)
 
 
 def test_curves_log_and_summary(finished):

@@ -200,7 +200,8 @@ def run_demo(
     write_text_atomic(results_path, results_csv(field))
     from napari_allbag.inference.overlay import draw_overlay, marks_from_table, write_png
 
-    marks = marks_from_table(field["table"], field["labels"], field["confidence"])
+    flagged = field["predictions"].flagged  # as results.csv's review column and predict's
+    marks = marks_from_table(field["table"], field["labels"], field["confidence"], flagged)
     overlay = draw_overlay(field["image"], field["labels_image"], marks, OVERLAY_CAPTION)
     overlay_path = write_png(out_dir / "overlay.png", overlay)
     yield Progress(1, 2, "writing results", "demo.json")
