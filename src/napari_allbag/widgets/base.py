@@ -288,7 +288,8 @@ class WorkerControls:
 
     `on_progress(event)` (optional) updates the widget's own status text after the bar moved;
     `on_finished()` (optional) runs after the buttons are reset, whatever the outcome.
-    `hide_bar` hides the progress bar while nothing runs.
+    `hide_bar` hides the progress bar while nothing runs. `succeeded`: whether the last job
+    returned a result that `on_result` took without raising (False after Cancel or an error).
     """
 
     def __init__(
@@ -307,6 +308,7 @@ class WorkerControls:
         self.on_finished = on_finished
         self.hide_bar = hide_bar
         self.worker: Any = None
+        self.succeeded = False
         self._cancel = threading.Event()
         set_enabled(cancel_button, False)
         if hide_bar:
@@ -329,6 +331,7 @@ class WorkerControls:
         if self.worker is not None:
             return False
         self._set_running(True)
+        self.succeeded = False
         self.progress_bar.setRange(0, 0)
         if self.hide_bar:
             self.progress_bar.setVisible(True)
@@ -339,6 +342,7 @@ class WorkerControls:
                 on_aborted()
             else:
                 on_result(value)
+                self.succeeded = True
 
         self.worker = start_worker(
             paced_run,

@@ -342,7 +342,6 @@ class ClassifyWidget(QWidget):
         self.open_button.clicked.connect(lambda: self.open_run_image())
         self._folder_run: Any = None  # inference.folder.FolderRun of the last folder run
         self._folder_job: _FolderJob | None = None
-        self._succeeded = False  # whether the last background job returned its result
         return form
 
     # ------------------------------------------------------------------ bundle
@@ -557,7 +556,6 @@ class ClassifyWidget(QWidget):
             job, rule=None if rule == BUNDLE_RULE else rule, tta=self.tta_check.isChecked()
         )
         self.status.setText("starting…")
-        self._succeeded = False
         self._found_afresh = job.labels is None
         self._running_image = self.image_name() or job.source
         self.controls.start(
@@ -610,7 +608,6 @@ class ClassifyWidget(QWidget):
             Path(overlays).expanduser() if overlays else None,
         )
         self.status.setText("starting…")
-        self._succeeded = False
         self.controls.start(
             _folder_job,
             self._holder,
@@ -633,7 +630,6 @@ class ClassifyWidget(QWidget):
     def _on_folder_result(self, run: Any) -> None:
         """List the run's images and say what was written."""
         self._folder_run = run
-        self._succeeded = True
         self.run_images.clear()
         for item in run.files:
             label = f"{item.path.name} ({len(item.predictions)} cells)"
@@ -663,7 +659,6 @@ class ClassifyWidget(QWidget):
             return False
         item = self._folder_run.files[index]
         self.status.setText(f"opening {item.path.name}…")
-        self._succeeded = False
         return self.controls.start(
             _reopen_job,
             self._holder,
@@ -686,7 +681,6 @@ class ClassifyWidget(QWidget):
         self._found_afresh = False
         self._running_image = name
         self._show_result(opened.result)
-        self._succeeded = True
         self.layer_combo.setCurrentText(result_name(CELLS, name))
 
     def cancel(self) -> None:
@@ -712,7 +706,6 @@ class ClassifyWidget(QWidget):
 
     def _on_result(self, result: Any) -> None:
         self._show_result(result)
-        self._succeeded = True
 
     def _on_error(self, error: BaseException) -> None:
         self._show_error(str(error))
@@ -727,7 +720,7 @@ class ClassifyWidget(QWidget):
             if kept is not None:
                 self.status.setText(f"{self.status.text()}; cells so far kept in {kept}")
         self.progress.setRange(0, 1)
-        self.progress.setValue(1 if self._succeeded else 0)  # a folder run too: 100 %, not 0
+        self.progress.setValue(1 if self.controls.succeeded else 0)  # a folder run too: 100 %
 
     def _show_error(self, message: str) -> None:
         self.status.setText(f"<b>Error:</b> {message}")
