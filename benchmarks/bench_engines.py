@@ -269,6 +269,12 @@ def compiled_runner(ensemble: Ensemble, batch: int, size: int) -> Runner:
 
 
 def measure(args: argparse.Namespace) -> dict:
+    """Every candidate's agreement with fp32 torch and its speed; exported files removed after."""
+    with tempfile.TemporaryDirectory(prefix="bench-engines-") as folder:
+        return _measure(args, Path(folder))
+
+
+def _measure(args: argparse.Namespace, folder: Path) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = resolve_backbone(args.backbone, img_size=args.img_size)
@@ -280,7 +286,6 @@ def measure(args: argparse.Namespace) -> dict:
         source = "random crops (real data absent)"
     calibration = crops[:CALIBRATION_CELLS]
     make_varied(ensemble, calibration)
-    folder = Path(tempfile.mkdtemp(prefix="bench-engines-"))
     runners, setup = build_candidates(ensemble, calibration, args, folder)
 
     reference = runners["torch"](crops)

@@ -14,6 +14,7 @@ Prints one line per figure. Not a test: the figures depend on the machine and it
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -124,6 +125,7 @@ def main() -> None:
     print(f"epochs trained while measured: {epochs} (the training's own speed)")
     print(f"cancel latency: {1000 * cancel_latency:.0f} ms")
     viewer.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
