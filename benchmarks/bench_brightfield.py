@@ -14,7 +14,10 @@ Targets (issue 10): exact count >= 90% of fields, one centred cell >= 95% of cro
 With --robustness, instead: the exact-count figures again on every image after each of a set of
 changes a different microscope, camera or scanner makes (scale 0.5-2x, 20% less light, gamma
 0.8 / 1.3, warmer / cooler white balance, JPEG quality 50, sensor noise): a method fitted to
-these 40 files breaks under them; one that generalises keeps its counts.
+these 40 files breaks under them; one that generalises keeps its counts. A second group
+(`OPTICS_CHANGES`: stain, focus, illumination) follows with its own totals: blur, vignetting and
+uneven light, a fainter or stronger stain (optical density x0.7 / x1.3, Beer-Lambert), veiling
+glare (15% of white added, which also lifts a field stop's black), hue +-12 degrees.
 """
 
 from __future__ import annotations
@@ -174,14 +177,60 @@ CHANGES = {
 }
 
 
+def _optical_density(factor: float):
+    """The stain's optical density times `factor` against the background's colour (Beer-Lambert:
+    a thinner or longer stain), not a blend towards white."""
+
+    def apply(x):
+        white = np.percentile(x.reshape(-1, 3), 95, axis=0)
+        return white * np.clip(x / white, 1e-3, 1.0) ** factor
+
+    return _graded(apply)
+
+
+def _hue(degrees: float):
+    def apply(image):
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL)
+        hsv[..., 0] += np.uint8(round(degrees * 256 / 360) % 256)  # wraps, as hue does
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+
+    return apply
+
+
+def _vignette(x):
+    height, width = x.shape[:2]
+    rows, cols = np.mgrid[0:height, 0:width]
+    r2 = (((rows - height / 2) / height) ** 2 + ((cols - width / 2) / width) ** 2) * 2
+    return x * (1 - 0.3 * r2)[..., None]
+
+
+#: What the stain, the focus and the illumination change (a second group, its own totals).
+OPTICS_CHANGES = {
+    "blur sd 1.5": lambda image: cv2.GaussianBlur(image, (0, 0), 1.5),
+    "vignette 30%": _graded(_vignette),
+    "light 80-105%": _graded(lambda x: x * np.linspace(0.8, 1.05, x.shape[1])[None, :, None]),
+    "stain OD x0.7": _optical_density(0.7),
+    "stain OD x1.3": _optical_density(1.3),
+    "glare 15%": _graded(lambda x: 0.85 * x + 0.15 * 245),
+    "hue +12": _hue(12),
+    "hue -12": _hue(-12),
+}
+
+
 def robustness(data: Path) -> None:
-    """Exact counts per image kind under each of `CHANGES`, and the images that miss."""
-    params = SegmentationParams(background="bright")
+    """Exact counts per image kind under each change of `CHANGES`, then of `OPTICS_CHANGES`."""
     rows = read_tsv(data / "MANIFEST.tsv")
     images = [(row, read_image(data / row["relpath"])) for row in rows]
+    for title, changes in (("camera and scale", CHANGES), ("stain and optics", OPTICS_CHANGES)):
+        print(f"-- {title}")
+        _robustness(images, changes)
+
+
+def _robustness(images, changes: dict) -> None:
+    params = SegmentationParams(background="bright")
     totals: dict[str, list[int]] = {}
     flags, cells, excess = [0, 0], [0, 0], 0  # [images with a wrong count, exact ones]
-    for name, change in CHANGES.items():
+    for name, change in changes.items():
         exact: dict[str, list[bool]] = {}
         misses = []
         for row, image in images:

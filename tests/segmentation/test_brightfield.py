@@ -532,11 +532,56 @@ def test_a_dark_purple_nucleus_cut_by_the_border_is_not_a_field_stop():
     cv2.circle(image, (0, 200), 34, CYTOPLASM, -1, cv2.LINE_AA)
     cv2.circle(image, (0, 200), 26, DEEP_NUCLEUS, -1, cv2.LINE_AA)  # 0.2 % of the image
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    assert not field_stop_mask(grey, neutral_black(image, grey)).any()
+    assert not field_stop_mask(image, grey).any()
     stopped = image.copy()
     stopped[:, :30] = 3  # a real (neutral) black border is one
     grey = cv2.cvtColor(stopped, cv2.COLOR_RGB2GRAY)
-    assert field_stop_mask(grey, neutral_black(stopped, grey))[:, :30].all()
+    assert field_stop_mask(stopped, grey)[:, :30].all()
+
+
+def _round_stop(image, level):
+    """The image seen through a round field stop whose black reads `level` (an unlit camera's
+    offset, glare); returns the stop's mask."""
+    height, width = image.shape[:2]
+    rows, cols = np.mgrid[0:height, 0:width]
+    outside = np.hypot(rows - height / 2, cols - width / 2) > 0.48 * min(height, width)
+    image[outside] = level
+    return outside
+
+
+def test_a_field_stop_lifted_by_glare_is_still_a_stop_and_the_cell_is_found():
+    image, _ = smear(seed=24, keep_clear=[(200, 250, 30)])
+    draw_white_cell(image, 200, 250)
+    outside = _round_stop(image, 15)  # a stop's black as the sample's (medians 6 to 17)
+    glared = np.clip(0.85 * image + 0.15 * 245, 0, 255).astype(np.uint8)  # 15 % glare: 49
+    _, stop, valid = _valid_pixels(glared)
+    assert stop[outside].all()  # a black level of 40 missed every pixel of it
+    assert not valid[outside].any()
+    result = segment_brightfield(glared)
+    assert result.n_cells == 1 and result.labels[200, 250] > 0
+
+
+def test_dim_tinted_cells_at_the_border_are_not_a_stop_under_noise_a_stop_is():
+    image, _ = smear(seed=26)
+    image[:120, :60] = (71, 52, 67)  # darker than a third of the background, but tinted
+    noisy = np.clip(image + np.random.default_rng(26).normal(0, 6, image.shape), 0, 255)
+    noisy = noisy.astype(np.uint8)
+    grey = cv2.cvtColor(noisy, cv2.COLOR_RGB2GRAY)
+    assert not field_stop_mask(noisy, grey)[:120, :60].any()
+    noisy[:120, :60] = np.clip(60 + np.random.default_rng(27).normal(0, 6, (120, 60, 3)), 0, 255)
+    grey = cv2.cvtColor(noisy, cv2.COLOR_RGB2GRAY)  # grey, as dark: a stop (channels 10 apart)
+    assert field_stop_mask(noisy, grey)[:120, :60].all()
+
+
+def test_dark_pixels_inside_a_round_field_stop_are_not_part_of_it():
+    image, _ = smear(seed=25, keep_clear=[(200, 250, 30)])
+    cv2.circle(image, (250, 200), 13, DEEP_NUCLEUS, -1, cv2.LINE_AA)  # grey under 40, purple
+    outside = _round_stop(image, 4)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    stop = field_stop_mask(image, grey)
+    assert stop[outside].all()
+    # the ring's outline, filled, is the whole image: the nucleus inside it joined the stop
+    assert not stop[195:206, 245:256].any()
 
 
 def test_chromatin_granules_of_an_enlarged_crop_are_not_taken_for_red_cells():

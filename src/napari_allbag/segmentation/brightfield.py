@@ -78,6 +78,17 @@ _BLACK = 40
 #: percentile to median; 54 and up in a 20% darker exposure); field-stop pixels by 3 to 6
 #: (median), 47 at the 99th percentile of its coloured rim.
 _BLACK_CHROMA = 48
+#: A field stop under veiling glare is still darker than this share of the background's grey
+#: (`_stop_level`): the stops of the sample's fields sit at 2-8% of it (medians 6 to 17 against
+#: 205 to 235), 15% glare lifts them to about 22%. Smear pixels that dark are nuclei (a Tecom
+#: crop's reach 14%), purple, which the chroma test keeps out of a stop.
+_STOP_SHARE = 1 / 3
+#: ... and grey: an unlit stop is the camera's black, the medians of its channels within this
+#: of each other (the sample's stops: 3 to 7, with or without a camera's noise of sd 6, which
+#: spreads each pixel's channels by 10 and more). Dim greyish red cells are not: a clump of
+#: `arslan_b35`'s at a window's edge in the tiled benchmark's mosaic, darker than a third of
+#: its neighbours' background, measured 19 (71, 52, 67).
+_STOP_CHROMA = 12
 _BLACK_IMAGE = "no cell found: the image is black (or all field stop), no bright-field smear"
 #: Fewer isolated red cells than this: the scale falls back to a fraction of the image side.
 _MIN_RED_CELLS = 20
@@ -200,9 +211,7 @@ def neutral_black(image: np.ndarray, grey: np.ndarray) -> np.ndarray:
     dark = (grey < _BLACK).view(np.uint8)
     n_dark = cv2.countNonZero(dark)
     if n_dark > 0.02 * dark.size:  # a field stop: the chroma of every pixel
-        red, green, blue = cv2.split(image)
-        chroma = cv2.max(cv2.max(red, green), blue) - cv2.min(cv2.min(red, green), blue)
-        return dark.view(bool) & (chroma < _BLACK_CHROMA)
+        return dark.view(bool) & (_chroma(image) < _BLACK_CHROMA)
     black = np.zeros(grey.shape, bool)
     if n_dark:  # a few dark pixels (nuclei, specks): only theirs
         cols, rows = cv2.findNonZero(dark).reshape(-1, 2).T
@@ -212,29 +221,70 @@ def neutral_black(image: np.ndarray, grey: np.ndarray) -> np.ndarray:
     return black
 
 
-def field_stop_mask(grey: np.ndarray, black: np.ndarray) -> np.ndarray:
+def field_stop_mask(image: np.ndarray, grey: np.ndarray) -> np.ndarray:
     """Dark regions touching the image border (a microscope's field stop), as bool: large ones
-    (0.2% of the image) mostly neutral black (`neutral_black`), their coloured rim included; a
-    purple nucleus cut by the border, however dark, is not a stop."""
-    dark = (grey < _BLACK).view(np.uint8)
-    contours, _ = cv2.findContours(dark, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    (0.2% of the image), darker than `_stop_level` and mostly grey (`_STOP_CHROMA`), their
+    coloured rim included; a purple nucleus cut by the border, however dark, is not a stop."""
+    level = _stop_level(grey)
+    dark = (grey < level).view(np.uint8)
+    # outlines with their holes: a round stop is a ring whose outline, filled, is the whole
+    # image, and every dark pixel inside it (a nucleus's darkest) joined the stop
+    contours, hierarchy = cv2.findContours(dark, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     height, width = grey.shape
     stop = np.zeros(grey.shape, np.uint8)
-    for contour in contours:
+    for k, contour in enumerate(contours):
         left, top, w, h = cv2.boundingRect(contour)
         on_border = left == 0 or top == 0 or left + w == width or top + h == height
-        if on_border and cv2.contourArea(contour) > 0.002 * grey.size:
-            region = np.zeros((h, w), np.uint8)
-            cv2.drawContours(region, [contour - np.array([left, top])], -1, 1, cv2.FILLED)
-            region &= dark[top : top + h, left : left + w]
-            if np.count_nonzero(
-                black[top : top + h, left : left + w][region > 0]
-            ) * 2 >= np.count_nonzero(region):
-                stop[top : top + h, left : left + w] |= region
+        if hierarchy[0][k][3] >= 0 or not on_border or cv2.contourArea(contour) < 0.002 * dark.size:
+            continue  # a hole, or a piece inside the field
+        box, corner = (slice(top, top + h), slice(left, left + w)), np.array([left, top])
+        region = np.zeros((h, w), np.uint8)
+        cv2.drawContours(region, [contour - corner], -1, 1, cv2.FILLED)
+        holes = [contours[j] - corner for j in _children(hierarchy, k)]
+        cv2.drawContours(region, holes, -1, 0, cv2.FILLED)
+        cv2.drawContours(region, holes, -1, 1, 1)  # a hole's outline runs on the stop's pixels
+        region &= dark[box]
+        if _is_grey(image[box][region > 0]):
+            stop[box] |= region
     if stop.any():  # the stop's blurred rim is neither stop nor smear
         rim = max(3, round(0.01 * max(height, width)))
         stop = cv2.dilate(stop, np.ones((rim, rim), np.uint8))
     return stop.view(bool)
+
+
+def _is_grey(pixels: np.ndarray) -> bool:
+    """Whether (N, 3) pixels are mostly neutral (`_BLACK_CHROMA`, each pixel) and grey on the
+    whole (`_STOP_CHROMA`, the channels' medians: a camera's noise averages out, a tint not)."""
+    if np.count_nonzero(np.ptp(pixels, axis=1) < _BLACK_CHROMA) * 2 < len(pixels):
+        return False
+    median = np.median(pixels[:: max(1, len(pixels) // 4096)], axis=0)
+    return float(median.max() - median.min()) < _STOP_CHROMA
+
+
+def _children(hierarchy: np.ndarray, k: int) -> list[int]:
+    """Indices of contour `k`'s holes (OpenCV's two-level hierarchy: first child, then next)."""
+    children, j = [], int(hierarchy[0][k][2])
+    while j >= 0:
+        children.append(j)
+        j = int(hierarchy[0][j][0])
+    return children
+
+
+def _stop_level(grey: np.ndarray) -> int:
+    """Grey under which a border region may be a field stop: `_STOP_SHARE` of the background's
+    level (the 90th percentile), at least `_BLACK`. Glare of 15% of white lifted the stops of
+    the sample's pig fields from a median of 13 to 48: with `_BLACK` alone all four gave "no
+    cell found", now two give the exact count (`bench_brightfield.py --robustness`, glare)."""
+    sample = np.ascontiguousarray(grey[::4, ::4])
+    hist = cv2.calcHist([sample], [0], None, [256], [0, 256]).ravel()
+    background = int(np.searchsorted(np.cumsum(hist), 0.9 * hist.sum()))
+    return max(_BLACK, int(_STOP_SHARE * background))
+
+
+def _chroma(image: np.ndarray) -> np.ndarray:
+    """max - min over the channels, per pixel (uint8)."""
+    red, green, blue = cv2.split(image)
+    return cv2.max(cv2.max(red, green), blue) - cv2.min(cv2.min(red, green), blue)
 
 
 def red_cell_radius(
@@ -525,7 +575,7 @@ def _valid_pixels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """Grey, the field stop, and the pixels that are neither stop nor neutral black (bool)."""
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     black = neutral_black(image, grey)
-    stop = field_stop_mask(grey, black)
+    stop = field_stop_mask(image, grey)
     return grey, stop, ~stop & ~black
 
 
