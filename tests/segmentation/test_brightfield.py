@@ -106,6 +106,17 @@ def test_a_field_of_red_cells_only_gives_no_cell_and_says_so():
     assert "no white cell" in result.message
 
 
+def test_a_white_cell_washed_out_below_a_nucleus_contrast_is_named_as_such():
+    image, _ = smear(seed=27, keep_clear=[(200, 250, 30)])
+    draw_white_cell(image, 200, 250)
+    assert segment_brightfield(image).n_cells == 1
+    washed = np.clip(0.4 * image + 0.6 * 245, 0, 255).astype(np.uint8)  # 60 % glare
+    result = segment_brightfield(washed)
+    assert result.n_cells == 0
+    assert "stain levels above its red cells" in result.message
+    assert "too faint" in result.message
+
+
 def test_a_platelet_is_not_a_white_cell():
     image, _ = smear(seed=2, keep_clear=[(200, 250, 20), (100, 100, 30)])
     cv2.circle(image, (250, 200), 4, NUCLEUS, -1, cv2.LINE_AA)  # platelet: a small purple dot

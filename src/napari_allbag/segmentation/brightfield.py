@@ -449,11 +449,11 @@ def segment_brightfield_progress(
         if finer is not None:  # a low-resolution field, not a crop: its red cells at 2x
             return (yield from segment_brightfield_progress(image, params, source, finer))
     if not groups:
-        return _empty_result(image.shape[:2], params, _nothing_message(rejected))
+        return _empty_result(image.shape[:2], params, _nothing_message(rejected, scene))
     yield Progress(0, len(groups), stage, "cells")
     cells, small = _whole_cells(scene, groups)
     if not cells:
-        return _empty_result(image.shape[:2], params, _nothing_message(rejected + small))
+        return _empty_result(image.shape[:2], params, _nothing_message(rejected + small, scene))
     cells.sort(key=lambda item: (item[0].top, item[0].left))
     result = _result(scene, cells, params, source)
     yield Progress(len(cells), len(cells), stage, "cells")
@@ -1049,11 +1049,30 @@ def _sanity_message(table, scene: _Scene) -> str:
     return ""
 
 
-def _nothing_message(rejected: list[str]) -> str:
+def _nothing_message(rejected: list[str], scene: _Scene) -> str:
     if not rejected:
-        return "no white cell found: nothing in the image is stained purple like a nucleus"
-    reasons = sorted(set(rejected))
-    return f"no white cell found: {len(rejected)} purple region(s) rejected ({'; '.join(reasons)})"
+        found = "nothing in the image is stained purple like a nucleus"
+    else:
+        found = f"{len(rejected)} purple region(s) rejected ({'; '.join(sorted(set(rejected)))})"
+    return f"no white cell found: {found}{_faint_hint(scene)}"
+
+
+def _faint_hint(scene: _Scene) -> str:
+    """Where even the image's bluest pixels fall short of a nucleus's core, the figures and the
+    likely cause: a faint stain, glare or a washed-out exposure (bench_brightfield.py's glare
+    and stain changes lose whole fields that way), not an image without white cells."""
+    stain = scene.stain[::2, ::2]
+    stain = stain[stain > 0]  # 0: not valid (stop, black)
+    if not stain.size:
+        return ""
+    core = float(np.percentile(stain, 99.9)) - scene.red_stain
+    if core >= _MIN_PEAK_CONTRAST:
+        return ""
+    return (
+        f"; its bluest pixels are {core:.0f} stain levels above its red cells, where a nucleus's"
+        f" core needs {_MIN_PEAK_CONTRAST}: if white cells show, their stain is too faint here"
+        " (a washed-out exposure or glare? see docs/image-kinds.md)"
+    )
 
 
 # --- small helpers ------------------------------------------------------------------------------
