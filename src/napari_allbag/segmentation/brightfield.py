@@ -215,8 +215,7 @@ def neutral_black(image: np.ndarray, grey: np.ndarray) -> np.ndarray:
     black = np.zeros(grey.shape, bool)
     if n_dark:  # a few dark pixels (nuclei, specks): only theirs
         cols, rows = cv2.findNonZero(dark).reshape(-1, 2).T
-        pixels = image[rows, cols]
-        neutral = (pixels.max(axis=1) - pixels.min(axis=1)) < _BLACK_CHROMA
+        neutral = _neutral(image[rows, cols])
         black[rows[neutral], cols[neutral]] = True
     return black
 
@@ -255,7 +254,7 @@ def field_stop_mask(image: np.ndarray, grey: np.ndarray) -> np.ndarray:
 def _is_grey(pixels: np.ndarray) -> bool:
     """Whether (N, 3) pixels are mostly neutral (`_BLACK_CHROMA`, each pixel) and grey on the
     whole (`_STOP_CHROMA`, the channels' medians: a camera's noise averages out, a tint not)."""
-    if np.count_nonzero(np.ptp(pixels, axis=1) < _BLACK_CHROMA) * 2 < len(pixels):
+    if np.count_nonzero(_neutral(pixels)) * 2 < len(pixels):
         return False
     median = np.median(pixels[:: max(1, len(pixels) // 4096)], axis=0)
     return float(median.max() - median.min()) < _STOP_CHROMA
@@ -279,6 +278,11 @@ def _stop_level(grey: np.ndarray) -> int:
     hist = cv2.calcHist([sample], [0], None, [256], [0, 256]).ravel()
     background = int(np.searchsorted(np.cumsum(hist), 0.9 * hist.sum()))
     return max(_BLACK, int(_STOP_SHARE * background))
+
+
+def _neutral(pixels: np.ndarray) -> np.ndarray:
+    """Whether each of (N, 3) pixels has its channels within `_BLACK_CHROMA` (bool, N)."""
+    return np.ptp(pixels, axis=1) < _BLACK_CHROMA
 
 
 def _chroma(image: np.ndarray) -> np.ndarray:
