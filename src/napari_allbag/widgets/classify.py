@@ -65,6 +65,7 @@ from napari_allbag.widgets.results import (
     corrected_mask,
     find_result,
     flagged_mask,
+    hide_labels_when_crowded,
     image_of,
     is_result,
     legend_html,
@@ -906,6 +907,7 @@ def _show_classes(viewer: Any, frame, cells_layer) -> None:
         translate=cells_layer.translate,
     )
     place_above(viewer, layer, cells_layer)
+    hide_labels_when_crowded(viewer, layer, text, TEXT_SIZE)
     viewer.layers.selection.active = cells_layer
 
 

@@ -11,6 +11,11 @@ Colours: outlines by class (ALL orange-red, HEM sky blue), a corrected cell gree
 for review yellow; `legend_html` shows them in the widgets. Before classification (the Segment
 widget) every cell is cyan but one whose nucleus is small, which is yellow: the warning names it
 by number, the colour shows which it is.
+
+Labels: a `classes [name]` layer's text ("HEM 0.61 ?") is drawn in screen pixels, so in a dense
+field at the zoom that fits the image the labels pile on one another and hide the cells;
+`hide_labels_when_crowded` shows them only while the cells lie far enough apart on screen (the
+coloured dots stay), and again as soon as the user zooms in.
 """
 
 from __future__ import annotations
@@ -95,6 +100,48 @@ def place_above(viewer: Any, layer: Any, anchor: Any) -> None:
     if source == target + 1:
         return
     layers.move(source, target + 1)  # napari inserts before the item now at that index
+
+
+#: A label's width on screen per character, in font sizes (napari's default sans-serif).
+CHAR_WIDTH = 0.6
+
+
+def median_spacing(points: np.ndarray) -> float:
+    """The median distance from each point (N x 2) to its nearest neighbour; inf under two."""
+    if len(points) < 2:
+        return float("inf")
+    from scipy.spatial import cKDTree
+
+    distances, _ = cKDTree(points).query(points, k=2)
+    return float(np.median(distances[:, 1]))
+
+
+def hide_labels_when_crowded(viewer: Any, layer: Any, texts: list[str], font_size: float) -> None:
+    """Show `layer`'s text only while most of its points lie a label's width apart on screen:
+    hidden at a zoom where labels would overlap, shown when zoomed in; follows the zoom until
+    the layer is removed from the viewer."""
+    scale = float(np.min(np.abs(np.asarray(layer.scale)[-2:])))
+    spacing = median_spacing(np.asarray(layer.data)[:, -2:]) * scale  # world units
+    width = CHAR_WIDTH * font_size * max((len(text) for text in texts), default=0)
+    camera = getattr(viewer, "scene", viewer).camera  # napari 0.9 moved it to viewer.scene
+    layers = viewer.layers
+
+    def update(event: Any = None) -> None:
+        layer.text.visible = bool(spacing * camera.zoom >= width)  # zoom: screen px per unit
+
+    def forget(event: Any) -> None:
+        if _unwrapped(event.value) is _unwrapped(layer):
+            camera.events.zoom.disconnect(update)
+            layers.events.removed.disconnect(forget)
+
+    camera.events.zoom.connect(update)
+    layers.events.removed.connect(forget)
+    update()
+
+
+def _unwrapped(obj: Any) -> Any:
+    """The object behind napari's proxy (a plugin's viewer returns proxied layers)."""
+    return getattr(obj, "__wrapped__", obj)
 
 
 def flagged_mask(table: Any, n: int) -> np.ndarray:
