@@ -12,7 +12,7 @@ from qtpy.QtCore import Qt
 from napari_allbag.data.annotations import scan_annotated_folder
 from napari_allbag.data.synthetic import make_field
 from napari_allbag.widgets.cell_table import CellTableWidget, subject_of
-from napari_allbag.widgets.classify import ClassifyWidget
+from napari_allbag.widgets.classify import ClassifyWidget, refresh_cells_display
 from napari_allbag.widgets.results import CORRECTED_COLOUR, FLAGGED_COLOUR, cell_colours
 from napari_allbag.widgets.segment import SegmentWidget
 from tests.model_factory import make_tiny_bundle
@@ -102,8 +102,13 @@ def test_cell_table_rows_selection_corrections_and_exports(
     centre = frame[["centroid_row", "centroid_col"]].to_numpy(float)[-1]
     assert np.allclose(viewer.camera.center[-2:], cells.data_to_world(centre)[-2:])
     first = int(frame["index"].iloc[0])
+    camera = getattr(viewer, "scene", viewer).camera
+    camera.center = (0.0, 3.0, 4.0)  # where the user has moved the view
     cells.selected_label = first  # viewer -> row
     assert table.selected_cell() == first
+    assert np.allclose(camera.center[-2:], (3.0, 4.0))  # a click on a cell keeps the view
+    refresh_cells_display(viewer, cells)  # napari re-announces the label as colours change
+    assert np.allclose(camera.center[-2:], (3.0, 4.0))  # a run or correction keeps it too
 
     old = str(frame["label"].iloc[0])
     new = "hem" if old == "all" else "all"

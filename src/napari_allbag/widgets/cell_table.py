@@ -94,6 +94,7 @@ class CellTableWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.layer: Any = None  # the cells layer shown
+        self._following_layer = False  # selecting a row because the layer's selection changed
         self.title = QLabel("no classified image: run Classify, then pick its image")
         self.title.setWordWrap(True)
         self.table = QTableWidget(0, len(COLUMNS))
@@ -235,12 +236,20 @@ class CellTableWidget(QWidget):
             return
         if self.layer.selected_label != cell_id:
             self.layer.selected_label = cell_id
-        self.centre_on(cell_id)
+        if not self._following_layer:  # a row picked in the table: show its cell
+            self.centre_on(cell_id)
 
     def _label_selected(self, event=None) -> None:
+        """The layer's selected label changed (a click on a cell, or napari re-announcing it
+        whenever the colours change, as after every run and correction): select its row, and
+        leave the view where the user has it."""
         row = self.row_of(int(self.layer.selected_label))
         if row is not None and row not in [i.row() for i in self.table.selectedIndexes()]:
-            self.table.selectRow(row)
+            self._following_layer = True
+            try:
+                self.table.selectRow(row)
+            finally:
+                self._following_layer = False
             self.table.scrollToItem(self.table.item(row, 1))
 
     def centre_on(self, cell_id: int) -> None:
