@@ -76,11 +76,12 @@ def main() -> int:
         return 1
     calibration = crops[: bench_engines.CALIBRATION_CELLS]
     bench_engines.make_varied(ensemble, calibration)
-    onnx_path = engines.export_onnx(ensemble, 299, Path(tempfile.mkdtemp(prefix="int8-sens-")))
-    fp32 = pooled_features(with_features(onnx_path), crops)
-    dataset = nncf.Dataset([calibration[i : i + 4] for i in range(0, len(calibration), 4)])
-    quantised = nncf.quantize(with_features(onnx_path), dataset, subset_size=len(calibration))
-    int8 = pooled_features(quantised, crops)
+    with tempfile.TemporaryDirectory(prefix="int8-sens-") as folder:  # removed after: a large graph
+        onnx_path = engines.export_onnx(ensemble, 299, Path(folder))
+        fp32 = pooled_features(with_features(onnx_path), crops)
+        dataset = nncf.Dataset([calibration[i : i + 4] for i in range(0, len(calibration), 4)])
+        quantised = nncf.quantize(with_features(onnx_path), dataset, subset_size=len(calibration))
+        int8 = pooled_features(quantised, crops)
     heads = (ensemble.model_a.head, ensemble.model_b.head)
     for name, f, q, head in zip("AB", fp32, int8, heads, strict=True):
         print(json.dumps({"backbone": name, **ratios(f, q, head)}))
