@@ -73,3 +73,44 @@ def test_architecture_lists_every_module():
     ]
     missing = [m for m in modules if m not in rows and f"{m.split('.')[0]}.*" not in rows]
     assert modules and not missing, missing
+
+
+def _python_examples(section: str) -> list[str]:
+    """The ```python blocks of one `## ` section of the user guide."""
+    text = (REPO / "docs" / "user-guide.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", body, re.S)
+
+
+def test_the_user_guides_python_examples_run(tmp_path, capsys):
+    """The 'From Python' examples run as printed, with only their paths pointed at test files."""
+    import cv2
+
+    from napari_allbag.data.synthetic_brightfield import BrightfieldLook, make_brightfield_field
+    from tests.model_factory import make_tiny_bundle
+
+    bundle = make_tiny_bundle(tmp_path / "bundle", seed=3)
+    smears = tmp_path / "smears"
+    smears.mkdir()
+    for seed in (1, 2):
+        image, _ = make_brightfield_field(seed, shape=(750, 1000), look=BrightfieldLook(scale=0.5))
+        cv2.imwrite(
+            str(smears / f"field{seed}.jpg"), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95]
+        )
+    places = {
+        '"my-bundle"': repr(str(bundle)),
+        '"smear.jpg"': repr(str(smears / "field1.jpg")),
+        '"smears/"': repr(str(smears)),
+    }
+    examples = _python_examples("From Python (scripts and notebooks)")
+    assert len(examples) == 2
+    for code in examples:
+        for name, place in places.items():
+            code = code.replace(name, place)
+        exec(compile(code, "user-guide example", "exec"), {"__name__": "__main__"})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].endswith("cells") and any(line.startswith("1 ") for line in printed)
+    assert [line.split()[0] for line in printed if line.startswith("field")] == [
+        "field1.jpg",
+        "field2.jpg",
+    ]
