@@ -35,6 +35,12 @@ def test_labels_show_only_where_they_fit_and_follow_the_zoom(make_napari_viewer)
     assert layer.text.visible
     camera.zoom = 2.0
     assert not layer.text.visible
+    layer.text.visible = True  # the user wants the labels anyway
+    camera.zoom = 1.5
+    assert layer.text.visible
+    layer.text.visible = False  # and back: the zoom decides again
+    camera.zoom = 4.0
+    assert layer.text.visible
     assert len(camera.events.zoom.callbacks) == followers + 1
     widget.viewer.layers.remove(layer)  # no longer followed (nor kept alive by the camera)
     assert len(camera.events.zoom.callbacks) == followers

@@ -119,15 +119,20 @@ def median_spacing(points: np.ndarray) -> float:
 def hide_labels_when_crowded(viewer: Any, layer: Any, texts: list[str], font_size: float) -> None:
     """Show `layer`'s text only while most of its points lie a label's width apart on screen:
     hidden at a zoom where labels would overlap, shown when zoomed in; follows the zoom until
-    the layer is removed from the viewer."""
+    the layer is removed from the viewer, and leaves the text alone while the user has set it
+    otherwise (the layer controls' "display text")."""
     scale = float(np.min(np.abs(np.asarray(layer.scale)[-2:])))
     spacing = median_spacing(np.asarray(layer.data)[:, -2:]) * scale  # world units
     width = CHAR_WIDTH * font_size * max((len(text) for text in texts), default=0)
     camera = getattr(viewer, "scene", viewer).camera  # napari 0.9 moved it to viewer.scene
     layers = viewer.layers
+    shown: list[bool] = []  # what this function last set
 
     def update(event: Any = None) -> None:
-        layer.text.visible = bool(spacing * camera.zoom >= width)  # zoom: screen px per unit
+        if shown and layer.text.visible != shown[-1]:
+            return  # the user's choice
+        shown[:] = [bool(spacing * camera.zoom >= width)]  # zoom: screen pixels per unit
+        layer.text.visible = shown[-1]
 
     def forget(event: Any) -> None:
         if _unwrapped(event.value) is _unwrapped(layer):
