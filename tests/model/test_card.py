@@ -82,6 +82,26 @@ def test_text_names_figures_and_warns_for_synthetic_data():
     assert "WARNING" not in format_model_card(build_model_card(_meta(card=False)))
 
 
+def test_calibration_reads_in_words_and_an_unknown_form_as_json():
+    from napari_allbag.model.trust import ECE_NAMES
+
+    calibration = {
+        "temperatures": {"model_a": 1.25, "model_b": 0.9, "combined": 1.0},
+        "fitted_on": "validation",
+        "cells": 42,
+        "ece_bins": 15,
+        "ece_before": dict.fromkeys(ECE_NAMES, 0.0712),
+        "ece_after": dict.fromkeys(ECE_NAMES, 0.0301),
+    }
+    card = build_model_card(_meta(card=False))
+    text = format_model_card({**card, "calibration": calibration})
+    assert "temperature scaling on 42 validation cells: model_a 1.250, model_b 0.900" in text
+    assert "(15 bins), before -> after: model-A 0.0712 -> 0.0301" in text
+    assert "{" not in text.split("calibration:")[1].split("Preprocessing")[0]
+    odd = format_model_card({**card, "calibration": {"temperatures": [1.2]}})  # hand-edited
+    assert 'calibration: {"temperatures": [1.2]}' in odd
+
+
 def test_card_travels_in_the_bundle_and_old_bundles_still_load(tmp_path):
     stored = _bundle(tmp_path / "new", _meta(synthetic=True))
     card, was_stored = read_model_card(stored)

@@ -30,13 +30,15 @@ INTENDED_USE = (
     "microscopes, stains or labs is unknown until measured (napari-allbag evaluate)."
 )
 SYNTHETIC_WARNING = (
-    "SYNTHETIC DATA: this model learnt synthetic cells drawn by napari_allbag.synthetic (the demo). "
-    "It shows the pipeline working end to end; it says nothing about real blood cells."
+    "SYNTHETIC DATA: this model learnt synthetic cells drawn by napari_allbag.data.synthetic (the "
+    "demo). It shows the pipeline working end to end; it says nothing about real blood cells."
 )
 CROP_FORMAT = (
-    "RGB uint8 crops of crop_size x crop_size pixels: Otsu threshold, erosion, the cell's filled "
-    "convex hull kept, everything else black, the cell centred; resized (bilinear, antialiased) to "
-    "the backbone's img_size, scaled to 0..1 and normalised with the backbone's mean and std."
+    "RGB uint8 crops of crop_size x crop_size pixels: Otsu threshold (on grey for a dark "
+    "background, on the stain channel 384 B / (R + G + B) for bright-field), erosion, the cell's "
+    "filled convex hull kept, everything else black, the cell centred; resized (bilinear, "
+    "antialiased) to the backbone's img_size, scaled to 0..1 and normalised with the backbone's "
+    "mean and std."
 )
 
 
@@ -250,9 +252,30 @@ def _section_validation(card: dict[str, Any]) -> list[str]:
                 f"  {name}: weighted F1 {_number(figures.get('weighted_f1'))}, "
                 f"accuracy {_number(figures.get('accuracy'))}"
             )
-    calibration = card.get("calibration")
-    lines.append(f"  calibration: {json.dumps(calibration) if calibration else 'none'}")
-    return lines
+    return lines + _calibration_lines(card.get("calibration"))
+
+
+def _calibration_lines(calibration: Any) -> list[str]:
+    """The calibration in words (temperatures; expected calibration error before -> after), or
+    as JSON where it is not in the form training writes (`model.trust`)."""
+    if not calibration:
+        return ["  calibration: none"]
+    try:
+        temperatures = ", ".join(
+            f"{name} {float(value):.3f}" for name, value in calibration["temperatures"].items()
+        )
+        before, after = calibration["ece_before"], calibration["ece_after"]
+        errors = ", ".join(
+            f"{name} {float(before[name]):.4f} -> {float(after[name]):.4f}" for name in before
+        )
+        fitted = f"{int(calibration['cells'])} {calibration.get('fitted_on', 'validation')} cells"
+        bins = calibration.get("ece_bins", "?")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return [_wrapped("calibration", json.dumps(calibration))]
+    return [
+        _wrapped("calibration", f"temperature scaling on {fitted}: {temperatures}"),
+        _wrapped(f"expected calibration error ({bins} bins), before -> after", errors),
+    ]
 
 
 def _section_preprocessing(card: dict[str, Any]) -> list[str]:
