@@ -521,6 +521,27 @@ def test_generated_fields_give_every_white_cell_all_and_hem_alike_and_nothing_el
     assert set(hits) == set(range(truth.n_white)), [c.label for c in truth.white_cells]
 
 
+@pytest.mark.parametrize("ink", [(0, 0, 255), (0, 255, 255), (140, 0, 255)])  # blue, cyan, violet
+def test_marks_drawn_on_the_image_are_not_white_cells(ink):
+    """An arrow, a ring round a cell and a scale bar with its label, drawn in a pure colour and
+    saved as JPEG: each was a "white cell" to the stain channel."""
+    from napari_allbag.data.synthetic_brightfield import BrightfieldLook, make_brightfield_field
+
+    image, truth = make_brightfield_field(4, shape=(750, 1000), look=BrightfieldLook(scale=0.5))
+    cv2.arrowedLine(image, (60, 700), (300, 500), ink, 4)
+    cv2.circle(image, (500, 120), 40, ink, 3, cv2.LINE_AA)
+    cv2.rectangle(image, (820, 700), (970, 712), ink, -1)
+    cv2.putText(image, "10 um", (840, 690), cv2.FONT_HERSHEY_SIMPLEX, 0.8, ink, 2, cv2.LINE_AA)
+    ok, jpeg = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
+    image = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[..., ::-1]
+    result = segment_brightfield(image)
+    found = centres_of(result)
+    cells = [cell.centre for cell in truth.white_cells]
+    assert len(found) == truth.n_white, (found, cells)
+    for row, col in found:  # each a drawn white cell, none on the marks
+        assert min(np.hypot(row - r, col - c) for r, c in cells) < 30
+
+
 DEEP_NUCLEUS = (46, 18, 72)  # a deeply stained nucleus in a dim exposure: grey under 40, purple
 
 
