@@ -151,6 +151,28 @@ def test_cancel_stops_at_the_next_event_and_cleans_up_in_the_worker(qtbot):
     assert controls.run_buttons[0].isEnabled() and not controls.cancel_button.isEnabled()
 
 
+def test_closing_the_window_mid_run_stops_the_job_and_touches_no_deleted_widget(qtbot):
+    """napari's window closed during training: the widgets are deleted while the job runs.
+    Before, its next progress event touched the deleted bar (PyQt then aborts the process)."""
+    window = QWidget()
+    run, cancel, bar = (
+        QPushButton("Run", window),
+        QPushButton("Cancel", window),
+        QProgressBar(window),
+    )
+    seen: list[Progress] = []
+    cleaned: list[bool] = []
+    controls = WorkerControls([run], cancel, bar, on_progress=seen.append)
+    outcome, callbacks = _outcome()
+    started = threading.Event()
+    assert controls.start(endless, started, cleaned, **callbacks)
+    assert started.wait(TIMEOUT_MS / 1000)
+    window.deleteLater()
+    qtbot.waitUntil(lambda: not controls.is_running, timeout=TIMEOUT_MS)  # an error would fail here
+    assert cleaned == [False]  # stopped, and cleaned up in its own thread
+    assert outcome == {}  # nothing reached the deleted widgets' callbacks
+
+
 def endless_torch(started: threading.Event, cleaned: list, backward: bool):
     """One step that never ends by itself: only Cancel inside torch can stop it."""
     import torch

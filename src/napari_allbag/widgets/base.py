@@ -310,9 +310,11 @@ class WorkerControls:
         self.worker: Any = None
         self.succeeded = False
         self._cancel = threading.Event()
+        self._gone = False  # the widgets were destroyed (their window closed)
         set_enabled(cancel_button, False)
         if hide_bar:
             progress_bar.setVisible(False)
+        progress_bar.destroyed.connect(self._widgets_gone)
 
     @property
     def is_running(self) -> bool:
@@ -338,6 +340,8 @@ class WorkerControls:
         self._cancel = threading.Event()
 
         def returned(value: Any) -> None:
+            if self._gone:
+                return
             if value is CANCELLED:
                 on_aborted()
             else:
@@ -352,11 +356,20 @@ class WorkerControls:
             Pacer(),
             on_progress=self._progress,
             on_result=returned,
-            on_error=on_error,
-            on_aborted=on_aborted,
+            on_error=lambda error: None if self._gone else on_error(error),
+            on_aborted=lambda: None if self._gone else on_aborted(),
             on_finished=self._finished,
         )
         return True
+
+    def _widgets_gone(self, *_: Any) -> None:
+        """The widgets are being destroyed (the napari window closed) while a job may run:
+        stop the job (its clean-up, such as releasing a run folder's lock, runs in its thread)
+        and let none of its later events reach them. Closing napari during training used to
+        end in "Aborted": a progress event touched the deleted bar, and PyQt aborts the process
+        on an exception in a slot."""
+        self._gone = True
+        self._cancel.set()
 
     def cancel(self) -> bool:
         """Ask the worker to stop after the generator's next event; False when nothing runs."""
@@ -371,12 +384,16 @@ class WorkerControls:
         set_enabled(self.cancel_button, running)
 
     def _progress(self, event: Progress) -> None:
+        if self._gone:
+            return
         show_progress(self.progress_bar, event)
         if self.on_progress is not None:
             self.on_progress(event)
 
     def _finished(self) -> None:
         self.worker = None
+        if self._gone:
+            return
         self._set_running(False)
         if self.hide_bar:
             self.progress_bar.setVisible(False)
