@@ -295,8 +295,14 @@ def _neutral(pixels: np.ndarray) -> np.ndarray:
 
 def _chroma(image: np.ndarray) -> np.ndarray:
     """max - min over the channels, per pixel (uint8)."""
+    brightest, darkest = _channel_extremes(image)
+    return brightest - darkest
+
+
+def _channel_extremes(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The brightest and the darkest of the three channels, per pixel (uint8 each)."""
     red, green, blue = cv2.split(image)
-    return cv2.max(cv2.max(red, green), blue) - cv2.min(cv2.min(red, green), blue)
+    return cv2.max(cv2.max(red, green), blue), cv2.min(cv2.min(red, green), blue)
 
 
 def red_cell_radius(
@@ -597,9 +603,7 @@ def drawn_ink(image: np.ndarray) -> np.ndarray:
     at `_INK_FULL` or more and another at `_INK_NONE` or less, as no stained cell under a
     microscope's light is (an arrow, a ring round a cell or a scale bar drawn in blue, cyan or
     violet would each be a "white cell" to the stain channel)."""
-    red, green, blue = cv2.split(image)
-    brightest = cv2.max(cv2.max(red, green), blue)
-    darkest = cv2.min(cv2.min(red, green), blue)
+    brightest, darkest = _channel_extremes(image)
     ink = cv2.compare(brightest, _INK_FULL, cv2.CMP_GE) & cv2.compare(
         darkest, _INK_NONE, cv2.CMP_LE
     )

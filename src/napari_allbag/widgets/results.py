@@ -126,13 +126,14 @@ def hide_labels_when_crowded(viewer: Any, layer: Any, texts: list[str], font_siz
     width = CHAR_WIDTH * font_size * max((len(text) for text in texts), default=0)
     camera = getattr(viewer, "scene", viewer).camera  # napari 0.9 moved it to viewer.scene
     layers = viewer.layers
-    shown: list[bool] = []  # what this function last set
+    shown: bool | None = None  # what this function last set
 
     def update(event: Any = None) -> None:
-        if shown and layer.text.visible != shown[-1]:
+        nonlocal shown
+        if shown is not None and layer.text.visible != shown:
             return  # the user's choice
-        shown[:] = [bool(spacing * camera.zoom >= width)]  # zoom: screen pixels per unit
-        layer.text.visible = shown[-1]
+        shown = bool(spacing * camera.zoom >= width)  # zoom: screen pixels per unit
+        layer.text.visible = shown
 
     def forget(event: Any) -> None:
         if _unwrapped(event.value) is _unwrapped(layer):
